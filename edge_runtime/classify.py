@@ -1,0 +1,206 @@
+"""Scores to classes, and a Classifier that holds one interpreter and feeds it images.
+
+`top_classes` is pure (arrays in, named results out) so it needs no model to test. `Classifier`
+owns the interpreter, the input quantization and the output dequantization; the CLI, the camera
+loop, the report and the benchmarks all classify through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError
+from .interpreter import make_interpreter
+from .labels import read_labels
+from .metadata import ModelMetadata, read_metadata
+from .preprocess import DEFAULT_SPEC, PIXEL_SCALE, PreprocessSpec, load_image, scale_pixels
+
+# uint8 pixel p maps exactly to int8 p - 128 when the input scale is 1/255 and zero point -128,
+# which is what post-training quantization of x / 255 inputs produces.
+INT8_PIXEL_ZERO_POINT = -128
+UINT8_PIXEL_ZERO_POINT = 0
+SCALE_TOLERANCE = 1e-6
+IMAGE_TENSOR_RANK = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Class:
+    """One class of a prediction: index, human label and probability-like score."""
+
+    index: int
+    label: str
+    score: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The classes of one image, best first (may be empty when all fall under the threshold)."""
+
+    classes: list[Class]
+    top: Class
+
+
+def top_classes(scores: np.ndarray, labels: list[str] | None = None, top_k: int = 1,
+                threshold: float = 0.0) -> list[Class]:
+    """The `top_k` best classes with score >= threshold, best first; ties keep index order."""
+    scores = np.asarray(scores).reshape(-1)
+    count = min(max(top_k, 0), scores.size)
+    if count == 0:
+        return []
+    # Stable sort on the negated scores keeps equal scores in index order.
+    order = np.argsort(-scores, kind="stable")[:count]
+    return [Class(int(i), label_for(int(i), labels), float(scores[i]))
+            for i in order if scores[i] >= threshold]
+
+
+def label_for(index: int, labels: list[str] | None) -> str:
+    """The label of a class index, or the index itself when there is no label for it."""
+    if labels is not None and 0 <= index < len(labels):
+        return labels[index]
+    return str(index)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """Shape, type and quantization of one model tensor."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in (np.int8, np.uint8) and self.scale != 0.0
+
+
+def _tensor_info(details: dict[str, Any]) -> TensorInfo:
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return TensorInfo(index=details["index"], shape=tuple(int(d) for d in details["shape"]),
+                      dtype=np.dtype(details["dtype"]), scale=float(scale), zero_point=int(zero_point))
+
+
+class Classifier:
+    """One TFLite image classifier: build once, call `scores` or `classify` for every image.
+
+    Labels come from the model's embedded metadata, else `labels_path`, else class indices;
+    preprocessing comes from the embedded metadata, else the recipe's default.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, threads: int | None = 1,
+                 backend: str | None = None, labels_path: str | os.PathLike | None = None):
+        self.model_path = Path(model_path)
+        self.backend, self._interpreter = make_interpreter(model_path, threads=threads, backend=backend)
+        self.threads = threads
+        self.metadata: ModelMetadata | None = read_metadata(model_path)
+        self.spec: PreprocessSpec = self.metadata.preprocess if self.metadata else DEFAULT_SPEC
+        self.input = _tensor_info(self._interpreter.get_input_details()[0])
+        self.output = _tensor_info(self._interpreter.get_output_details()[0])
+        self._check_tensors()
+        if self.metadata and self.metadata.labels:
+            self.labels: list[str] | None = self.metadata.labels
+            self.labels_source = "embedded"
+        elif labels_path is not None:
+            self.labels = read_labels(labels_path)
+            self.labels_source = str(labels_path)
+        else:
+            self.labels = None
+            self.labels_source = "class indices"
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ModelError(f"{self.labels_source if self.labels_source != 'embedded' else model_path}: "
+                             f"{len(self.labels)} labels for a model with {self.num_classes} classes")
+        self._input_batch_shape = self.input.shape
+        self._quantize = self._make_input_quantizer()
+
+    def _check_tensors(self) -> None:
+        shape = self.input.shape
+        if len(shape) != IMAGE_TENSOR_RANK or shape[0] != 1 or shape[3] != 3:
+            raise ModelError(f"{self.model_path}: input tensor has shape {list(shape)}, "
+                             "not an image of shape [1, height, width, 3]")
+        if self.input.dtype not in (np.float32, np.int8, np.uint8):
+            raise ModelError(f"{self.model_path}: unsupported input type {self.input.dtype}")
+        if (shape[1], shape[2]) != (self.spec.height, self.spec.width):
+            # A model without metadata but another input size: resize to what the tensor wants.
+            self.spec = dataclasses.replace(self.spec, height=shape[1], width=shape[2])
+        if self.output.dtype not in (np.float32, np.int8, np.uint8) or len(self.output.shape) != 2:
+            raise ModelError(f"{self.model_path}: output tensor {list(self.output.shape)} of type "
+                             f"{self.output.dtype} is not a vector of class scores")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.output.shape[-1])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the model's input."""
+        return self.spec.width, self.spec.height
+
+    def _make_input_quantizer(self):
+        """Pick the fastest exact mapping from uint8 pixels to the input tensor's type."""
+        tensor = self.input
+        default_scaling = self.spec.scale == 1.0 / PIXEL_SCALE and self.spec.offset == 0.0
+        if tensor.dtype == np.float32:
+            return lambda pixels: scale_pixels(pixels, self.spec)
+        exact_scale = default_scaling and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE
+        if tensor.dtype == np.int8 and exact_scale and tensor.zero_point == INT8_PIXEL_ZERO_POINT:
+            # p - 128 without touching float: flip the top bit and reinterpret as int8.
+            return lambda pixels: (pixels ^ np.uint8(0x80)).view(np.int8)
+        if tensor.dtype == np.uint8 and exact_scale and tensor.zero_point == UINT8_PIXEL_ZERO_POINT:
+            return lambda pixels: pixels
+        info = np.iinfo(tensor.dtype)
+
+        def quantize(pixels: np.ndarray) -> np.ndarray:
+            values = scale_pixels(pixels, self.spec) / np.float32(tensor.scale) + np.float32(tensor.zero_point)
+            return np.clip(np.round(values), info.min, info.max).astype(tensor.dtype)
+
+        return quantize
+
+    def quantize_input(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (height, width, 3) to the input tensor's values, batch of one."""
+        return self._quantize(pixels).reshape(self._input_batch_shape)
+
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """Class scores (float32, dequantized) for one preprocessed uint8 image."""
+        interpreter = self._interpreter
+        interpreter.set_tensor(self.input.index, self._quantize(pixels).reshape(self._input_batch_shape))
+        interpreter.invoke()
+        raw = interpreter.get_tensor(self.output.index)[0]
+        if self.output.quantized:
+            return (np.float32(self.output.scale)
+                    * (raw.astype(np.int32) - np.int32(self.output.zero_point))).astype(np.float32)
+        return raw
+
+    def classify(self, pixels: np.ndarray, top_k: int = 1, threshold: float = 0.0) -> list[Class]:
+        """The best classes of one preprocessed uint8 image."""
+        return top_classes(self.scores(pixels), self.labels, top_k, threshold)
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        """Read an image file through the model's own preprocessing."""
+        return load_image(path, self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the model for `--info` and the report."""
+        def tensor(info: TensorInfo) -> dict[str, Any]:
+            data: dict[str, Any] = {"shape": list(info.shape), "dtype": info.dtype.name}
+            if info.quantized:
+                data["quantization"] = {"scale": info.scale, "zero_point": info.zero_point}
+            return data
+
+        return {
+            "model": str(self.model_path),
+            "backend": self.backend,
+            "threads": self.threads,
+            "input": tensor(self.input),
+            "output": tensor(self.output),
+            "quantized": self.input.quantized or self.output.quantized,
+            "num_classes": self.num_classes,
+            "labels": self.labels,
+            "labels_source": self.labels_source,
+            "preprocess": self.spec.to_dict(),
+        }

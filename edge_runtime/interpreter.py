@@ -1,0 +1,94 @@
+"""Finding a TFLite interpreter package and building one interpreter per model.
+
+Backends, in the order tried: ai_edge_litert (current Pythons, Raspberry Pi OS Bookworm and
+Trixie), tflite_runtime (Python <= 3.11 with numpy < 2), then TensorFlow's own tf.lite. Each is
+imported only here and only when asked for, so `edge-classify --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any, Callable
+
+from .errors import BackendError, ModelError
+from .metadata import is_tflite_flatbuffer
+
+logger = logging.getLogger(__name__)
+
+BACKEND_MODULES = {
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+BACKEND_ORDER = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+INSTALL_HINT = ("install a TFLite interpreter: pip install ai-edge-litert "
+                "(or tflite-runtime with numpy<2 on Python <= 3.11, or tensorflow)")
+NUMPY2_HINT = ("tflite_runtime was built for numpy 1.x and fails with numpy {numpy_version}: "
+               "pip install 'numpy<2', or use ai-edge-litert instead (pip install ai-edge-litert)")
+# A flatbuffer smaller than this cannot hold even an empty model's tables.
+MIN_MODEL_BYTES = 16
+
+
+def backend_names() -> tuple[str, ...]:
+    """The backends this runtime knows, in the order it tries them."""
+    return BACKEND_ORDER
+
+
+def load_interpreter_class(backend: str | None = None) -> tuple[str, Callable[..., Any]]:
+    """Return (backend name, Interpreter class) for `backend`, or the first that imports."""
+    if backend is not None and backend not in BACKEND_MODULES:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_ORDER)}")
+    candidates = (backend,) if backend else BACKEND_ORDER
+    failures = []
+    for name in candidates:
+        try:
+            module = importlib.import_module(BACKEND_MODULES[name])
+        except ImportError as error:
+            failures.append(f"{name}: {error}")
+            logger.debug("backend %s not importable: %s", name, error)
+            continue
+        return name, module.Interpreter
+    if backend:
+        raise BackendError(f"backend {backend} is not installed ({failures[0]}); {INSTALL_HINT}")
+    raise BackendError(f"no TFLite interpreter found; {INSTALL_HINT}")
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """Refuse, with one line, a model path that is missing, empty or not a TFLite flatbuffer."""
+    if not os.path.exists(path):
+        raise ModelError(f"{path}: model file not found")
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a folder, not a .tflite model file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ModelError(f"{path}: model file is empty (0 bytes)")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if size < MIN_MODEL_BYTES or not is_tflite_flatbuffer(head):
+        raise ModelError(f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
+
+
+def make_interpreter(model_path: str | os.PathLike, threads: int | None = 1,
+                     backend: str | None = None) -> tuple[str, Any]:
+    """Build and allocate one interpreter for `model_path`; returns (backend name, interpreter).
+
+    Build it once and reuse it for every image or frame: construction costs far more than a call.
+    """
+    check_model_file(model_path)
+    name, interpreter_class = load_interpreter_class(backend)
+    try:
+        interpreter = interpreter_class(model_path=os.fspath(model_path), num_threads=threads)
+        interpreter.allocate_tensors()
+    except SystemError as error:
+        # tflite_runtime 2.14 wheels are compiled against numpy 1.x; with numpy 2 they fail like this.
+        import numpy
+
+        if name == "tflite_runtime" and numpy.__version__.split(".")[0] >= "2":
+            raise BackendError(NUMPY2_HINT.format(numpy_version=numpy.__version__)) from error
+        raise ModelError(f"{model_path}: the {name} interpreter failed to load the model ({error})") from error
+    except (ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{model_path}: not a valid TFLite model ({reason})") from error
+    return name, interpreter

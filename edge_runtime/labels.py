@@ -1,0 +1,41 @@
+"""Class labels: one name per line, in class-index order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .atomic import write_text
+from .errors import ModelError
+
+
+def parse_labels(text: str) -> list[str]:
+    """Parse labels text: one label per line, blank trailing lines ignored."""
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Read a labels file; raise ModelError naming the file if it is missing or empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read labels file ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise ModelError(f"{path}: labels file is not UTF-8 text") from error
+    labels = parse_labels(text)
+    if not labels:
+        raise ModelError(f"{path}: labels file is empty")
+    return labels
+
+
+def format_labels(labels: list[str]) -> str:
+    """Render labels in the on-disk format."""
+    return "".join(f"{label}\n" for label in labels)
+
+
+def write_labels(path: str | os.PathLike, labels: list[str]) -> None:
+    """Write a labels file atomically."""
+    write_text(path, format_labels(labels))

@@ -1,0 +1,241 @@
+"""The one definition of image preprocessing, shared by training, calibration, the report and the device.
+
+An image of any size and Pillow mode becomes a uint8 RGB array of the model's input size:
+EXIF orientation applied, first frame of animations, alpha composited on a fixed background,
+16-bit and CMYK brought to 8-bit RGB, then centre-cropped to the input's aspect ratio and resized.
+Pixels become model inputs by `scale_pixels` (x / 255) or, for quantized models, by the input
+tensor's own scale and zero point (see `classify.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+# An image that declares more pixels than this is refused before it is decoded: a 40000x40000 PNG
+# would otherwise allocate gigabytes. 100 MP is above any phone or DSLR photo a user would classify.
+MAX_IMAGE_PIXELS = 100_000_000
+# (Pillow's own decompression-bomb guard is global state, so we check our own limit and keep
+# Pillow's as a second line of defence rather than changing it.)
+EXIF_ORIENTATION_TAG = 0x0112
+NORMAL_ORIENTATION = 1
+PIXEL_SCALE = 255.0
+# JPEG decoding can scale down by 1/2, 1/4 or 1/8 for free; ask for at least this many times the
+# input size so the final resize still has real detail to average.
+JPEG_DRAFT_OVERSAMPLING = 4
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessSpec:
+    """How a file becomes the model's input; embedded in every exported `.tflite`."""
+
+    height: int = 32
+    width: int = 32
+    channels: int = 3
+    color_order: str = "RGB"
+    # float input = pixel * scale + offset, i.e. x / 255 in the default recipe.
+    scale: float = 1.0 / PIXEL_SCALE
+    offset: float = 0.0
+    resize: str = "center_crop"  # crop to the input's aspect ratio, then resize
+    resample: str = "bilinear"
+    background: tuple[int, int, int] = (255, 255, 255)  # behind transparent pixels
+    exif_orientation: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of the specification."""
+        data = dataclasses.asdict(self)
+        data["background"] = list(self.background)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":
+        """Rebuild a specification, ignoring keys a newer writer may have added."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        if "background" in values:
+            values["background"] = tuple(int(v) for v in values["background"])
+        spec = cls(**values)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Raise ValueError when the specification is not one this code implements."""
+        if self.color_order != "RGB":
+            raise ValueError(f"unsupported colour order {self.color_order!r} (only RGB)")
+        if self.channels != 3:
+            raise ValueError(f"unsupported channel count {self.channels} (only 3)")
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"unsupported resize policy {self.resize!r}")
+        if self.resample not in RESAMPLING:
+            raise ValueError(f"unsupported resampling {self.resample!r}")
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"input size {self.width}x{self.height} is not positive")
+
+
+RESIZE_POLICIES = ("center_crop", "stretch")
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+DEFAULT_SPEC = PreprocessSpec()
+
+
+def open_image(source: str | os.PathLike | IO[bytes], name: str | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image lazily (header only), refusing non-images and oversized declarations.
+
+    `name` is what error messages call the image (defaults to the path).
+    """
+    label = name if name is not None else str(source)
+    if isinstance(source, (str, os.PathLike)):
+        if os.path.isdir(source):
+            raise ImageError(f"{label}: is a folder, not an image file")
+        try:
+            if os.path.getsize(source) == 0:
+                raise ImageError(f"{label}: file is empty (0 bytes)")
+        except OSError as error:
+            raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{label}: declared image size is too large to decode safely") from error
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{label}: not a recognised image file") from error
+    except OSError as error:
+        raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(f"{label}: declares {width}x{height} pixels, more than the limit of "
+                         f"{max_pixels:,} (possible decompression bomb)")
+    if width < 1 or height < 1:
+        image.close()
+        raise ImageError(f"{label}: declares an empty {width}x{height} image")
+    return image
+
+
+def to_rgb(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) -> Image.Image:
+    """Bring any Pillow mode to 8-bit RGB: composite alpha on the background, scale 16-bit down."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*spec.background, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in SIXTEEN_BIT_MODES or mode == "F":
+        array = np.asarray(image)
+        if mode == "F":
+            # Float images are taken as 0..1 intensities when they fit there, else as 0..255.
+            maximum = float(np.nanmax(array)) if array.size else 0.0
+            scaled = array * PIXEL_SCALE if maximum <= 1.0 else array
+            gray = np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+        else:
+            # 16-bit samples (0..65535) to 8-bit, keeping the top byte.
+            gray = np.clip(array.astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """Rotate or flip as the EXIF orientation tag says; a no-op (and cheap) without the tag."""
+    # getexif() is cheap when the file has no EXIF block, which is the common case for datasets.
+    if "exif" not in image.info and not hasattr(image, "tag_v2"):
+        return image
+    orientation = image.getexif().get(EXIF_ORIENTATION_TAG, NORMAL_ORIENTATION)
+    if orientation == NORMAL_ORIENTATION:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def _crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[float, float, float, float]:
+    """The centred box of the source with the target's aspect ratio."""
+    target_ratio = target_width / target_height
+    if width / height > target_ratio:
+        crop_width = height * target_ratio
+        left = (width - crop_width) / 2
+        return (left, 0.0, left + crop_width, float(height))
+    crop_height = width / target_ratio
+    top = (height - crop_height) / 2
+    return (0.0, top, float(width), top + crop_height)
+
+
+def resize_for_input(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) -> Image.Image:
+    """Resize (centre-cropping first under the default policy) to the model's input size."""
+    target = (spec.width, spec.height)
+    if image.size == target:
+        return image
+    box = None
+    if spec.resize == "center_crop":
+        box = _crop_box(image.width, image.height, spec.width, spec.height)
+    # reducing_gap lets Pillow shrink big photos by an integer factor first: much faster, same look.
+    return image.resize(target, RESAMPLING[spec.resample], box=box, reducing_gap=3.0)
+
+
+def prepare_image(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC,
+                  name: str = "image") -> np.ndarray:
+    """Turn an opened Pillow image into the model's uint8 RGB input array (height, width, 3)."""
+    try:
+        if getattr(image, "is_animated", False):
+            image.seek(0)
+        if image.format == "JPEG" and image.size != (spec.width, spec.height):
+            image.draft("RGB", (spec.width * JPEG_DRAFT_OVERSAMPLING, spec.height * JPEG_DRAFT_OVERSAMPLING))
+        image.load()
+        if spec.exif_orientation:
+            image = _apply_exif_orientation(image)
+        image = resize_for_input(to_rgb(image, spec), spec)
+        pixels = np.asarray(image, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        reason = str(error) or type(error).__name__
+        raise ImageError(f"{name}: cannot decode image ({reason})") from error
+    if pixels.shape != (spec.height, spec.width, 3):
+        raise ImageError(f"{name}: decoded to unexpected shape {pixels.shape}")
+    return pixels
+
+
+def load_image(path: str | os.PathLike, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Read an image file into the model's uint8 RGB input array; ImageError names the file on failure."""
+    image = open_image(path, max_pixels=MAX_IMAGE_PIXELS)
+    with image:
+        return prepare_image(image, spec, name=str(path))
+
+
+def array_to_input(frame: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Bring an RGB uint8 array (a camera frame, a decoded dataset image) to the model's input array."""
+    if frame.ndim == 2:
+        frame = np.stack([frame] * 3, axis=-1)
+    if frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        raise ImageError(f"frame of shape {frame.shape} is not an RGB image")
+    if frame.shape[2] == 4:
+        image = to_rgb(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGBA"), spec)
+    else:
+        if frame.shape[:2] == (spec.height, spec.width) and frame.dtype == np.uint8:
+            return np.ascontiguousarray(frame)
+        image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGB")
+    return np.asarray(resize_for_input(image, spec), dtype=np.uint8)
+
+
+def scale_pixels(pixels: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """uint8 pixels to the float32 values the network was trained on (x / 255 by default)."""
+    if spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0:
+        # Divide rather than multiply by 1/255: bit-identical to the recipe's x / 255.
+        return pixels.astype(np.float32) / np.float32(PIXEL_SCALE)
+    return pixels.astype(np.float32) * np.float32(spec.scale) + np.float32(spec.offset)
