@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -28,8 +28,7 @@ SCALE_TOLERANCE = 1e-6
 IMAGE_TENSOR_RANK = 4
 
 
-@dataclasses.dataclass(frozen=True)
-class Class:
+class Class(NamedTuple):
     """One class of a prediction: index, human label and probability-like score."""
 
     index: int
@@ -37,8 +36,7 @@ class Class:
     score: float
 
 
-@dataclasses.dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
     """The classes of one image, best first (may be empty when all fall under the threshold)."""
 
     classes: list[Class]
@@ -52,6 +50,11 @@ def top_classes(scores: np.ndarray, labels: list[str] | None = None, top_k: int 
     count = min(max(top_k, 0), scores.size)
     if count == 0:
         return []
+    if count == 1:
+        # The common case, on the per-image path: argmax also returns the first of equal scores.
+        best = int(scores.argmax())
+        score = float(scores[best])
+        return [Class(best, label_for(best, labels), score)] if score >= threshold else []
     # Stable sort on the negated scores keeps equal scores in index order.
     order = np.argsort(-scores, kind="stable")[:count]
     return [Class(int(i), label_for(int(i), labels), float(scores[i]))
@@ -65,8 +68,7 @@ def label_for(index: int, labels: list[str] | None) -> str:
     return str(index)
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
     """Shape, type and quantization of one model tensor."""
 
     index: int
@@ -84,6 +86,38 @@ def _tensor_info(details: dict[str, Any]) -> TensorInfo:
     scale, zero_point = details.get("quantization", (0.0, 0))
     return TensorInfo(index=details["index"], shape=tuple(int(d) for d in details["shape"]),
                       dtype=np.dtype(details["dtype"]), scale=float(scale), zero_point=int(zero_point))
+
+
+def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """The fastest exact mapping from uint8 pixels to the values of an input tensor of this type.
+
+    Float inputs get `scale_pixels`. Quantized inputs get round(x / scale + zero_point) of those
+    floats, with the tensor's own scale and zero point, except where that is the identity in
+    disguise: scale 1/255 with zero point -128 (int8) or 0 (uint8) maps pixel p to p - 128 or p,
+    which integer operations give exactly without a float detour.
+    """
+    if tensor.dtype == np.float32:
+        return lambda pixels: scale_pixels(pixels, spec)
+    default_scaling = spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
+    exact_scale = default_scaling and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE
+    if tensor.dtype == np.int8 and exact_scale and tensor.zero_point == INT8_PIXEL_ZERO_POINT:
+        # p - 128 without touching float: flip the top bit and reinterpret as int8.
+        top_bit = np.uint8(0x80)
+        return lambda pixels: (pixels ^ top_bit).view(np.int8)
+    if tensor.dtype == np.uint8 and exact_scale and tensor.zero_point == UINT8_PIXEL_ZERO_POINT:
+        return lambda pixels: pixels
+    if tensor.dtype not in (np.int8, np.uint8) or tensor.scale == 0.0:
+        raise ModelError(f"input tensor of type {tensor.dtype} has no usable quantization "
+                         f"(scale {tensor.scale}, zero point {tensor.zero_point})")
+    info = np.iinfo(tensor.dtype)
+    input_scale = np.float32(tensor.scale)
+    zero_point = np.float32(tensor.zero_point)
+
+    def quantize(pixels: np.ndarray) -> np.ndarray:
+        values = scale_pixels(pixels, spec) / input_scale + zero_point
+        return np.clip(np.round(values), info.min, info.max).astype(tensor.dtype)
+
+    return quantize
 
 
 class Classifier:
@@ -116,7 +150,9 @@ class Classifier:
             raise ModelError(f"{self.labels_source if self.labels_source != 'embedded' else model_path}: "
                              f"{len(self.labels)} labels for a model with {self.num_classes} classes")
         self._input_batch_shape = self.input.shape
-        self._quantize = self._make_input_quantizer()
+        self._quantize = make_input_quantizer(self.input, self.spec)
+        self._output_scale = np.float32(self.output.scale)
+        self._output_zero_point = np.float32(self.output.zero_point)
 
     def _check_tensors(self) -> None:
         shape = self.input.shape
@@ -141,26 +177,6 @@ class Classifier:
         """(width, height) of the model's input."""
         return self.spec.width, self.spec.height
 
-    def _make_input_quantizer(self):
-        """Pick the fastest exact mapping from uint8 pixels to the input tensor's type."""
-        tensor = self.input
-        default_scaling = self.spec.scale == 1.0 / PIXEL_SCALE and self.spec.offset == 0.0
-        if tensor.dtype == np.float32:
-            return lambda pixels: scale_pixels(pixels, self.spec)
-        exact_scale = default_scaling and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE
-        if tensor.dtype == np.int8 and exact_scale and tensor.zero_point == INT8_PIXEL_ZERO_POINT:
-            # p - 128 without touching float: flip the top bit and reinterpret as int8.
-            return lambda pixels: (pixels ^ np.uint8(0x80)).view(np.int8)
-        if tensor.dtype == np.uint8 and exact_scale and tensor.zero_point == UINT8_PIXEL_ZERO_POINT:
-            return lambda pixels: pixels
-        info = np.iinfo(tensor.dtype)
-
-        def quantize(pixels: np.ndarray) -> np.ndarray:
-            values = scale_pixels(pixels, self.spec) / np.float32(tensor.scale) + np.float32(tensor.zero_point)
-            return np.clip(np.round(values), info.min, info.max).astype(tensor.dtype)
-
-        return quantize
-
     def quantize_input(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (height, width, 3) to the input tensor's values, batch of one."""
         return self._quantize(pixels).reshape(self._input_batch_shape)
@@ -172,8 +188,11 @@ class Classifier:
         interpreter.invoke()
         raw = interpreter.get_tensor(self.output.index)[0]
         if self.output.quantized:
-            return (np.float32(self.output.scale)
-                    * (raw.astype(np.int32) - np.int32(self.output.zero_point))).astype(np.float32)
+            # scale * (q - zero_point) in float32: q - zero_point is a small exact integer there.
+            scores = raw.astype(np.float32)
+            scores -= self._output_zero_point
+            scores *= self._output_scale
+            return scores
         return raw
 
     def classify(self, pixels: np.ndarray, top_k: int = 1, threshold: float = 0.0) -> list[Class]:

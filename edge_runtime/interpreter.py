@@ -7,10 +7,13 @@ imported only here and only when asked for, so `edge-classify --help` stays inst
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from typing import Any, Callable
+import sys
+import tempfile
+from typing import Any, Callable, Iterator
 
 from .errors import BackendError, ModelError
 from .metadata import is_tflite_flatbuffer
@@ -27,8 +30,17 @@ INSTALL_HINT = ("install a TFLite interpreter: pip install ai-edge-litert "
                 "(or tflite-runtime with numpy<2 on Python <= 3.11, or tensorflow)")
 NUMPY2_HINT = ("tflite_runtime was built for numpy 1.x and fails with numpy {numpy_version}: "
                "pip install 'numpy<2', or use ai-edge-litert instead (pip install ai-edge-litert)")
+NUMPY2_MAJOR = 2
+STDERR_FD = 2
+NATIVE_INFO_PREFIX = "INFO: "
 # A flatbuffer smaller than this cannot hold even an empty model's tables.
 MIN_MODEL_BYTES = 16
+
+
+def numpy_major_version(version: str) -> int:
+    """The major number of a numpy version string ("2.4.6" -> 2); 0 when it cannot be read."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def backend_names() -> tuple[str, ...]:
@@ -41,18 +53,22 @@ def load_interpreter_class(backend: str | None = None) -> tuple[str, Callable[..
     if backend is not None and backend not in BACKEND_MODULES:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_ORDER)}")
     candidates = (backend,) if backend else BACKEND_ORDER
-    failures = []
+    failures: list[tuple[str, str]] = []
     for name in candidates:
         try:
             module = importlib.import_module(BACKEND_MODULES[name])
+            return name, module.Interpreter
         except ImportError as error:
-            failures.append(f"{name}: {error}")
+            failures.append((name, "is not installed"))
             logger.debug("backend %s not importable: %s", name, error)
-            continue
-        return name, module.Interpreter
+        except Exception as error:  # a broken install fails in many ways; try the next backend
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            failures.append((name, f"fails to import ({type(error).__name__}: {first_line})"))
+            logger.debug("backend %s broken", name, exc_info=True)
     if backend:
-        raise BackendError(f"backend {backend} is not installed ({failures[0]}); {INSTALL_HINT}")
-    raise BackendError(f"no TFLite interpreter found; {INSTALL_HINT}")
+        raise BackendError(f"backend {backend} {failures[0][1]}; {INSTALL_HINT}")
+    tried = "; ".join(f"{name} {reason}" for name, reason in failures)
+    raise BackendError(f"no TFLite interpreter found ({tried}); {INSTALL_HINT}")
 
 
 def check_model_file(path: str | os.PathLike) -> None:
@@ -79,16 +95,47 @@ def make_interpreter(model_path: str | os.PathLike, threads: int | None = 1,
     check_model_file(model_path)
     name, interpreter_class = load_interpreter_class(backend)
     try:
-        interpreter = interpreter_class(model_path=os.fspath(model_path), num_threads=threads)
-        interpreter.allocate_tensors()
+        with _native_info_lines_to_log():
+            interpreter = interpreter_class(model_path=os.fspath(model_path), num_threads=threads)
+            interpreter.allocate_tensors()
     except SystemError as error:
         # tflite_runtime 2.14 wheels are compiled against numpy 1.x; with numpy 2 they fail like this.
         import numpy
 
-        if name == "tflite_runtime" and numpy.__version__.split(".")[0] >= "2":
+        if name == "tflite_runtime" and numpy_major_version(numpy.__version__) >= NUMPY2_MAJOR:
             raise BackendError(NUMPY2_HINT.format(numpy_version=numpy.__version__)) from error
         raise ModelError(f"{model_path}: the {name} interpreter failed to load the model ({error})") from error
     except (ValueError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{model_path}: not a valid TFLite model ({reason})") from error
     return name, interpreter
+
+
+@contextlib.contextmanager
+def _native_info_lines_to_log() -> Iterator[None]:
+    """Send the interpreter's native `INFO:` lines (e.g. "Created TensorFlow Lite XNNPACK delegate")
+    to the debug log instead of the terminal; anything else it writes still reaches stderr.
+
+    The C++ runtime writes to file descriptor 2 directly and no setting silences it, so the
+    descriptor is pointed at a temporary file while the interpreter is built.
+    """
+    try:
+        sys.stderr.flush()
+        saved_fd = os.dup(STDERR_FD)
+    except (OSError, ValueError, AttributeError):
+        yield  # no usable stderr to redirect (closed, or an embedded interpreter)
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), STDERR_FD)
+        try:
+            yield
+        finally:
+            os.dup2(saved_fd, STDERR_FD)
+            os.close(saved_fd)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith(NATIVE_INFO_PREFIX):
+            logger.debug("interpreter: %s", line)
+        elif line.strip():
+            sys.stderr.write(line + "\n")

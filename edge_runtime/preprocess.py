@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import warnings
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -98,13 +99,15 @@ def open_image(source: str | os.PathLike | IO[bytes], name: str | None = None,
     """
     label = name if name is not None else str(source)
     if isinstance(source, (str, os.PathLike)):
-        if os.path.isdir(source):
-            raise ImageError(f"{label}: is a folder, not an image file")
+        # One stat call answers "missing?", "folder?" and "empty?": this runs for every image.
         try:
-            if os.path.getsize(source) == 0:
-                raise ImageError(f"{label}: file is empty (0 bytes)")
+            status = os.stat(source)
         except OSError as error:
             raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
+        if stat.S_ISDIR(status.st_mode):
+            raise ImageError(f"{label}: is a folder, not an image file")
+        if status.st_size == 0:
+            raise ImageError(f"{label}: file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -161,6 +164,8 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     orientation = image.getexif().get(EXIF_ORIENTATION_TAG, NORMAL_ORIENTATION)
     if orientation == NORMAL_ORIENTATION:
         return image
+    from PIL import ImageOps  # only rotated photos need it: keeps start-up light
+
     return ImageOps.exif_transpose(image)
 
 

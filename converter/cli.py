@@ -1,0 +1,138 @@
+"""`edge-convert` and `edge-report`: thin shells over `converter.convert` and `converter.report`.
+
+Options are parsed here; every error the library raises becomes one `Error: ...` line and exit 1
+(click's usage errors exit 2). TensorFlow and matplotlib load only after the options are valid.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from edge_runtime.errors import EdgeError
+
+from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MODEL_NAME, LABELS_NAME,
+                      check_calibration_size, convert_model, load_data, load_keras_model, load_labels_for,
+                      parse_variants, read_training_info, resolve_data)
+
+DEFAULT_ARTIFACTS = Path("artifacts")
+DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME
+
+
+def _say(quiet: bool):
+    """A progress callback: lines on stderr unless quiet."""
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    return say
+
+
+def _variants_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    try:
+        return parse_variants(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from error
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+              help="The trained Keras model.")
+@click.option("--labels", "labels_path", type=click.Path(path_type=Path), default=None,
+              help=f"Class labels, one per line.  [default: {LABELS_NAME} beside the model]")
+@click.option("--data", default=None,
+              help="Data set for int8 calibration (training images only).  [default: training.json's]")
+@click.option("--seed", type=int, default=None, help="Seed that draws the calibration images.  "
+              "[default: training.json's]")
+@click.option("--calibration-size", type=click.IntRange(min=0), default=DEFAULT_CALIBRATION_SIZE,
+              show_default=True, help="Training images used to calibrate int8.")
+@click.option("--variants", default=",".join(DEFAULT_VARIANTS), show_default=True, callback=_variants_option,
+              help="Comma-separated: float32, int8, dynamic, float16.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for the .tflite files and manifest.json.  [default: the model's folder]")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors.")
+def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int | None,
+         calibration_size: int, variants: tuple[str, ...], out_dir: Path | None, quiet: bool) -> None:
+    """Convert a trained Keras model to float32 and full-integer int8 TFLite with labels embedded."""
+    logging.basicConfig(level=logging.WARNING)
+    say = _say(quiet)
+    labels_path = labels_path if labels_path is not None else model_path.parent / LABELS_NAME
+    out_dir = out_dir if out_dir is not None else model_path.parent
+    try:
+        if INT8 in variants:
+            check_calibration_size(calibration_size)
+        say(f"Loading {model_path}")
+        model = load_keras_model(model_path)
+        labels = load_labels_for(model, labels_path)
+        train_images, data_source, chosen_seed = None, None, seed
+        if INT8 in variants:
+            choice = resolve_data(model_path, data, seed)
+            say(f"Loading calibration data: {choice.describe()}")
+            dataset = load_data(choice, quiet=quiet)
+            train_images, data_source, chosen_seed = dataset.train_images, dataset.source, choice.seed
+            if list(dataset.class_names) != labels:
+                click.echo(f"warning: calibrating on {dataset.source}, whose classes "
+                           f"({', '.join(dataset.class_names)}) are not the model's labels", err=True)
+        result = convert_model(model_path, out_dir, labels_path=labels_path, variants=variants,
+                               train_images=train_images, calibration_size=calibration_size, seed=chosen_seed,
+                               data_source=data_source, model=model, progress=say)
+    except EdgeError as error:
+        raise click.ClickException(str(error)) from error
+    for converted in result.models:
+        say(f"{converted.variant:8s} {converted.path}  {converted.size:,} bytes  sha256 {converted.sha256}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+              help="The trained Keras model (the reference).")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder with the .tflite files and manifest.json.  [default: the model's folder]")
+@click.option("--data", default=None, help="Data set whose TEST split is evaluated.  [default: training.json's]")
+@click.option("--seed", type=int, default=None, help="Seed of the data split.  [default: training.json's]")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for report.md, report.json and the pictures.  [default: the models' folder]")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="Exit 1 when int8 loses more than this many percentage points of accuracy against Keras.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), default=None,
+              help="Exit 1 when int8's top-1 agreement with Keras is below this percentage.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Evaluate only this many test images, drawn with the seed (for a quick look).")
+@click.option("--quiet", "-q", is_flag=True, help="Only the table and errors.")
+def report_main(model_path: Path, models_dir: Path | None, data: str | None, seed: int | None,
+                out_dir: Path | None, max_drop: float | None, min_agreement: float | None,
+                max_images: int | None, quiet: bool) -> None:
+    """Evaluate Keras and every .tflite model on the test set; write report.md, report.json and pictures."""
+    from .report import build_report, sample_indices, threshold_failures, tflite_models
+    from .report_render import terminal_summary, write_report
+
+    logging.basicConfig(level=logging.WARNING)
+    say = _say(quiet)
+    models_dir = models_dir if models_dir is not None else model_path.parent
+    out_dir = out_dir if out_dir is not None else models_dir
+    try:
+        models = tflite_models(models_dir)
+        say(f"Loading {model_path}")
+        keras_model = load_keras_model(model_path)
+        choice = resolve_data(model_path, data, seed)
+        say(f"Loading test data: {choice.describe()}")
+        dataset = load_data(choice, quiet=quiet)
+        chosen = sample_indices(len(dataset.test_labels), max_images, choice.seed)
+        paths = [dataset.test_paths[i] for i in chosen] if dataset.test_paths is not None else None
+        report = build_report(keras_model, models, dataset.test_images[chosen], dataset.test_labels[chosen],
+                              dataset.class_names, test_paths=paths, data_source=dataset.source,
+                              seed=choice.seed, progress=say)
+        failures = threshold_failures(report, max_drop, min_agreement)
+        history = read_training_info(model_path).get("history")
+        files = write_report(report, out_dir, history=history, failures=failures)
+    except EdgeError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(terminal_summary(report), nl=False)
+    say(f"Wrote {files.markdown} and {files.json}")
+    if failures:
+        raise click.ClickException("; ".join(failures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""Keras model to TFLite: float32, full-integer int8 and optional extra variants.
+
+Every variant is converted from one SavedModel export of the Keras model, gets the labels and the
+preprocessing specification embedded (`edge_runtime.metadata`), and is written atomically; a
+`manifest.json` beside them records each file's size and sha256.
+
+The int8 variant is full-integer post-training quantization: int8 weights and activations, int8
+input and output tensors, builtin int8 ops only. Its calibration images are drawn with a seed from
+the training images only and go through `edge_runtime.preprocess.scale_pixels`, the function the
+trainer feeds the network with, so the same seed always gives the same file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from edge_runtime.atomic import write_bytes
+from edge_runtime.errors import DataError, ModelError
+from edge_runtime.interpreter import load_interpreter_class
+from edge_runtime.labels import read_labels
+from edge_runtime.manifest import sha256_file, write_manifest
+from edge_runtime.metadata import ModelMetadata, embed_metadata
+from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
+
+logger = logging.getLogger(__name__)
+
+FLOAT32 = "float32"
+INT8 = "int8"
+DYNAMIC = "dynamic"  # int8 weights, float activations and float input/output
+FLOAT16 = "float16"  # float16 weights, float32 input/output
+VARIANTS = (FLOAT32, INT8, DYNAMIC, FLOAT16)
+DEFAULT_VARIANTS = (FLOAT32, INT8)
+DEFAULT_CALIBRATION_SIZE = 500
+MODEL_FILE_TEMPLATE = "model_{variant}.tflite"
+KERAS_MODEL_NAME = "model.keras"
+LABELS_NAME = "labels.txt"
+TRAINING_INFO_NAME = "training.json"
+KERAS_SUFFIXES = (".keras",)
+IMAGE_INPUT_RANK = 4  # (batch, height, width, channels)
+CLASS_OUTPUT_RANK = 2  # (batch, classes)
+RGB_CHANNELS = 3
+CONVERTER_NAME = "edge-image-toolkit converter"
+# What each variant's info says about its tensors, for people reading model_info.json.
+VARIANT_DESCRIPTIONS = {
+    FLOAT32: "float32 weights and activations",
+    INT8: "full-integer post-training quantization: int8 weights, activations, input and output",
+    DYNAMIC: "dynamic-range quantization: int8 weights, float32 activations, input and output",
+    FLOAT16: "float16 weights, float32 activations, input and output",
+}
+
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedModel:
+    """One written `.tflite` file."""
+
+    variant: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionResult:
+    """What `convert_model` wrote: the models in variant order and the manifest."""
+
+    models: list[ConvertedModel]
+    manifest: Path
+    source_sha256: str
+    calibration_count: int
+    calibration_seed: int | None
+
+    def model(self, variant: str) -> ConvertedModel:
+        """The written model of one variant (KeyError when it was not converted)."""
+        for converted in self.models:
+            if converted.variant == variant:
+                return converted
+        raise KeyError(variant)
+
+
+def model_file_name(variant: str) -> str:
+    """`model_<variant>.tflite`, the file name of a variant."""
+    return MODEL_FILE_TEMPLATE.format(variant=variant)
+
+
+def parse_variants(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Validate variant names (a comma-separated string or a list); keep VARIANTS order, no repeats."""
+    if isinstance(names, str):
+        names = names.split(",")
+    requested = [name.strip().lower() for name in names if name.strip()]
+    unknown = sorted(set(requested) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not requested:
+        raise ValueError(f"no variant given; choose from {', '.join(VARIANTS)}")
+    return tuple(variant for variant in VARIANTS if variant in requested)
+
+
+def _import_tensorflow() -> Any:
+    """Import TensorFlow on first use, with its C++ info and warning logs off."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def load_keras_model(path: str | os.PathLike) -> Any:
+    """Load a `.keras` model for inference; ModelError names the file when it is missing or damaged."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: Keras model file not found")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not a Keras model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: Keras model file is empty (0 bytes)")
+    if path.suffix not in KERAS_SUFFIXES:
+        raise ModelError(f"{path}: not a Keras model file (expected a {' or '.join(KERAS_SUFFIXES)} file)")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: not a Keras model (the file is damaged or not a .keras archive)")
+    _import_tensorflow()
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises KeyError, ValueError, OSError... for a damaged archive
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{path}: cannot load the Keras model ({reason})") from error
+    check_model_shape(model, path)
+    return model
+
+
+def check_model_shape(model: Any, name: str | os.PathLike = "model") -> None:
+    """Refuse a model that is not one image in, one vector of class scores out."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(f"{name}: has {len(model.inputs)} inputs and {len(model.outputs)} outputs, "
+                         "expected one image input and one class-score output")
+    input_shape = tuple(model.inputs[0].shape)
+    output_shape = tuple(model.outputs[0].shape)
+    if len(input_shape) != IMAGE_INPUT_RANK or input_shape[-1] != RGB_CHANNELS:
+        raise ModelError(f"{name}: input shape {list(input_shape)} is not a batch of RGB images")
+    if len(output_shape) != CLASS_OUTPUT_RANK:
+        raise ModelError(f"{name}: output shape {list(output_shape)} is not a vector of class scores")
+
+
+def model_num_classes(model: Any) -> int:
+    """The number of classes the model scores (its output width)."""
+    return int(model.outputs[0].shape[-1])
+
+
+def model_input_size(model: Any) -> tuple[int, int]:
+    """(height, width) of the model's image input."""
+    shape = model.inputs[0].shape
+    return int(shape[1]), int(shape[2])
+
+
+def load_labels_for(model: Any, labels_path: str | os.PathLike) -> list[str]:
+    """Read the labels and check there is one per model output; ModelError otherwise."""
+    labels = read_labels(labels_path)
+    classes = model_num_classes(model)
+    if len(labels) != classes:
+        raise ModelError(f"{labels_path}: {len(labels)} labels for a model with {classes} outputs "
+                         "(the model and labels.txt come from different trainings?)")
+    return labels
+
+
+def spec_for_model(model: Any, spec: PreprocessSpec = DEFAULT_SPEC) -> PreprocessSpec:
+    """The preprocessing to embed, checked against the model's input size."""
+    height, width = model_input_size(model)
+    if (height, width) != (spec.height, spec.width):
+        raise ModelError(f"the model takes {width}x{height} images but the preprocessing gives "
+                         f"{spec.width}x{spec.height}")
+    return spec
+
+
+def check_calibration_size(size: int) -> None:
+    """Refuse an empty calibration set before any data is loaded."""
+    if size <= 0:
+        raise DataError(f"empty calibration set: the calibration size is {size}; "
+                        "int8 needs at least one training image")
+
+
+def calibration_indices(num_train: int, size: int, seed: int) -> np.ndarray:
+    """Indices of the training images used for calibration: `size` distinct ones drawn with `seed`.
+
+    Fewer when there are fewer training images. Sorted, so the calibration order does not depend
+    on how numpy's sampler orders its draw.
+    """
+    check_calibration_size(size)
+    if num_train <= 0:
+        raise DataError("empty calibration set: the data set has no training images")
+    count = min(size, num_train)
+    if count < size:
+        logger.info("calibration size %d is more than the %d training images; using all of them", size, num_train)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_train, size=count, replace=False))
+
+
+def calibration_batch(train_images: np.ndarray, size: int, seed: int,
+                      spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """The calibration images as the network sees them: float32 [n, height, width, 3].
+
+    Only `train_images` is ever passed here; the test set has no way in.
+    """
+    train_images = np.asarray(train_images)
+    if train_images.ndim != IMAGE_INPUT_RANK or train_images.shape[1:] != (spec.height, spec.width, RGB_CHANNELS):
+        raise DataError(f"training images have shape {list(train_images.shape)}, expected "
+                        f"[N, {spec.height}, {spec.width}, {RGB_CHANNELS}]")
+    if train_images.dtype != np.uint8:
+        raise DataError(f"training images are {train_images.dtype}, expected uint8 pixels")
+    indices = calibration_indices(len(train_images), size, seed)
+    return scale_pixels(train_images[indices], spec)
+
+
+def representative_dataset(calibration: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """The generator factory the TFLite converter calls: one image (batch of one) at a time."""
+    def samples() -> Iterator[list[np.ndarray]]:
+        for index in range(len(calibration)):
+            yield [calibration[index:index + 1]]
+
+    return samples
+
+
+def export_saved_model(model: Any, folder: str | os.PathLike) -> None:
+    """Export the Keras model's inference function (dropout off, batch norm frozen) as a SavedModel."""
+    model.export(os.fspath(folder), format="tf_saved_model", verbose=False)
+
+
+def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
+                    calibration: np.ndarray | None = None) -> bytes:
+    """Convert an exported SavedModel to one TFLite variant; int8 needs the calibration images."""
+    tf = _import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(saved_model_dir))
+    if variant == FLOAT32:
+        pass
+    elif variant == INT8:
+        if calibration is None or len(calibration) == 0:
+            raise DataError("empty calibration set: int8 conversion needs calibration images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset(calibration)
+        # Builtin int8 kernels only: conversion fails rather than fall back to a float op.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif variant == DYNAMIC:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == FLOAT16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    try:
+        with native_stdout_to_stderr():
+            return bytes(converter.convert())
+    except Exception as error:  # the converter raises ConverterError, RuntimeError, ValueError...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"TFLite conversion to {variant} failed ({reason})") from error
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """Send what C++ code prints on file descriptor 1 to stderr while the block runs.
+
+    The quantizer prints a status line on the process's stdout; stdout stays for results.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real stdout (embedded interpreters): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def check_int8_tensors(model_bytes: bytes) -> None:
+    """Confirm a full-integer model really takes and returns int8 (what integer-only hardware needs)."""
+    _, interpreter_class = load_interpreter_class()
+    interpreter = interpreter_class(model_content=model_bytes)
+    for kind, details in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
+        dtypes = {np.dtype(tensor["dtype"]).name for tensor in details}
+        if dtypes != {"int8"}:
+            raise ModelError(f"int8 conversion produced a {'/'.join(sorted(dtypes))} {kind} tensor, not int8")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (the source model's fingerprint in the metadata and the manifest)."""
+    return sha256_file(path)
+
+
+def bytes_sha256(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _quiet(message: str) -> None:
+    logger.info("%s", message)
+
+
+def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
+                  labels_path: str | os.PathLike | None = None,
+                  variants: Sequence[str] = DEFAULT_VARIANTS,
+                  train_images: np.ndarray | None = None,
+                  calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+                  seed: int | None = None,
+                  spec: PreprocessSpec = DEFAULT_SPEC,
+                  data_source: str | None = None,
+                  model: Any = None,
+                  progress: Progress = _quiet) -> ConversionResult:
+    """Convert `model_path` to each variant in `out_dir`, then write the manifest.
+
+    `train_images` (uint8 [N, H, W, 3]) and `seed` are needed only for int8. `model` may be the
+    already-loaded Keras model of `model_path` (saves loading it twice). Raises ModelError or
+    DataError with one line naming the problem.
+    """
+    variants = parse_variants(variants)
+    model_path = Path(model_path)
+    out_dir = Path(out_dir)
+    labels_path = Path(labels_path) if labels_path is not None else model_path.parent / LABELS_NAME
+    if model is None:
+        progress(f"Loading {model_path}")
+        model = load_keras_model(model_path)
+    labels = load_labels_for(model, labels_path)
+    spec = spec_for_model(model, spec)
+    source_sha256 = file_sha256(model_path)
+
+    calibration = None
+    if INT8 in variants:
+        if train_images is None:
+            raise DataError("empty calibration set: int8 needs training images to calibrate with")
+        if seed is None:
+            raise DataError("int8 calibration needs a seed (none given and none in training.json)")
+        calibration = calibration_batch(train_images, calibration_size, seed, spec)
+        progress(f"Calibration: {len(calibration)} of {len(train_images)} training images, seed {seed}")
+
+    models: list[ConvertedModel] = []
+    with tempfile.TemporaryDirectory(prefix="edge-convert-") as workdir:
+        saved_model = Path(workdir) / "saved_model"
+        progress("Exporting the inference graph")
+        export_saved_model(model, saved_model)
+        for variant in variants:
+            progress(f"Converting {variant}")
+            tflite = convert_variant(saved_model, variant, calibration if variant == INT8 else None)
+            if variant == INT8:
+                check_int8_tensors(tflite)
+            info = _variant_info(variant, model_path.name, source_sha256, calibration, seed)
+            data = embed_metadata(tflite, ModelMetadata(labels=labels, preprocess=spec, info=info))
+            path = out_dir / model_file_name(variant)
+            write_bytes(path, data)
+            converted = ConvertedModel(variant=variant, path=path, size=len(data), sha256=bytes_sha256(data))
+            models.append(converted)
+            progress(f"Wrote {path} ({_kib(converted.size)})")
+
+    float_size = next((m.size for m in models if m.variant == FLOAT32), None)
+    if float_size:
+        for converted in models:
+            if converted.variant != FLOAT32:
+                progress(f"{converted.variant}: {converted.size / float_size:.1%} of the float32 size")
+    calibration_info = _calibration_info(calibration, seed, data_source)
+    manifest = write_manifest(out_dir, [model_file_name(m.variant) for m in models], extra={
+        "source_model": model_path.name,
+        "source_model_sha256": source_sha256,
+        "variants": list(variants),
+        "labels": labels,
+        "calibration": calibration_info,
+    })
+    progress(f"Wrote {manifest}")
+    return ConversionResult(models=models, manifest=manifest, source_sha256=source_sha256,
+                            calibration_count=0 if calibration is None else len(calibration),
+                            calibration_seed=seed if calibration is not None else None)
+
+
+def _calibration_info(calibration: np.ndarray | None, seed: int | None,
+                      data_source: str | None) -> dict[str, Any] | None:
+    if calibration is None:
+        return None
+    return {"count": int(len(calibration)), "seed": seed, "split": "train", "data": data_source}
+
+
+def _variant_info(variant: str, source_name: str, source_sha256: str, calibration: np.ndarray | None,
+                  seed: int | None) -> dict[str, Any]:
+    """model_info.json of one file; no timestamps or paths, so the same inputs give the same bytes."""
+    tf = _import_tensorflow()
+    info: dict[str, Any] = {
+        "variant": variant,
+        "description": VARIANT_DESCRIPTIONS[variant],
+        "source_model": source_name,
+        "source_model_sha256": source_sha256,
+        "converter": CONVERTER_NAME,
+        "tensorflow_version": tf.__version__,
+    }
+    if variant == INT8:
+        info["calibration"] = {"count": int(len(calibration)), "seed": seed, "split": "train"}
+    return info
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.1f} KiB"
+
+
+def read_training_info(model_path: str | os.PathLike) -> dict[str, Any]:
+    """`training.json` beside the model ({} when there is none); DataError when it is unreadable."""
+    path = Path(model_path).parent / TRAINING_INFO_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable training record ({error})") from error
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a training record (expected a JSON object)")
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class DataChoice:
+    """Which data set to load, with the seed and test split the model was trained with."""
+
+    source: str | None  # None: CIFAR-10 through Keras, the trainer's default
+    seed: int
+    test_fraction: float | None  # only matters for a single class-folder tree split by seed
+    origin: str  # where the choice came from, for messages
+
+    def describe(self) -> str:
+        where = self.source if self.source is not None else "CIFAR-10 through Keras"
+        return f"{where} (seed {self.seed}, from {self.origin})"
+
+
+def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None = None,
+                 seed: int | None = None) -> DataChoice:
+    """The data set and seed: the options when given, else what training.json beside the model records.
+
+    The test fraction always comes from training.json when it has one, so that a single image tree
+    is split into exactly the same train and test images as in training (calibration must never
+    see a test image).
+    """
+    info = read_training_info(model_path)
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    test_fraction = config.get("test_fraction")
+    if seed is None:
+        seed = info.get("seed", config.get("seed"))
+    if data is not None:
+        origin = "the command line"
+        source: str | None = os.fspath(data)
+    elif info:
+        origin = f"{Path(model_path).parent / TRAINING_INFO_NAME}"
+        source = config.get("data")
+    else:
+        raise DataError(f"no data set given and no {TRAINING_INFO_NAME} beside {model_path} to say which "
+                        "data the model was trained on (pass --data PATH)")
+    if seed is None:
+        from trainer.data import DEFAULT_SEED
+
+        seed = DEFAULT_SEED
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DataError(f"seed {seed!r} in {TRAINING_INFO_NAME} is not an integer")
+    return DataChoice(source=source, seed=int(seed),
+                      test_fraction=float(test_fraction) if test_fraction is not None else None, origin=origin)
+
+
+def load_data(choice: DataChoice, quiet: bool = False) -> Any:
+    """Load the data set through the trainer's loader (the same decoding and split as in training)."""
+    from trainer.data import Progress as LoadProgress
+    from trainer.data import load_dataset
+
+    kwargs: dict[str, Any] = {"seed": choice.seed, "progress": LoadProgress(quiet=quiet)}
+    if choice.test_fraction is not None:
+        kwargs["test_fraction"] = choice.test_fraction
+    return load_dataset(choice.source, **kwargs)

@@ -1,0 +1,91 @@
+"""Classifying a stream of image files with one Classifier, writing a line per file.
+
+This loop is the hot path of `edge-classify folder/`: per image it reads and preprocesses the
+file, runs the interpreter once, picks the top classes and hands them to the writer, and adds
+nothing else that costs more than a few microseconds. A file that cannot be read is reported and
+skipped; the others are still classified.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable, Protocol, Sequence
+
+from .classify import Class, Classifier, top_classes
+from .errors import ImageError
+from .inputs import InputItem
+from .output import error_reason
+
+logger = logging.getLogger(__name__)
+
+MILLISECONDS = 1000.0
+
+
+class ResultWriter(Protocol):
+    """Where results go (see `output.HumanWriter` and `output.JsonWriter`)."""
+
+    def result(self, path: str, classes: Sequence[Class], uncertain: bool, latency_ms: float) -> None: ...
+
+    def error(self, path: str, reason: str) -> None: ...
+
+
+class BatchSummary:
+    """What a run over files did."""
+
+    def __init__(self) -> None:
+        self.classified = 0
+        self.failed = 0
+        self.seconds = 0.0
+        self.interrupted = False
+
+    @property
+    def total(self) -> int:
+        return self.classified + self.failed
+
+    @property
+    def images_per_second(self) -> float:
+        return self.classified / self.seconds if self.seconds > 0 else 0.0
+
+
+def classify_files(classifier: Classifier, items: Iterable[InputItem], writer: ResultWriter,
+                   top_k: int = 1, threshold: float = 0.0,
+                   clock: Callable[[], float] = time.perf_counter) -> BatchSummary:
+    """Classify every item, writing one result or error per item, in order.
+
+    `latency_ms` covers reading, decoding, preprocessing and inference of one file.
+    A best score under `threshold` marks the result uncertain. Ctrl-C stops the run between
+    files; the summary then says it was interrupted.
+    """
+    summary = BatchSummary()
+    load = classifier.load
+    scores_of = classifier.scores
+    labels = classifier.labels
+    started = clock()
+    try:
+        for item in items:
+            path = item.path
+            if item.error is not None:
+                writer.error(path, item.error)
+                summary.failed += 1
+                continue
+            start = clock()
+            try:
+                scores = scores_of(load(path))
+            except ImageError as error:
+                writer.error(path, error_reason(path, str(error)))
+                summary.failed += 1
+                continue
+            except Exception as error:  # a decoder bug on a hostile file must not end the run
+                logger.debug("unexpected failure on %s", path, exc_info=True)
+                writer.error(path, f"cannot decode image ({type(error).__name__}: {error})")
+                summary.failed += 1
+                continue
+            latency_ms = (clock() - start) * MILLISECONDS
+            classes = top_classes(scores, labels, top_k)
+            writer.result(path, classes, classes[0].score < threshold, latency_ms)
+            summary.classified += 1
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    summary.seconds = clock() - started
+    return summary

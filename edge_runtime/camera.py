@@ -1,0 +1,219 @@
+"""Frame sources for live classification, each behind a context manager.
+
+`PiCamera2Source` reads the Raspberry Pi camera through picamera2; `OpenCVSource` reads a device
+index, a video file or a stream URL through OpenCV's VideoCapture. Both hand out RGB uint8 frames
+(picamera2's "RGB888" and OpenCV's frames are B, G, R in memory, so both are flipped), or None
+when no frame came. `frames()` turns a source into a stream that reopens a live source that
+drops out, a few times, before giving up with a CameraError that says what happened.
+
+picamera2 and cv2 are imported only when a source is opened.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import BackendError, EdgeError
+
+logger = logging.getLogger(__name__)
+
+AUTO_SOURCE = "auto"
+PICAMERA2_SOURCE = "picamera2"
+DEFAULT_DEVICE_INDEX = 0
+# Ask the Pi camera's ISP for a small frame: scaling there is free, and the model wants 32x32.
+PICAMERA2_FRAME_SIZE = (320, 240)
+PICAMERA2_FORMAT = "RGB888"  # 24-bit, stored B, G, R in memory
+DEFAULT_REOPENS = 3
+DEFAULT_REOPEN_DELAY_S = 1.0
+URL_MARKER = "://"
+OPENCV_HINT = "install OpenCV for USB cameras, video files and streams: pip install opencv-python-headless"
+
+
+class CameraError(EdgeError):
+    """A frame source cannot be opened, or stopped delivering frames and could not be reopened."""
+
+
+class FrameSource:
+    """A camera or video: `open`, `read` RGB frames (None when none came), `close`.
+
+    `live` sources (cameras, streams) are reopened when they drop out; for a video file a
+    missing frame is the end of the video.
+    """
+
+    description = "frame source"
+    live = True
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "FrameSource":
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """Reorder a B, G, R (or B, G, R, X) frame to R, G, B; grayscale frames pass unchanged.
+
+    Returns a view (no copy): the preprocessing copies once when it resizes.
+    """
+    if frame.ndim == 3 and frame.shape[2] >= 3:
+        return frame[:, :, 2::-1]
+    return frame
+
+
+class PiCamera2Source(FrameSource):
+    """The Raspberry Pi camera through picamera2, configured for small RGB888 preview frames."""
+
+    description = "Raspberry Pi camera (picamera2)"
+    live = True
+
+    def __init__(self, size: tuple[int, int] = PICAMERA2_FRAME_SIZE):
+        self.size = size
+        self._camera = None
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2
+        except ImportError as error:
+            raise BackendError("picamera2 is not installed: sudo apt install python3-picamera2") from error
+        try:
+            camera = Picamera2()
+            config = camera.create_preview_configuration(main={"size": self.size, "format": PICAMERA2_FORMAT})
+            camera.configure(config)
+            camera.start()
+        except Exception as error:  # picamera2 reports a missing camera as IndexError, busy as RuntimeError
+            raise CameraError(f"{self.description}: cannot start the camera ({type(error).__name__}: {error})") from error
+        self._camera = camera
+
+    def read(self) -> np.ndarray | None:
+        if self._camera is None:
+            return None
+        try:
+            frame = self._camera.capture_array("main")
+        except Exception as error:  # a camera that stops mid-stream raises from libcamera
+            logger.debug("picamera2 capture failed: %s", error)
+            return None
+        return None if frame is None else bgr_to_rgb(np.asarray(frame))
+
+    def close(self) -> None:
+        camera, self._camera = self._camera, None
+        if camera is None:
+            return
+        try:
+            camera.stop()
+        finally:
+            camera.close()
+
+
+class OpenCVSource(FrameSource):
+    """A camera index, video file or stream URL through OpenCV's VideoCapture."""
+
+    def __init__(self, source: int | str):
+        self.source = source
+        self.live = not (isinstance(source, str) and os.path.isfile(source))
+        if isinstance(source, int):
+            self.description = f"camera {source} (OpenCV)"
+        elif self.live:
+            self.description = f"stream {source}"
+        else:
+            self.description = f"video {source}"
+        self._capture = None
+
+    def open(self) -> None:
+        try:
+            import cv2
+        except ImportError as error:
+            raise BackendError(f"OpenCV is not installed; {OPENCV_HINT}") from error
+        capture = cv2.VideoCapture(self.source)
+        if not capture.isOpened():
+            capture.release()
+            raise CameraError(f"{self.description}: cannot open it")
+        self._capture = capture
+
+    def read(self) -> np.ndarray | None:
+        if self._capture is None:
+            return None
+        ok, frame = self._capture.read()
+        if not ok or frame is None:
+            return None
+        return bgr_to_rgb(frame)
+
+    def close(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.release()
+
+
+def picamera2_available() -> bool:
+    """True when picamera2 can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec(PICAMERA2_SOURCE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def open_source(source: str | None = None) -> FrameSource:
+    """The frame source that `--camera [SOURCE]` names (not yet opened).
+
+    None or "auto": the Pi camera when picamera2 is importable, else OpenCV camera 0.
+    "picamera2": the Pi camera. Digits: an OpenCV camera index. Anything else: a video file
+    or a stream URL for OpenCV.
+    """
+    if source is None or source == AUTO_SOURCE:
+        return PiCamera2Source() if picamera2_available() else OpenCVSource(DEFAULT_DEVICE_INDEX)
+    if source == PICAMERA2_SOURCE:
+        return PiCamera2Source()
+    if source.isdigit():
+        return OpenCVSource(int(source))
+    if URL_MARKER not in source and not os.path.exists(source):
+        raise CameraError(f"{source}: no such video file, and not a camera index or stream URL")
+    if os.path.isdir(source):
+        raise CameraError(f"{source}: is a folder, not a video file or camera")
+    return OpenCVSource(source)
+
+
+def frames(source: FrameSource, max_reopens: int = DEFAULT_REOPENS,
+           reopen_delay_s: float = DEFAULT_REOPEN_DELAY_S,
+           sleep: Callable[[float], None] = time.sleep,
+           notify: Callable[[str], None] | None = None) -> Iterator[np.ndarray]:
+    """Yield frames from an opened `source` until a video ends or the source is lost for good.
+
+    A live source that delivers no frame is closed and reopened, up to `max_reopens` times in a
+    row (a frame in between resets the count); then CameraError. `notify` hears each attempt.
+    """
+    attempts = 0
+    while True:
+        frame = source.read()
+        if frame is not None:
+            attempts = 0
+            yield frame
+            continue
+        if not source.live:
+            return
+        if attempts >= max_reopens:
+            raise CameraError(f"{source.description}: stopped delivering frames and did not come back "
+                              f"after {max_reopens} reopen attempts; check the connection or the stream")
+        attempts += 1
+        if notify is not None:
+            notify(f"{source.description}: no frame, reopening ({attempts}/{max_reopens})")
+        source.close()
+        sleep(reopen_delay_s)
+        try:
+            source.open()
+        except CameraError as error:
+            logger.debug("reopen %d failed: %s", attempts, error)

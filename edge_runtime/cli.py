@@ -1,0 +1,268 @@
+"""`edge-classify`: classify image files, folders or camera frames with a TFLite model, without TensorFlow.
+
+A thin shell over the library: it parses options, picks the model, builds one Classifier and
+hands it to `batch.classify_files`, `live.classify_frames`, `bench.benchmark_model` or
+`info.model_facts`. Exit codes: 0 when everything asked for was done, 1 when some input could not
+be classified (the others still were) or a model differs from its manifest, 2 for a bad model,
+backend or command line, 130 on Ctrl-C during a file run.
+
+Only what a run needs is imported, when it needs it: `edge-classify photo.jpg` loads numpy,
+Pillow, click and one interpreter package, and nothing from TensorFlow or OpenCV.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, TextIO
+
+import click
+
+from . import __version__
+from .errors import EdgeError
+from .interpreter import BACKEND_ORDER
+from .model_select import MODEL_ENV_VAR
+
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1
+EXIT_FATAL = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+DEFAULT_MODEL = ""  # the value of a bare --info / --benchmark: use the model resolution order
+CAMERA_AUTO = "auto"
+
+logger = logging.getLogger(__name__)
+
+
+class FatalError(click.ClickException):
+    """A problem that stops the whole run (bad model, backend or options): exit code 2, one line."""
+
+    exit_code = EXIT_FATAL
+
+
+class RunFailed(click.ClickException):
+    """The run went ahead but something asked for failed (a lost camera): exit code 1."""
+
+    exit_code = EXIT_INPUT_FAILED
+
+
+def _make_classifier(model_option: str | None, threads: int, backend: str | None, labels: str | None):
+    """Find the model and build the one Classifier of this run; model problems are fatal."""
+    from .classify import Classifier
+    from .model_select import find_model
+
+    try:
+        model_path = find_model(model_option)
+        classifier = Classifier(model_path, threads=threads, backend=backend, labels_path=labels)
+    except EdgeError as error:
+        raise FatalError(str(error)) from error
+    if labels is not None and classifier.labels_source == "embedded":
+        click.echo(f"note: {model_path} carries its own labels; --labels {labels} is not used", err=True)
+    return classifier
+
+
+def _run_files(classifier, inputs: tuple[str, ...], recursive: bool, as_json: bool, top_k: int,
+               threshold: float, output: str | None) -> int:
+    from .atomic import atomic_path
+    from .batch import classify_files
+    from .inputs import expand_inputs
+
+    items = expand_inputs(inputs, recursive=recursive)
+    if output is None:
+        summary = _classify_to(sys.stdout, classifier, items, as_json, top_k, threshold)
+    else:
+        try:
+            with atomic_path(output) as temporary:
+                with open(temporary, "w", encoding="utf-8") as stream:
+                    summary = _classify_to(stream, classifier, items, as_json, top_k, threshold)
+        except OSError as error:
+            raise FatalError(f"{output}: cannot write results ({error.strerror or error})") from error
+    if summary.total > 1 or summary.interrupted:
+        text = (f"classified {summary.classified} of {summary.total} inputs in {summary.seconds:.2f} s "
+                f"({summary.images_per_second:,.0f} images/s)")
+        if summary.failed:
+            text += f"; {summary.failed} failed"
+        if summary.interrupted:
+            text = "interrupted: " + text
+        click.echo(text, err=True)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_INPUT_FAILED if summary.failed else EXIT_OK
+
+
+def _classify_to(stream: TextIO, classifier, items, as_json: bool, top_k: int, threshold: float):
+    from .batch import classify_files
+    from .output import HumanWriter, JsonWriter
+
+    writer = JsonWriter(stream) if as_json else HumanWriter(stream, sys.stderr)
+    summary = classify_files(classifier, items, writer, top_k=top_k, threshold=threshold)
+    stream.flush()
+    return summary
+
+
+def _run_camera(classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
+    from .camera import frames, open_source
+    from .live import LiveStatus, classify_frames
+
+    out = sys.stdout
+
+    def report(status: LiveStatus) -> None:
+        if as_json:
+            record: dict[str, Any] = {"frame": status.frame, "label": status.label,
+                                      "score": round(status.score, 6), "fps": round(status.fps, 2)}
+            if status.uncertain:
+                record["uncertain"] = True
+            out.write(json.dumps(record) + "\n")
+        else:
+            out.write(status.line() + "\n")
+        out.flush()
+
+    def notify(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        frame_source = open_source(None if source == CAMERA_AUTO else source)
+        with frame_source:
+            click.echo(f"classifying frames from {frame_source.description}; Ctrl-C stops", err=True)
+            summary = classify_frames(classifier, frames(frame_source, notify=notify), report,
+                                      max_frames=max_frames, threshold=threshold)
+    except EdgeError as error:
+        from .errors import BackendError
+
+        if isinstance(error, BackendError):
+            raise FatalError(str(error)) from error
+        raise RunFailed(str(error)) from error
+    click.echo(summary.line(), err=True)
+    if summary.error is not None:
+        raise RunFailed(summary.error)
+    return EXIT_OK
+
+
+def _run_info(classifier, as_json: bool) -> int:
+    from .info import format_facts, model_facts
+
+    facts = model_facts(classifier)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(format_facts(facts)))
+    return EXIT_OK
+
+
+def _run_benchmark(model_option: str | None, threads: int, backend: str | None, runs: int,
+                   as_json: bool) -> int:
+    from .bench import benchmark_model
+    from .model_select import find_model
+
+    try:
+        result = benchmark_model(find_model(model_option), threads=threads, runs=runs, backend=backend)
+    except EdgeError as error:
+        raise FatalError(str(error)) from error
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else "\n".join(result.lines()))
+    return EXIT_OK
+
+
+def _run_verify(model: str, manifest: str | None) -> int:
+    from .manifest import verify_file
+
+    try:
+        verification = verify_file(model, manifest)
+    except EdgeError as error:
+        raise FatalError(str(error)) from error
+    click.echo(verification.message())
+    return EXIT_OK if verification.ok else EXIT_INPUT_FAILED
+
+
+def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: str | None,
+                        verify: str | None, camera: str | None, frames: int | None,
+                        runs: int | None, manifest: str | None) -> None:
+    modes = [name for name, value in (("--info", info), ("--benchmark", benchmark), ("--verify", verify),
+                                      ("--camera", camera)) if value is not None]
+    if inputs:
+        modes.append("image inputs")
+    if len(modes) > 1:
+        raise click.UsageError(f"{' and '.join(modes)} cannot be used together")
+    if not modes:
+        raise click.UsageError("give an image file or folder to classify "
+                               "(or --camera, --info, --benchmark or --verify)")
+    for option, value, needs, needed in (("--frames", frames, "--camera", camera),
+                                         ("--runs", runs, "--benchmark", benchmark),
+                                         ("--manifest", manifest, "--verify", verify)):
+        if value is not None and needed is None:
+            raise click.UsageError(f"{option} only applies to {needs}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
+@click.option("-m", "--model", "model_option", metavar="PATH",
+              help=f"The .tflite model. Default: ${MODEL_ENV_VAR}, else the only .tflite file here.")
+@click.option("--labels", metavar="FILE", help="Labels file for a model that carries none.")
+@click.option("-k", "--top-k", default=1, show_default=True, type=click.IntRange(min=1),
+              help="How many classes to show per image.")
+@click.option("-t", "--threshold", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help='Below this best score, say "uncertain".')
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (one object per image) instead of text.")
+@click.option("-o", "--output", metavar="FILE", help="Write the results to FILE instead of stdout.")
+@click.option("-r", "--recursive", is_flag=True, help="Look for images in sub-folders too.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Interpreter threads.")
+@click.option("--backend", type=click.Choice(BACKEND_ORDER),
+              help="Interpreter package (default: the first installed, in this order).")
+@click.option("--camera", is_flag=False, flag_value=CAMERA_AUTO, default=None, metavar="[SOURCE]",
+              help="Classify live frames: the Pi camera, else OpenCV camera 0; or a camera index, "
+                   "a video file or a stream URL.")
+@click.option("--frames", "max_frames", type=click.IntRange(min=1), metavar="N",
+              help="With --camera: stop after N frames.")
+@click.option("--info", "info_model", is_flag=False, flag_value=DEFAULT_MODEL, default=None,
+              metavar="[MODEL]", help="Show the model's input, quantization, labels, size and sha256.")
+@click.option("--benchmark", "benchmark_model", is_flag=False, flag_value=DEFAULT_MODEL, default=None,
+              metavar="[MODEL]", help="Time initialisation, first inference and latency of the model.")
+@click.option("--runs", type=click.IntRange(min=1), metavar="N",
+              help="With --benchmark: inferences to time (default 200).")
+@click.option("--verify", "verify_model", metavar="MODEL",
+              help="Check MODEL's size and sha256 against its manifest.json.")
+@click.option("--manifest", metavar="FILE", help="With --verify: the manifest (default: beside the model).")
+@click.option("-v", "--verbose", is_flag=True, help="Log diagnostics to stderr.")
+@click.version_option(__version__, "--version", prog_name="edge-classify")
+def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None, top_k: int,
+         threshold: float, as_json: bool, output: str | None, recursive: bool, threads: int,
+         backend: str | None, camera: str | None, max_frames: int | None, info_model: str | None,
+         benchmark_model: str | None, runs: int | None, verify_model: str | None,
+         manifest: str | None, verbose: bool) -> None:
+    """Classify images with a TFLite model: files, folders (-r for sub-folders) or a camera.
+
+    \b
+    edge-classify photo.jpg
+    edge-classify --json -r photos/ > results.jsonl
+    edge-classify --camera --frames 100
+    edge-classify --info model.tflite
+    """
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s", stream=sys.stderr)
+    _check_combinations(inputs, info_model, benchmark_model, verify_model, camera, max_frames, runs, manifest)
+    if verify_model is not None:
+        sys.exit(_run_verify(verify_model, manifest))
+    if benchmark_model is not None:
+        from .bench import DEFAULT_RUNS
+
+        sys.exit(_run_benchmark(benchmark_model or model_option, threads, backend, runs or DEFAULT_RUNS, as_json))
+    if info_model is not None:
+        classifier = _make_classifier(info_model or model_option, threads, backend, labels)
+        sys.exit(_run_info(classifier, as_json))
+    classifier = _make_classifier(model_option, threads, backend, labels)
+    if camera is not None:
+        sys.exit(_run_camera(classifier, camera, max_frames, as_json, threshold))
+    try:
+        code = _run_files(classifier, inputs, recursive, as_json, top_k, threshold, output)
+    except BrokenPipeError:
+        # The reader went away (`edge-classify folder | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main(prog_name="edge-classify")

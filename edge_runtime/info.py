@@ -1,0 +1,56 @@
+"""`edge-classify --info`: the facts about a model file a user checks before trusting it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .classify import Classifier
+from .manifest import sha256_file
+
+PREVIEW_LABELS = 10
+
+
+def model_facts(classifier: Classifier) -> dict[str, Any]:
+    """`Classifier.describe()` plus the file's size and sha256 and the embedded model info."""
+    path = classifier.model_path
+    facts = classifier.describe()
+    facts["size_bytes"] = os.path.getsize(path)
+    facts["sha256"] = sha256_file(path)
+    facts["info"] = dict(classifier.metadata.info) if classifier.metadata else {}
+    return facts
+
+
+def _tensor_line(tensor: dict[str, Any]) -> str:
+    text = f"{tensor['shape']} {tensor['dtype']}"
+    quantization = tensor.get("quantization")
+    if quantization:
+        text += f", scale {quantization['scale']:.6g}, zero point {quantization['zero_point']}"
+    return text
+
+
+def format_facts(facts: dict[str, Any]) -> list[str]:
+    """The facts for people, one per line."""
+    labels = facts["labels"]
+    if labels:
+        shown = ", ".join(labels[:PREVIEW_LABELS]) + (", ..." if len(labels) > PREVIEW_LABELS else "")
+        label_text = f"{len(labels)} ({facts['labels_source']}): {shown}"
+    else:
+        label_text = f"none ({facts['num_classes']} classes shown as indices)"
+    spec = facts["preprocess"]
+    threads = facts["threads"]
+    lines = [
+        f"model:        {facts['model']}",
+        f"size:         {facts['size_bytes']:,} bytes",
+        f"sha256:       {facts['sha256']}",
+        f"backend:      {facts['backend']}, {threads} thread{'s' if threads != 1 else ''}",
+        f"input:        {_tensor_line(facts['input'])}",
+        f"output:       {_tensor_line(facts['output'])}",
+        f"quantized:    {'yes' if facts['quantized'] else 'no'}",
+        f"labels:       {label_text}",
+        f"preprocess:   {spec['width']}x{spec['height']} {spec['color_order']}, {spec['resize']}, "
+        f"{spec['resample']}, x * {spec['scale']:.6g} + {spec['offset']:g}",
+    ]
+    for key, value in sorted(facts["info"].items()):
+        lines.append(f"{key + ':':<13} {value}")
+    return lines

@@ -1,0 +1,92 @@
+"""Command-line inputs (files and folders) expanded into the image files to classify.
+
+Files named on the command line are always tried, whatever their extension, so a bad file gets a
+line that says why. Folders contribute the files whose extension Pillow can usually read, in
+sorted order, skipping hidden files; `recursive` descends into sub-folders. A folder whose name
+looks like an image file (`x.jpg/`) is reported as a bad input rather than silently entered.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Iterable, Iterator, NamedTuple
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".pcx", ".sgi", ".im", ".dds",
+})
+FOLDER_NAMED_LIKE_IMAGE = "is a folder, not an image file"
+NOT_FOUND = "no such file or folder"
+
+
+class InputItem(NamedTuple):
+    """One thing to classify: an image path, or a path with the reason it cannot be one."""
+
+    path: str
+    error: str | None = None
+
+
+def has_image_extension(name: str) -> bool:
+    """True when `name` ends with an extension of an image format Pillow reads."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> Iterator[InputItem]:
+    """Yield the image paths named by `inputs`, in the order given and sorted inside folders.
+
+    Problems that are known before reading a file (a missing path, a folder without images)
+    come out as items with an `error`, in place, so the caller reports them with the rest.
+    """
+    for raw in inputs:
+        path = os.fspath(raw)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as error:
+            reason = NOT_FOUND if isinstance(error, FileNotFoundError) else f"cannot read ({error.strerror})"
+            yield InputItem(path, reason)
+            continue
+        if not stat.S_ISDIR(mode):
+            yield InputItem(path)
+        elif has_image_extension(path.rstrip("/" + os.sep)):
+            yield InputItem(path, FOLDER_NAMED_LIKE_IMAGE)
+        else:
+            found = False
+            for item in _walk_folder(path, recursive, set()):
+                found = True
+                yield item
+            if not found:
+                hint = "" if recursive else " (use --recursive for sub-folders)"
+                yield InputItem(path, f"folder has no image files{hint}")
+
+
+def _walk_folder(folder: str, recursive: bool, visited: set[str]) -> Iterator[InputItem]:
+    """Image files of one folder in name order, descending depth-first when `recursive`.
+
+    `visited` holds the real paths already walked, so a symbolic link loop is entered once.
+    """
+    real = os.path.realpath(folder)
+    if real in visited:
+        return
+    visited.add(real)
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError as error:
+        yield InputItem(folder, f"cannot list folder ({error.strerror})")
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            continue
+        try:
+            is_folder = entry.is_dir()
+        except OSError:
+            is_folder = False
+        if is_folder:
+            if has_image_extension(name):
+                yield InputItem(entry.path, FOLDER_NAMED_LIKE_IMAGE)
+            elif recursive:
+                yield from _walk_folder(entry.path, recursive, visited)
+        elif has_image_extension(name):
+            yield InputItem(entry.path)

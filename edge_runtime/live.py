@@ -1,0 +1,117 @@
+"""Live classification of camera frames with one Classifier, reporting as the answer changes.
+
+`classify_frames` takes any iterable of RGB frames (see `camera.frames`), classifies each with
+the same interpreter, and calls `report` with a `LiveStatus` whenever the label changes, or at
+most once per `REPORT_INTERVAL_S` when the shown score or frame rate changes. It stops after
+`max_frames`, at the end of a video, on Ctrl-C, or when the source is lost, and returns a
+summary either way.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .camera import CameraError
+from .classify import Classifier, top_classes
+from .output import UNCERTAIN_LABEL
+from .preprocess import array_to_input
+
+REPORT_INTERVAL_S = 1.0
+# Frame rate is smoothed over roughly this many frames so the number shown does not flicker.
+FPS_SMOOTHING_FRAMES = 10
+SCORE_DIGITS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveStatus:
+    """What is shown for the current frame."""
+
+    frame: int
+    label: str
+    score: float
+    fps: float
+    uncertain: bool
+
+    def line(self) -> str:
+        return f"{self.label} {self.score:.{SCORE_DIGITS}f}  {self.fps:.1f} fps"
+
+
+@dataclasses.dataclass
+class LiveSummary:
+    """What a live run did, and why it stopped."""
+
+    frames: int = 0
+    seconds: float = 0.0
+    label_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    stopped_by: str = "end of stream"
+    error: str | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        text = f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps), stopped by {self.stopped_by}"
+        if self.label_counts:
+            label, count = self.label_counts.most_common(1)[0]
+            text += f"; most frequent: {label} ({count / self.frames:.0%} of frames)"
+        return text
+
+
+def classify_frames(classifier: Classifier, frames: Iterable[np.ndarray],
+                    report: Callable[[LiveStatus], None], max_frames: int | None = None,
+                    threshold: float = 0.0, clock: Callable[[], float] = time.perf_counter) -> LiveSummary:
+    """Classify frames until `max_frames`, the end of the source, Ctrl-C or a lost source."""
+    summary = LiveSummary()
+    spec = classifier.spec
+    shown: LiveStatus | None = None
+    shown_at = 0.0
+    smoothing = 1.0 / FPS_SMOOTHING_FRAMES
+    frame_interval = 0.0
+    started = previous = clock()
+    try:
+        if max_frames is not None and max_frames <= 0:
+            summary.stopped_by = "--frames"
+            return summary
+        for frame in frames:
+            best = top_classes(classifier.scores(array_to_input(frame, spec)), classifier.labels, 1)[0]
+            now = clock()
+            interval = now - previous
+            previous = now
+            frame_interval = interval if summary.frames == 0 else (
+                frame_interval + smoothing * (interval - frame_interval))
+            summary.frames += 1
+            uncertain = best.score < threshold
+            label = UNCERTAIN_LABEL if uncertain else best.label
+            summary.label_counts[label] += 1
+            status = LiveStatus(summary.frames, label, best.score,
+                                1.0 / frame_interval if frame_interval > 0 else 0.0, uncertain)
+            if _worth_reporting(shown, status, now - shown_at):
+                report(status)
+                shown, shown_at = status, now
+            if max_frames is not None and summary.frames >= max_frames:
+                summary.stopped_by = "--frames"
+                break
+    except KeyboardInterrupt:
+        summary.stopped_by = "Ctrl-C"
+    except CameraError as error:
+        summary.stopped_by = "a lost source"
+        summary.error = str(error)
+    finally:
+        summary.seconds = clock() - started
+    return summary
+
+
+def _worth_reporting(shown: LiveStatus | None, status: LiveStatus, since_shown_s: float) -> bool:
+    """A new label always; a changed score or rate only after the report interval."""
+    if shown is None or status.label != shown.label:
+        return True
+    if since_shown_s < REPORT_INTERVAL_S:
+        return False
+    return (round(status.score, SCORE_DIGITS) != round(shown.score, SCORE_DIGITS)
+            or round(status.fps) != round(shown.fps))

@@ -1,0 +1,94 @@
+"""How results are written: one line per image for people, or JSON lines for programs.
+
+Both writers take already computed classes and write to a text stream the caller owns (stdout,
+or a file opened by the CLI). They sit on the per-image path of a 10,000-image run, so they build
+each line with one f-string, encode each label once, and never flush per line: the stream's own
+buffering decides (line by line on a terminal, in blocks into a file or pipe).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence, TextIO
+
+from .classify import Class
+
+UNCERTAIN_LABEL = "uncertain"
+HUMAN_SCORE_DIGITS = 3
+JSON_SCORE_DIGITS = 6
+JSON_LATENCY_DIGITS = 3
+# json's own C string encoder: escapes quotes, control characters and everything non-ASCII
+# (including the lone surrogates of undecodable file names), so every line is valid JSON.
+_encode_json_string = json.encoder.encode_basestring_ascii
+
+
+def error_reason(path: str, message: str) -> str:
+    """The reason part of an error message, without the path it starts with."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def display_path(path: str) -> str:
+    """A path as text a terminal can print, even when its bytes are not valid UTF-8."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class HumanWriter:
+    """`photo.jpg: cat 0.912` lines on `out`; problems as `photo.jpg: error: reason` on `err`."""
+
+    def __init__(self, out: TextIO, err: TextIO):
+        self._out = out
+        self._err = err
+
+    def result(self, path: str, classes: Sequence[Class], uncertain: bool, latency_ms: float) -> None:
+        digits = HUMAN_SCORE_DIGITS
+        shown = ", ".join(f"{c.label} {c.score:.{digits}f}" for c in classes)
+        text = f"{UNCERTAIN_LABEL} ({shown})" if uncertain else shown
+        self._out.write(f"{display_path(path)}: {text}\n")
+
+    def error(self, path: str, reason: str) -> None:
+        self._err.write(f"{display_path(path)}: error: {reason}\n")
+        self._err.flush()
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+class JsonWriter:
+    """One JSON object per line on `out`.
+
+    A result: `{"path", "label", "score", "top_k": [{"label", "score"}...], "latency_ms"}`, plus
+    `"uncertain": true` when the best score is under the threshold (then `label` is "uncertain"
+    and `score` is still the best score). A failed input: `{"path", "error"}`.
+    """
+
+    def __init__(self, out: TextIO):
+        self._out = out
+        self._label_json: dict[str, str] = {}
+
+    def _label(self, label: str) -> str:
+        encoded = self._label_json.get(label)
+        if encoded is None:
+            encoded = self._label_json[label] = _encode_json_string(label)
+        return encoded
+
+    def result(self, path: str, classes: Sequence[Class], uncertain: bool, latency_ms: float) -> None:
+        digits = JSON_SCORE_DIGITS
+        top = classes[0]
+        top_k = ", ".join(f'{{"label": {self._label(c.label)}, "score": {c.score:.{digits}f}}}'
+                          for c in classes)
+        label = self._label(UNCERTAIN_LABEL) if uncertain else self._label(top.label)
+        flag = ', "uncertain": true' if uncertain else ""
+        self._out.write(f'{{"path": {_encode_json_string(path)}, "label": {label}, '
+                        f'"score": {top.score:.{digits}f}, "top_k": [{top_k}], '
+                        f'"latency_ms": {latency_ms:.{JSON_LATENCY_DIGITS}f}{flag}}}\n')
+
+    def error(self, path: str, reason: str) -> None:
+        self._out.write(f'{{"path": {_encode_json_string(path)}, "error": {_encode_json_string(reason)}}}\n')
+
+    def flush(self) -> None:
+        self._out.flush()

@@ -1,0 +1,204 @@
+"""A throwaway OpenSSH server on 127.0.0.1 for the deploy tests, and a deployable test model.
+
+`local_sshd(folder)` starts Debian's `/usr/sbin/sshd` in the foreground on a free port with its own
+host key, a client key allowed through an authorized_keys file in `folder`, and a generated
+sshd_config; it yields what a client needs (`SshServer`) and stops the server afterwards.
+`SshdUnavailable` says, in one line, why a server could not be started here, for `pytest.skip`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+from edge_runtime.manifest import write_manifest
+
+SSHD_PATH = Path("/usr/sbin/sshd")
+# sshd running as root insists on this empty directory for its privilege-separated child.
+PRIVSEP_DIR = Path("/run/sshd")
+PRIVSEP_DIR_MODE = 0o755
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+POLL_INTERVAL_S = 0.05
+SSH_BANNER_PREFIX = b"SSH-2.0-"
+BANNER_BYTES = 64
+CLIENT_PROGRAMS = ("ssh", "scp", "ssh-keygen")
+LOG_TAIL_LINES = 5
+
+
+class SshdUnavailable(Exception):
+    """sshd cannot run here; the message is the reason, for a skip."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SshServer:
+    """How a client reaches the running test server."""
+
+    host: str
+    port: int
+    user: str
+    identity: Path          # the client's private key
+    known_hosts: Path       # holds only this server's host key
+    log: Path               # sshd's own log (-e)
+
+    @property
+    def device(self) -> str:
+        return f"{self.user}@{self.host}"
+
+    def ssh_options(self) -> list[str]:
+        """Client options that ignore the user's ~/.ssh entirely and trust only this server's key."""
+        return ["-F", "/dev/null",
+                "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", "IdentitiesOnly=yes",
+                "-o", "LogLevel=ERROR"]
+
+    def deploy_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for deploy/deploy.sh pointing at this server (no ssh-agent)."""
+        env = dict(os.environ if base is None else base)
+        env.pop("SSH_AUTH_SOCK", None)
+        env.update(SSH_PORT=str(self.port), SSH_IDENTITY=str(self.identity),
+                   SSH_OPTS=" ".join(self.ssh_options()))
+        return env
+
+    def run(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a shell command on the server as the test user."""
+        argv = ["ssh", *self.ssh_options(), "-o", "BatchMode=yes", "-p", str(self.port),
+                "-i", str(self.identity), self.device, command]
+        return subprocess.run(argv, capture_output=True, text=True, check=check,
+                              env={k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"})
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def missing_client_programs() -> list[str]:
+    return [name for name in CLIENT_PROGRAMS if shutil.which(name) is None]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edge-deploy-test", "-f", str(path)],
+                   check=True, capture_output=True)
+
+
+def _sshd_config(folder: Path, port: int, host_key: Path, authorized_keys: Path, user: str) -> str:
+    lines = [
+        f"Port {port}",
+        f"ListenAddress {LOOPBACK}",
+        f"HostKey {host_key}",
+        f"PidFile {folder / 'sshd.pid'}",
+        f"AuthorizedKeysFile {authorized_keys}",
+        f"AllowUsers {user}",
+        # The key files live in a pytest temporary folder, not in a home with ssh's permissions.
+        "StrictModes no",
+        "UsePAM no",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        # scp speaks SFTP since OpenSSH 9.0; the in-process server needs no sftp-server binary.
+        "Subsystem sftp internal-sftp",
+        "LogLevel VERBOSE",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(lines[-LOG_TAIL_LINES:]) or "empty log"
+
+
+def _wait_for_banner(process: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SshdUnavailable(f"sshd exited with {process.returncode}: {_log_tail(log)}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1.0) as connection:
+                if connection.recv(BANNER_BYTES).startswith(SSH_BANNER_PREFIX):
+                    return
+        except OSError:
+            pass
+        time.sleep(POLL_INTERVAL_S)
+    raise SshdUnavailable(f"sshd did not answer on port {port} within {START_TIMEOUT_S:.0f} s: {_log_tail(log)}")
+
+
+@contextlib.contextmanager
+def local_sshd(folder: Path) -> Iterator[SshServer]:
+    """Run sshd on 127.0.0.1 for the current user until the block ends; SshdUnavailable if it cannot."""
+    if not SSHD_PATH.exists():
+        raise SshdUnavailable(f"{SSHD_PATH} not found (apt-get install openssh-server)")
+    missing = missing_client_programs()
+    if missing:
+        raise SshdUnavailable(f"{', '.join(missing)} not found (apt-get install openssh-client)")
+    if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
+        # What Debian's ssh.service does before starting sshd (RuntimeDirectory=sshd).
+        PRIVSEP_DIR.mkdir(mode=PRIVSEP_DIR_MODE, parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    host_key, client_key = folder / "host_key", folder / "client_key"
+    _keygen(host_key)
+    _keygen(client_key)
+    authorized_keys = folder / "authorized_keys"
+    authorized_keys.write_text(Path(f"{client_key}.pub").read_text())
+    user = getpass.getuser()
+    port = free_port()
+    config = folder / "sshd_config"
+    config.write_text(_sshd_config(folder, port, host_key, authorized_keys, user))
+    known_hosts = folder / "known_hosts"
+    host_public = Path(f"{host_key}.pub").read_text().split()
+    known_hosts.write_text(f"[{LOOPBACK}]:{port} {host_public[0]} {host_public[1]}\n")
+    log = folder / "sshd.log"
+    with open(log, "wb") as log_handle:
+        # sshd re-executes itself and so must be started by its absolute path.
+        process = subprocess.Popen([str(SSHD_PATH), "-D", "-e", "-f", str(config)],
+                                   stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for_banner(process, port, log)
+        yield SshServer(host=LOOPBACK, port=port, user=user, identity=client_key,
+                        known_hosts=known_hosts, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def write_deployable_model(source: Path, folder: Path, name: str) -> Path:
+    """Copy a model into `folder` as `name` with a manifest.json listing it, as edge-convert does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    shutil.copyfile(source, target)
+    write_manifest(folder, [name])
+    return target
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Change one byte of a file in place (xor 0xFF), keeping its size."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def remote_edge_classify(repo_root: Path, python: str) -> str:
+    """The command that runs this checkout's edge-classify on the (local) test device."""
+    return f"PYTHONPATH={shlex.quote(str(repo_root))} {shlex.quote(python)} -m edge_runtime.cli"

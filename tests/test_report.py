@@ -1,0 +1,261 @@
+"""edge-report: the numbers (pure and end to end), the files, the terminal table and the thresholds."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+pytest.register_assert_rewrite("converter_fixtures")
+from converter_fixtures import SEED, Converted  # noqa: E402
+from synthetic import CLASS_NAMES  # noqa: E402
+
+pytest_plugins = ("converter_fixtures",)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FLOAT32_MAX_PROBABILITY_DIFFERENCE = 1e-4
+PIXEL_SCALE = 255.0
+
+
+# --- pure metrics -------------------------------------------------------------------------------------
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns() -> None:
+    from converter.report import confusion_matrix
+
+    matrix = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_per_class_accuracy_marks_a_class_without_images() -> None:
+    from converter.report import per_class_accuracy
+
+    assert per_class_accuracy(np.array([0, 1, 0, 0]), np.array([0, 0, 0, 2]), 3) == [2 / 3, None, 0.0]
+
+
+def test_compare_format_against_a_reference() -> None:
+    from converter.report import compare_format
+
+    labels = np.array([0, 1, 1, 0])
+    reference = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])  # 3 of 4 correct
+    other = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.4, 0.6]])  # 3 of 4, differs on the last two
+    result = compare_format("int8", other, labels, reference, 2, latency_ms=1.5)
+    assert result.accuracy == 0.75 and result.correct == 3
+    assert result.accuracy_change_pp == 0.0
+    assert result.agreement == 0.5
+    assert result.max_abs_prob_diff == pytest.approx(0.3)
+    assert result.mean_abs_prob_diff == pytest.approx((0.1 + 0.1 + 0.2 + 0.3) * 2 / 8)
+    assert result.per_class_accuracy == [0.5, 1.0]
+    assert result.confusion == [[1, 1], [0, 2]]
+
+
+def _report_with_int8(keras_correct: int, int8_correct: int, agreeing: int, total: int = 1000):
+    from converter.report import FormatResult, Report
+
+    def result(name: str, correct: int, agreement: int) -> FormatResult:
+        return FormatResult(name=name, file=None, size_bytes=None, accuracy=correct / total, correct=correct,
+                            accuracy_change_pp=(correct - keras_correct) * 100.0 / total,
+                            agreement=agreement / total, mean_abs_prob_diff=0.0, max_abs_prob_diff=0.0,
+                            per_class_accuracy=[], confusion=[], latency_ms=None)
+
+    return Report(labels=[], num_images=total, data_source="", seed=0, backend=None,
+                  formats=[result("keras", keras_correct, total), result("int8", int8_correct, agreeing)])
+
+
+def test_max_drop_is_inclusive_and_counted_exactly() -> None:
+    from converter.report import threshold_failures
+
+    assert threshold_failures(_report_with_int8(700, 695, 990), max_drop_pp=0.5) == []
+    assert threshold_failures(_report_with_int8(700, 694, 990), max_drop_pp=0.5) == [
+        "int8 loses 0.60 percentage points of accuracy against Keras, more than the allowed 0.5"]
+
+
+def test_min_agreement_threshold() -> None:
+    from converter.report import threshold_failures
+
+    assert threshold_failures(_report_with_int8(700, 700, 980), min_agreement_percent=98) == []
+    assert threshold_failures(_report_with_int8(700, 700, 979), min_agreement_percent=98) == [
+        "int8 agrees with Keras on 97.90% of test images, less than the required 98%"]
+
+
+def test_thresholds_need_an_int8_model() -> None:
+    from converter.report import Report, threshold_failures
+
+    report = Report(labels=[], num_images=1, data_source="", seed=0, backend=None, formats=[])
+    assert threshold_failures(report) == []
+    assert threshold_failures(report, max_drop_pp=1) == [
+        "no int8 model was evaluated, so its accuracy cannot be checked"]
+
+
+def test_models_are_found_in_a_fixed_order(tmp_path: Path) -> None:
+    from converter.report import tflite_models
+    from edge_runtime.errors import ModelError
+
+    for name in ("model_zeta.tflite", "model_int8.tflite", "model_float16.tflite", "model_float32.tflite"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [variant for variant, _ in tflite_models(tmp_path)] == ["float32", "int8", "float16", "zeta"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match=re.escape(f"{empty}: no .tflite models to evaluate (run edge-convert first)")):
+        tflite_models(empty)
+
+
+def test_text_tables_align_and_escape() -> None:
+    from converter.report_render import format_points, markdown_table, text_table
+
+    assert markdown_table(["a", "b"], [["x|y", "1"]]) == "| a | b |\n|:---|---:|\n| x\\|y | 1 |\n"
+    assert text_table(["name", "n"], [["int8", "10"]]) == "name   n\n----  --\nint8  10\n"
+    assert format_points(-0.001) == "+0.00 pp"
+    assert format_points(-0.17) == "-0.17 pp"
+
+
+# --- end to end ---------------------------------------------------------------------------------------
+
+def _report(args: list[str]):
+    from converter.cli import report_main
+
+    return CliRunner().invoke(report_main, args)
+
+
+@pytest.fixture(scope="module")
+def report_run(converted: Converted):
+    """`edge-report` on the fixture's float32 and int8 files, with CI-like thresholds that pass."""
+    result = _report(["--model", str(converted.trained.model_path), "--max-drop", "2", "--min-agreement", "95"])
+    return converted, result
+
+
+def _independent_accuracies(converted: Converted) -> tuple[float, float, float]:
+    """Keras, int8 accuracy and int8/Keras agreement computed without the converter or the runtime."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    dataset = converted.trained.dataset
+    pixels = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in dataset.test_paths])
+    model = keras.models.load_model(converted.trained.model_path)
+    keras_top1 = model.predict(pixels.astype(np.float32) / PIXEL_SCALE, verbose=0).argmax(axis=1)
+    interpreter = Interpreter(model_path=str(converted.int8))
+    interpreter.allocate_tensors()
+    tensor_in, tensor_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero_point = tensor_in["quantization"]
+    int8_top1 = []
+    for image in pixels:
+        quantized = np.clip(np.round(image / PIXEL_SCALE / scale + zero_point), -128, 127).astype(np.int8)
+        interpreter.set_tensor(tensor_in["index"], quantized[None])
+        interpreter.invoke()
+        int8_top1.append(int(interpreter.get_tensor(tensor_out["index"])[0].argmax()))
+    int8_top1 = np.array(int8_top1)
+    labels = dataset.test_labels
+    return (float(np.mean(keras_top1 == labels)), float(np.mean(int8_top1 == labels)),
+            float(np.mean(int8_top1 == keras_top1)))
+
+
+def test_report_numbers_match_an_independent_computation(report_run) -> None:
+    converted, result = report_run
+    assert result.exit_code == 0, result.output
+    data = json.loads((converted.out / "report.json").read_text(encoding="utf-8"))
+    formats = {entry["name"]: entry for entry in data["formats"]}
+    assert [entry["name"] for entry in data["formats"]] == ["keras", "float32", "int8"]
+    keras_accuracy, int8_accuracy, int8_agreement = _independent_accuracies(converted)
+    assert formats["keras"]["accuracy"] == keras_accuracy
+    assert formats["int8"]["accuracy"] == int8_accuracy
+    assert formats["int8"]["agreement"] == int8_agreement
+    assert formats["int8"]["accuracy_change_pp"] == pytest.approx(100 * (int8_accuracy - keras_accuracy))
+    assert formats["float32"]["agreement"] == 1.0
+    assert formats["float32"]["max_abs_prob_diff"] < FLOAT32_MAX_PROBABILITY_DIFFERENCE
+    assert data["data"]["images"] == converted.trained.dataset.test_count
+    assert data["data"]["tflite_input"] == "files"
+    assert data["data"]["pixel_mismatches"] == 0
+    assert data["labels"] == list(CLASS_NAMES)
+    assert data["runtime"] == {"backend": "ai_edge_litert", "threads": 1}
+    for name in ("float32", "int8"):
+        entry = formats[name]
+        assert entry["size_bytes"] == (converted.out / entry["file"]).stat().st_size
+        assert entry["latency_ms"] > 0
+        assert len(entry["per_class_accuracy"]) == len(CLASS_NAMES)
+        assert sum(map(sum, entry["confusion"])) == converted.trained.dataset.test_count
+    assert formats["int8"]["size_vs_float32"] == formats["int8"]["size_bytes"] / formats["float32"]["size_bytes"]
+    assert formats["keras"]["latency_ms"] is None
+    assert data["threshold_failures"] == []
+
+
+def test_report_files_and_pictures(report_run) -> None:
+    converted, result = report_run
+    markdown = (converted.out / "report.md").read_text(encoding="utf-8")
+    for picture in ("confusion_int8.png", "per_class_accuracy.png", "training_curves.png"):
+        path = converted.out / picture
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(path) as image:
+            assert min(image.size) >= 300
+        assert f"]({picture})" in markdown
+    data = json.loads((converted.out / "report.json").read_text(encoding="utf-8"))
+    int8 = next(entry for entry in data["formats"] if entry["name"] == "int8")
+    row = next(line for line in markdown.splitlines() if line.startswith("| int8 |"))
+    assert f"{int8['accuracy'] * 100:.2f}%" in row
+    assert f"{int8['agreement'] * 100:.2f}%" in row
+    assert "| circle |" in markdown  # per-class table and confusion rows name the classes
+    assert not list(converted.out.glob(".*.tmp*")), "a temporary file was left behind"
+
+
+def test_report_prints_the_main_table(report_run) -> None:
+    converted, result = report_run
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["Format", "Size", "Accuracy"]
+    assert [line.split()[0] for line in lines[2:5]] == ["keras", "float32", "int8"]
+    assert re.search(r"int8 file is \d+\.\d% of the float32 file's size", result.stdout)
+
+
+@pytest.fixture(scope="module")
+def bad_int8_folder(converted: Converted, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained model beside an int8 file converted from an untrained copy (chance-level accuracy)."""
+    import keras
+
+    from converter.convert import convert_model
+    from trainer.model import build_model
+
+    dataset = converted.trained.dataset
+    folder = tmp_path_factory.mktemp("bad_int8")
+    keras.utils.set_random_seed(SEED)
+    untrained = build_model(num_classes=len(CLASS_NAMES))
+    untrained.save(folder / "untrained.keras")
+    shutil.copy(converted.trained.labels_path, folder / "labels.txt")
+    convert_model(folder / "untrained.keras", folder, variants=["int8"], train_images=dataset.train_images,
+                  calibration_size=50, seed=SEED)
+    shutil.copy(converted.trained.model_path, folder / "model.keras")  # no training.json: no history
+    return folder
+
+
+def test_max_drop_fails_the_report_with_one_line(bad_int8_folder: Path, converted: Converted) -> None:
+    result = _report(["--model", str(bad_int8_folder / "model.keras"), "--data", str(converted.trained.data_root),
+                      "--seed", str(SEED), "--max-drop", "2", "--max-images", "40", "--quiet"])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    match = re.fullmatch(r"Error: int8 loses (\d+\.\d\d) percentage points of accuracy against Keras, "
+                         r"more than the allowed 2", last)
+    assert match, last
+    data = json.loads((bad_int8_folder / "report.json").read_text(encoding="utf-8"))
+    int8 = next(entry for entry in data["formats"] if entry["name"] == "int8")
+    assert float(match.group(1)) == pytest.approx(-int8["accuracy_change_pp"], abs=0.005)
+    assert data["threshold_failures"] == [last.removeprefix("Error: ")]
+    assert data["data"]["images"] == 40
+    # No training.json beside this model: the curves are skipped with a note, not an error.
+    assert not (bad_int8_folder / "training_curves.png").exists()
+    assert "No training history was found" in (bad_int8_folder / "report.md").read_text(encoding="utf-8")
+
+
+def test_min_agreement_fails_the_report(bad_int8_folder: Path, converted: Converted) -> None:
+    result = _report(["--model", str(bad_int8_folder / "model.keras"), "--data", str(converted.trained.data_root),
+                      "--seed", str(SEED), "--min-agreement", "95", "--max-images", "40", "--quiet"])
+    assert result.exit_code == 1
+    assert re.fullmatch(r"Error: int8 agrees with Keras on \d+\.\d\d% of test images, less than the required 95%",
+                        result.output.strip().splitlines()[-1])
+
+
+def test_report_without_models_is_one_line(tmp_path: Path) -> None:
+    result = _report(["--model", str(tmp_path / "model.keras")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {tmp_path}: no .tflite models to evaluate (run edge-convert first)"

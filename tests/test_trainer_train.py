@@ -1,0 +1,247 @@
+"""Training: outputs and their contents, shuffling before the validation split, checkpoints and resume,
+atomic writes under simulated crashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_runtime.errors import DataError
+from edge_runtime.labels import read_labels
+from edge_runtime.preprocess import scale_pixels
+from synthetic import CLASS_NAMES, write_image_folder
+from trainer import train as train_module
+from trainer.data import Progress, load_dataset
+from trainer.train import (CHECKPOINT_DIR, CheckpointError, TrainConfig, TrainingInterrupted, read_checkpoint,
+                           shuffled_split, train, write_outputs)
+
+QUIET = Progress(quiet=True)
+HISTORY_KEYS = ["accuracy", "loss", "val_accuracy", "val_loss"]
+CHANCE = 1 / len(CLASS_NAMES)
+# 60 per class, 4 classes: 240 training images, floor(240 * 0.8) = 192 to train on, 48 to validate.
+TRAIN_IMAGES, FIT_IMAGES, VALIDATION_IMAGES, TEST_IMAGES = 240, 192, 48, 80
+SMALL_BATCH = 32
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files an atomic write would leave if it failed to clean up."""
+    return sorted(p.name for p in folder.rglob(".*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def trained(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(TrainConfig(data=split_dataset, out=out, epochs=3, batch_size=SMALL_BATCH, seed=7), QUIET)
+    return result
+
+
+def test_shuffled_split_holds_out_every_class_not_the_last_ones() -> None:
+    labels = np.repeat(np.arange(5), 20)  # sorted by class, like the CIFAR-10 JPEG copy
+    train_index, validation_index = shuffled_split(len(labels), 0.2, seed=0)
+    assert (len(train_index), len(validation_index)) == (80, 20)
+    assert sorted(np.concatenate([train_index, validation_index]).tolist()) == list(range(100))
+    assert len(np.unique(labels[validation_index])) == 5
+    again = shuffled_split(len(labels), 0.2, seed=0)
+    assert np.array_equal(again[1], validation_index)
+
+
+def test_validation_set_is_drawn_from_every_class(split_dataset: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.model
+
+    seen = {}
+    real_build = trainer.model.build_model
+
+    def spying_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        real_fit = model.fit
+
+        def fit(x, y, **fit_kwargs):
+            seen["train_labels"] = np.argmax(y, axis=1)
+            seen["validation_labels"] = np.argmax(fit_kwargs["validation_data"][1], axis=1)
+            return real_fit(x, y, **fit_kwargs)
+
+        model.fit = fit
+        return model
+
+    monkeypatch.setattr(trainer.model, "build_model", spying_build)
+    train(TrainConfig(data=split_dataset, out=tmp_path, epochs=1, batch_size=SMALL_BATCH), QUIET)
+    counts = np.bincount(seen["validation_labels"], minlength=len(CLASS_NAMES))
+    assert counts.sum() == VALIDATION_IMAGES
+    # Unshuffled, the last 20% of this class-sorted set would be 48 images of the last class.
+    assert (counts >= 5).all(), counts
+    assert len(seen["train_labels"]) == FIT_IMAGES
+
+
+def test_outputs_are_written_with_their_contents(trained, split_dataset: Path) -> None:
+    out = trained.out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.keras", "labels.txt", "training.json", "accuracy.png", CHECKPOINT_DIR])
+    assert read_labels(out / "labels.txt") == sorted(CLASS_NAMES)
+    with Image.open(out / "accuracy.png") as plot:
+        assert plot.format == "PNG" and plot.size[0] >= 400
+    assert leftovers(out) == []
+
+    report = json.loads((out / "training.json").read_text())
+    assert sorted(report["history"]) == HISTORY_KEYS
+    assert all(len(values) == 3 for values in report["history"].values())
+    assert report["epochs"] == 3 and report["resumed_from_epoch"] == 0
+    assert report["seed"] == 7 and report["config"]["batch_size"] == SMALL_BATCH
+    assert report["config"]["data"] == str(split_dataset.resolve())
+    data = report["data"]
+    assert (data["train"], data["validation"], data["test"], data["skipped"]) == (
+        FIT_IMAGES, VALIDATION_IMAGES, TEST_IMAGES, 0)
+    assert data["class_names"] == sorted(CLASS_NAMES)
+    assert report["model"]["parameters"] == 319_178 - 6 * 65
+    assert all(report["durations"][key] > 0 for key in ("loading_seconds", "training_seconds",
+                                                        "evaluation_seconds"))
+    assert report["versions"]["tensorflow"][0].isdigit() and "python" in report["versions"]
+    assert report["preprocess"]["scale"] == pytest.approx(1 / 255)
+    # The synthetic classes are learnable: well above chance after three small epochs.
+    assert report["test"]["accuracy"] > CHANCE + 0.25
+    assert report["test"]["accuracy"] == pytest.approx(trained.test_accuracy)
+
+
+def test_saved_model_reproduces_the_reported_test_accuracy(trained, split_dataset: Path) -> None:
+    import keras
+
+    model = keras.models.load_model(trained.model_path)
+    dataset = load_dataset(split_dataset, progress=QUIET)
+    predictions = model.predict(scale_pixels(dataset.test_images), verbose=0).argmax(axis=1)
+    accuracy = float((predictions == dataset.test_labels).mean())
+    assert accuracy == pytest.approx(trained.test_accuracy, abs=1e-6)
+
+
+def test_checkpoint_of_the_last_epoch_is_kept(trained) -> None:
+    checkpoint = read_checkpoint(trained.out)
+    assert checkpoint.epoch == 3
+    assert checkpoint.model_path.name == "epoch-003.keras"
+    assert sorted(p.name for p in (trained.out / CHECKPOINT_DIR).iterdir()) == ["epoch-003.keras", "state.json"]
+    assert checkpoint.history == trained.history
+
+
+class InterruptAfterEpoch:
+    """Raise KeyboardInterrupt at the end of epoch `epoch` (1-based), as Ctrl-C would."""
+
+    def __new__(cls, epoch: int):
+        import keras
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, index, logs=None):
+                if index + 1 == epoch:
+                    raise KeyboardInterrupt
+
+        return Interrupt()
+
+
+def test_interrupted_run_resumes_to_the_same_epoch_count(split_dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data=split_dataset, out=tmp_path, epochs=3, batch_size=SMALL_BATCH, seed=5)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train(config, QUIET, callbacks=[InterruptAfterEpoch(1)])
+    assert (interrupted.value.epochs_completed, interrupted.value.epochs) == (1, 3)
+    assert isinstance(interrupted.value, KeyboardInterrupt)
+    # Nothing final was written; the checkpoint of epoch 1 is complete.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_DIR]
+    assert leftovers(tmp_path) == []
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint.epoch == 1 and all(len(v) == 1 for v in checkpoint.history.values())
+
+    resumed = train(TrainConfig(data=split_dataset, out=tmp_path, epochs=3, batch_size=SMALL_BATCH, seed=5,
+                                resume=True), QUIET)
+    assert resumed.resumed_from_epoch == 1 and resumed.epochs_completed == 3
+    assert sorted(resumed.history) == HISTORY_KEYS
+    assert all(len(values) == 3 for values in resumed.history.values())
+    for key in HISTORY_KEYS:  # epoch 1 comes from the interrupted run, unchanged
+        assert resumed.history[key][0] == checkpoint.history[key][0]
+    report = json.loads(resumed.report_path.read_text())
+    assert report["epochs"] == 3 and report["resumed_from_epoch"] == 1
+    assert report["test"]["accuracy"] > CHANCE + 0.25
+    assert read_checkpoint(tmp_path).epoch == 3
+
+
+def test_resume_refuses_a_checkpoint_from_different_settings(split_dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data=split_dataset, out=tmp_path, epochs=2, batch_size=SMALL_BATCH)
+    with pytest.raises(TrainingInterrupted):
+        train(config, QUIET, callbacks=[InterruptAfterEpoch(1)])
+    changed = TrainConfig(data=split_dataset, out=tmp_path, epochs=2, batch_size=16, resume=True)
+    with pytest.raises(CheckpointError) as error:
+        train(changed, QUIET)
+    assert str(error.value) == (f"{tmp_path / CHECKPOINT_DIR}: the checkpoint was made with batch_size 32, "
+                                f"not 16; resume with the same settings or start afresh without --resume")
+
+
+def test_resume_without_a_checkpoint_says_so(split_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"checkpoints: no checkpoint to resume from; run without --resume"):
+        train(TrainConfig(data=split_dataset, out=tmp_path, resume=True), QUIET)
+
+
+def test_too_few_images_for_a_validation_split(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "tiny", per_class=2, class_names=("a", "b"))
+    with pytest.raises(DataError, match=r"2 training image\(s\) are too few to hold out 20% for validation"):
+        train(TrainConfig(data=root, out=tmp_path / "out", test_fraction=0.5), QUIET)
+
+
+# --- atomic outputs -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_model():
+    from trainer.model import build_model
+
+    return build_model(num_classes=len(CLASS_NAMES))
+
+
+HISTORY = {"accuracy": [0.5, 0.7], "val_accuracy": [0.4, 0.6], "loss": [1.0, 0.8], "val_loss": [1.1, 0.9]}
+
+
+def test_crash_while_saving_the_model_leaves_no_model_file(small_model, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def crashing_save(path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(small_model, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(tmp_path, small_model, CLASS_NAMES, HISTORY, {"test": {}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_while_plotting_keeps_the_old_plot_and_report(small_model, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    write_outputs(tmp_path, small_model, CLASS_NAMES, HISTORY, {"run": "first"})
+    old_plot = (tmp_path / "accuracy.png").read_bytes()
+    from matplotlib.figure import Figure
+
+    def crashing_savefig(self, path, *args, **kwargs):
+        Path(path).write_bytes(old_plot[:100])
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(Figure, "savefig", crashing_savefig)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        write_outputs(tmp_path, small_model, CLASS_NAMES, {"accuracy": [0.1], "val_accuracy": [0.2]},
+                      {"run": "second"})
+    assert (tmp_path / "accuracy.png").read_bytes() == old_plot
+    # training.json is written last: the old one still describes the old outputs.
+    assert json.loads((tmp_path / "training.json").read_text()) == {"run": "first"}
+    assert leftovers(tmp_path) == []
+
+
+def test_crash_while_checkpointing_keeps_the_previous_checkpoint(small_model, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / CHECKPOINT_DIR
+    recipe = TrainConfig(data=tmp_path).recipe()
+    train_module._write_checkpoint(folder, small_model, 1, {"loss": [1.0]}, recipe, CLASS_NAMES, 2.0)
+
+    def crashing_save(path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(small_model, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_module._write_checkpoint(folder, small_model, 2, {"loss": [1.0, 0.9]}, recipe, CLASS_NAMES, 4.0)
+    checkpoint = read_checkpoint(tmp_path)
+    assert (checkpoint.epoch, checkpoint.history, checkpoint.training_seconds) == (1, {"loss": [1.0]}, 2.0)
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-001.keras", "state.json"]

@@ -1,0 +1,105 @@
+"""`edge-train`: train the documented CNN and write model.keras, labels.txt, training.json and accuracy.png.
+
+A thin shell over `trainer.train.train`: it parses options, turns errors into one line and an exit
+code (1 for data and checkpoint problems, 2 for usage, 130 for Ctrl-C), and tells how to resume.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from edge_runtime.errors import EdgeError
+
+from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Progress
+from .train import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_OUT, DEFAULT_VALIDATION_FRACTION, TrainConfig,
+                    TrainingInterrupted, read_checkpoint, train)
+
+EXIT_DATA_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's convention for a program stopped by SIGINT
+# Options that --resume takes from the checkpoint when they are not given on the command line.
+RESUMABLE_OPTIONS = ("data", "epochs", "batch_size", "validation_fraction", "seed", "test_fraction")
+
+
+def resume_command(out: Path) -> str:
+    """The command line that continues the run in `out`."""
+    return f"edge-train --resume --out {shlex.quote(str(out))}"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Local data set: a folder with train/ and test/ class folders, a single class-folder "
+                   "tree, cifar-10-python.tar.gz or its cifar-10-batches-py folder. "
+                   "Default: CIFAR-10 through Keras' download.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
+              help="Folder for model.keras, labels.txt, training.json, accuracy.png and checkpoints/.")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True,
+              help="Total number of epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--validation-fraction", type=click.FloatRange(0.0, 1.0, max_open=True),
+              default=DEFAULT_VALIDATION_FRACTION, show_default=True,
+              help="Share of the (shuffled) training images held out for validation.")
+@click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              default=DEFAULT_TEST_FRACTION, show_default=True,
+              help="Share of each class held out for testing when --data is a single class-folder tree.")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
+              help="Seed for the shuffle, the splits and the weights.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out from its last completed epoch "
+                   "(options not given are taken from the checkpoint).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes decoding image files. Default: one per CPU.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the final result.")
+@click.pass_context
+def main(ctx: click.Context, data: Path | None, out: Path, epochs: int, batch_size: int,
+         validation_fraction: float, test_fraction: float, seed: int, resume: bool, workers: int | None,
+         quiet: bool) -> None:
+    """Train the documented CIFAR-10 CNN (15 epochs, batch 64, Adam) and write its outputs to --out."""
+    options = {"data": data, "epochs": epochs, "batch_size": batch_size,
+               "validation_fraction": validation_fraction, "seed": seed, "test_fraction": test_fraction}
+    try:
+        if resume:
+            options.update(_options_from_checkpoint(ctx, out))
+        config = TrainConfig(out=out, resume=resume, workers=workers, **options)
+        result = train(config, Progress(quiet=quiet))
+    except TrainingInterrupted as interrupt:
+        click.echo(f"Interrupted after epoch {interrupt.epochs_completed} of {interrupt.epochs}; "
+                   f"continue with: {resume_command(out)}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo(_interrupted_message(out), err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except EdgeError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs; "
+               f"model in {result.model_path}")
+
+
+def _interrupted_message(out: Path) -> str:
+    """What to say about Ctrl-C outside the epochs (loading data, writing outputs)."""
+    try:
+        checkpoint = read_checkpoint(out)
+    except EdgeError:
+        checkpoint = None
+    if checkpoint is None:
+        return "Interrupted; no new outputs were written."
+    return f"Interrupted; the last checkpoint is epoch {checkpoint.epoch}: continue with: {resume_command(out)}"
+
+
+def _options_from_checkpoint(ctx: click.Context, out: Path) -> dict:
+    """The checkpoint's settings for every resumable option left at its default on the command line."""
+    checkpoint = read_checkpoint(out)
+    if checkpoint is None:
+        return {}  # train() reports the missing checkpoint
+    taken = {}
+    for name in RESUMABLE_OPTIONS:
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT and name in checkpoint.recipe:
+            taken[name] = checkpoint.recipe[name]
+    return taken
+
+
+if __name__ == "__main__":
+    main()

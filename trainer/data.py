@@ -1,0 +1,609 @@
+"""Training data as uint8 arrays: CIFAR-10 through Keras, an image-folder tree, or the CIFAR-10 python archive.
+
+Every image of an image-folder tree goes through `edge_runtime.preprocess.load_image`, the one
+preprocessing definition, so the arrays here are exactly what the device computes for the same file.
+The CIFAR-10 python batches are pickles: they are read by an unpickler that can only rebuild numpy
+arrays and plain containers, so a tampered archive cannot run code.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+import numpy as np
+
+from edge_runtime.errors import DataError, ImageError
+from edge_runtime.preprocess import DEFAULT_SPEC, load_image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 42
+# Share of each class held out as the test set when a single class-folder tree is given.
+DEFAULT_TEST_FRACTION = 0.2
+TRAIN_FOLDER = "train"
+TEST_FOLDER = "test"
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR_SIDE = 32
+CIFAR_CHANNELS = 3
+CIFAR_ROW_BYTES = CIFAR_SIDE * CIFAR_SIDE * CIFAR_CHANNELS
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TRAIN_PREFIX = "data_batch_"
+CIFAR_TEST_BATCH = "test_batch"
+CIFAR_META = "batches.meta"
+# An official batch is about 31 MB; anything far larger is not a CIFAR-10 batch and is not read into memory.
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+# Below this many files a process pool costs more to start than it saves.
+PARALLEL_MIN_FILES = 4000
+FILES_PER_TASK = 500
+# Modules that run threads of their own; a process that has loaded one is not forked.
+HEAVY_THREADED_MODULES = ("tensorflow", "keras", "torch", "jax")
+PROGRESS_INTERVAL_SECONDS = 2.0
+
+
+class Progress:
+    """Tells the person what long work is doing, on stderr: messages, throttled counts, warnings.
+
+    `quiet` hides messages and counts; warnings are always shown, one line each.
+    """
+
+    def __init__(self, quiet: bool = False, interval_seconds: float = PROGRESS_INTERVAL_SECONDS) -> None:
+        self.quiet = quiet
+        self.interval_seconds = interval_seconds
+        self._last_count_time = 0.0
+
+    def message(self, text: str) -> None:
+        """One line about what is happening."""
+        if not self.quiet:
+            click.echo(text, err=True)
+
+    def warning(self, text: str) -> None:
+        """One line about something skipped or suspicious; shown even when quiet."""
+        click.echo(f"warning: {text}", err=True)
+
+    def count(self, label: str, done: int, total: int) -> None:
+        """`label: done/total`, at most every `interval_seconds` and always at the end."""
+        now = time.monotonic()
+        if done < total and now - self._last_count_time < self.interval_seconds:
+            return
+        self._last_count_time = now
+        self.message(f"{label}: {done:,}/{total:,}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A data set in memory: uint8 images [N, 32, 32, 3] and int64 class indices [N].
+
+    `train_paths` / `test_paths` list the image files in array order (None for archives);
+    `skipped` holds (path, reason) for every file that could not be read.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    source: str
+    train_paths: list[str] | None = None
+    test_paths: list[str] | None = None
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def train_count(self) -> int:
+        return int(len(self.train_labels))
+
+    @property
+    def test_count(self) -> int:
+        return int(len(self.test_labels))
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped)
+
+    def counts(self) -> dict[str, Any]:
+        """JSON-ready counts: totals, per class, and skipped files."""
+        train_per_class = np.bincount(self.train_labels, minlength=self.num_classes)
+        test_per_class = np.bincount(self.test_labels, minlength=self.num_classes)
+        return {
+            "train": self.train_count,
+            "test": self.test_count,
+            "skipped": self.skipped_count,
+            "train_per_class": {name: int(n) for name, n in zip(self.class_names, train_per_class)},
+            "test_per_class": {name: int(n) for name, n in zip(self.class_names, test_per_class)},
+        }
+
+    def summary(self) -> str:
+        """One line for the person: how much was loaded from where."""
+        line = (f"{self.train_count:,} training and {self.test_count:,} test images in "
+                f"{self.num_classes} classes from {self.source}")
+        if self.skipped:
+            line += f" ({self.skipped_count:,} unreadable file{'s' if self.skipped_count != 1 else ''} skipped)"
+        return line
+
+
+def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
+                 test_fraction: float = DEFAULT_TEST_FRACTION, progress: Progress | None = None,
+                 workers: int | None = None) -> Dataset:
+    """Load a data set into memory.
+
+    `source` None is CIFAR-10 through Keras' download. Otherwise a path to: a folder with `train/`
+    and `test/` class-folder trees; a single class-folder tree (split per class into train and
+    test by `test_fraction` with `seed`); `cifar-10-python.tar.gz`; or its `cifar-10-batches-py`
+    folder. Raises DataError naming the path for anything that is not a usable data set.
+    """
+    progress = progress if progress is not None else Progress()
+    if source is None:
+        return load_keras_cifar10(progress)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file():
+        if _is_tar_archive(path):
+            return load_cifar_archive(path, progress)
+        raise DataError(f"{path}: not a data folder or a CIFAR-10 python archive (cifar-10-python.tar.gz)")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a file or folder")
+    if _is_cifar_folder(path):
+        return load_cifar_folder(path, progress)
+    if _is_cifar_folder(path / CIFAR_FOLDER):
+        return load_cifar_folder(path / CIFAR_FOLDER, progress)
+    has_train, has_test = (path / TRAIN_FOLDER).is_dir(), (path / TEST_FOLDER).is_dir()
+    if has_train and has_test:
+        return load_split_tree(path, progress, workers)
+    if has_train or has_test:
+        present, missing = (TRAIN_FOLDER, TEST_FOLDER) if has_train else (TEST_FOLDER, TRAIN_FOLDER)
+        raise DataError(f"{path}: has a {present}/ folder but no {missing}/ folder "
+                        f"(give both, or one sub-folder per class to split automatically)")
+    return load_single_tree(path, seed, test_fraction, progress, workers)
+
+
+# --- image-folder trees -------------------------------------------------------------------------
+
+def find_class_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    """(class name, image files) for each sub-folder of `root`, sorted by name; files sorted, recursive.
+
+    Hidden files and folders (names starting with ".") are ignored; loose files in `root` are not
+    class data (a README, say) and are ignored too.
+    """
+    try:
+        entries = sorted((entry for entry in os.scandir(root)
+                          if entry.is_dir() and not entry.name.startswith(".")), key=lambda e: e.name)
+    except OSError as error:
+        raise DataError(f"{root}: cannot list folder ({error.strerror or error})") from error
+    if len(entries) < 2:
+        found = ", ".join(entry.name for entry in entries) or "none"
+        raise DataError(f"{root}: found {len(entries)} class folder{'s' if len(entries) != 1 else ''} "
+                        f"({found}); need at least two, one sub-folder per class")
+    classes = []
+    for entry in entries:
+        files = _list_files(Path(entry.path))
+        if not files:
+            raise DataError(f"{entry.path}: class folder is empty")
+        classes.append((entry.name, files))
+    return classes
+
+
+def _list_files(folder: Path) -> list[Path]:
+    """Every non-hidden file under `folder`, in a stable sorted order."""
+    files = []
+    for directory, subdirs, names in os.walk(folder):
+        subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
+        files.extend(Path(directory) / name for name in sorted(names) if not name.startswith("."))
+    return files
+
+
+def load_split_tree(root: Path, progress: Progress, workers: int | None = None) -> Dataset:
+    """Load `root/train/<class>/...` and `root/test/<class>/...`; both must have the same classes."""
+    train_classes = find_class_folders(root / TRAIN_FOLDER)
+    test_classes = find_class_folders(root / TEST_FOLDER)
+    train_names = [name for name, _ in train_classes]
+    test_names = [name for name, _ in test_classes]
+    if train_names != test_names:
+        only_train = sorted(set(train_names) - set(test_names))
+        only_test = sorted(set(test_names) - set(train_names))
+        details = []
+        if only_train:
+            details.append(f"only in {TRAIN_FOLDER}/: {', '.join(only_train)}")
+        if only_test:
+            details.append(f"only in {TEST_FOLDER}/: {', '.join(only_test)}")
+        raise DataError(f"{root}: {TRAIN_FOLDER}/ and {TEST_FOLDER}/ have different class folders ("
+                        + "; ".join(details) + ")")
+    train_files, train_labels = _flatten(train_classes)
+    test_files, test_labels = _flatten(test_classes)
+    progress.message(f"loading {len(train_files) + len(test_files):,} images from {root}")
+    images, kept, skipped = decode_images(train_files + test_files, progress, workers)
+    n_train = len(train_files)
+    train_kept, test_kept = kept[:n_train], kept[n_train:]
+    _check_every_class_readable(root / TRAIN_FOLDER, train_names, train_labels, train_kept)
+    _check_every_class_readable(root / TEST_FOLDER, test_names, test_labels, test_kept)
+    return Dataset(
+        train_images=images[:n_train][train_kept],
+        train_labels=train_labels[train_kept],
+        test_images=images[n_train:][test_kept],
+        test_labels=test_labels[test_kept],
+        class_names=train_names,
+        source=f"image folders {root}",
+        train_paths=[str(p) for p, keep in zip(train_files, train_kept) if keep],
+        test_paths=[str(p) for p, keep in zip(test_files, test_kept) if keep],
+        skipped=skipped,
+    )
+
+
+def load_single_tree(root: Path, seed: int, test_fraction: float, progress: Progress,
+                     workers: int | None = None) -> Dataset:
+    """Load `root/<class>/...` and split each class into train and test with `seed`."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test fraction {test_fraction} must be between 0 and 1 (exclusive)")
+    classes = find_class_folders(root)
+    names = [name for name, _ in classes]
+    files, labels = _flatten(classes)
+    progress.message(f"loading {len(files):,} images from {root} "
+                     f"(one tree: holding out {test_fraction:.0%} of each class for testing, seed {seed})")
+    images, kept, skipped = decode_images(files, progress, workers)
+    _check_every_class_readable(root, names, labels, kept)
+    is_test = stratified_test_mask(labels[kept], len(names), test_fraction, seed)
+    kept_files = [path for path, keep in zip(files, kept) if keep]
+    images, labels = images[kept], labels[kept]
+    return Dataset(
+        train_images=images[~is_test],
+        train_labels=labels[~is_test],
+        test_images=images[is_test],
+        test_labels=labels[is_test],
+        class_names=names,
+        source=f"image folder {root} (split {1 - test_fraction:.0%}/{test_fraction:.0%} with seed {seed})",
+        train_paths=[str(p) for p, test in zip(kept_files, is_test) if not test],
+        test_paths=[str(p) for p, test in zip(kept_files, is_test) if test],
+        skipped=skipped,
+    )
+
+
+def stratified_test_mask(labels: np.ndarray, num_classes: int, test_fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask choosing `test_fraction` of each class (at least one, never all) with `seed`."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for class_index in range(num_classes):
+        members = np.flatnonzero(labels == class_index)
+        if len(members) < 2:
+            continue  # a single image has to stay in training
+        count = min(max(1, int(round(len(members) * test_fraction))), len(members) - 1)
+        is_test[rng.permutation(members)[:count]] = True
+    return is_test
+
+
+def _flatten(classes: list[tuple[str, list[Path]]]) -> tuple[list[Path], np.ndarray]:
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, (_, class_files) in enumerate(classes):
+        files.extend(class_files)
+        labels.extend([index] * len(class_files))
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def _check_every_class_readable(root: Path, names: Sequence[str], labels: np.ndarray, kept: np.ndarray) -> None:
+    """Stop when a class folder had files but none of them could be read."""
+    readable = np.bincount(labels[kept], minlength=len(names))
+    for name, count in zip(names, readable):
+        if count == 0:
+            raise DataError(f"{root / name}: no readable images in class folder "
+                            f"(every file was skipped, see the warnings above)")
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+def decode_images(paths: Sequence[Path], progress: Progress, workers: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode every file with the shared preprocessing, in order.
+
+    Returns (images uint8 [len(paths), H, W, 3], kept bool [len(paths)], skipped (path, reason)).
+    Unreadable files keep a zero image and `kept` False; each gets one warning. Large sets are
+    decoded by a pool of processes: the result is the same array, only sooner.
+    """
+    total = len(paths)
+    images = np.zeros((total, DEFAULT_SPEC.height, DEFAULT_SPEC.width, 3), dtype=np.uint8)
+    kept = np.ones(total, dtype=bool)
+    skipped: list[tuple[str, str]] = []
+    chunks = [[str(p) for p in paths[start:start + FILES_PER_TASK]] for start in range(0, total, FILES_PER_TASK)]
+    worker_count = _worker_count(workers)
+    done = 0
+    for start, (chunk_images, failures) in zip(range(0, total, FILES_PER_TASK),
+                                               _decode_chunks(chunks, worker_count if total >= PARALLEL_MIN_FILES else 1)):
+        images[start:start + len(chunk_images)] = chunk_images
+        for offset, reason in failures:
+            path = chunks[start // FILES_PER_TASK][offset]
+            kept[start + offset] = False
+            skipped.append((path, reason))
+            progress.warning(f"skipped {path}: {reason}")
+        done += len(chunk_images)
+        progress.count("decoded images", done, total)
+    return images, kept, skipped
+
+
+def _worker_count(workers: int | None) -> int:
+    if workers is not None:
+        return max(1, workers)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _decode_chunks(chunks: list[list[str]], worker_count: int):
+    """Yield `_decode_chunk` results in chunk order, serially or from a process pool."""
+    context = _pool_context()
+    if worker_count <= 1 or len(chunks) <= 1 or context is None:
+        for chunk in chunks:
+            yield _decode_chunk(chunk)
+        return
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(worker_count, len(chunks)), mp_context=context,
+                                                initializer=_ignore_interrupts) as pool:
+        try:
+            yield from pool.map(_decode_chunk, chunks)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _pool_context() -> multiprocessing.context.BaseContext | None:
+    """The "fork" start method when it is safe here, else None (decode serially).
+
+    Forking a process that has loaded TensorFlow copies locks held by its threads, so a pool is used
+    only before TensorFlow is imported (the trainer loads data first). "spawn" is not used: it re-runs
+    the caller's main script, which breaks scripts without an `if __name__ == "__main__"` guard.
+    """
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    if any(name in sys.modules for name in HEAVY_THREADED_MODULES):
+        return None
+    return multiprocessing.get_context("fork")
+
+
+def _ignore_interrupts() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops the pool and reports once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode `paths` into one array; unreadable files give (position, reason) and a zero image."""
+    images = np.zeros((len(paths), DEFAULT_SPEC.height, DEFAULT_SPEC.width, 3), dtype=np.uint8)
+    failures = []
+    for index, path in enumerate(paths):
+        try:
+            images[index] = load_image(path, DEFAULT_SPEC)
+        except ImageError as error:
+            failures.append((index, _reason(str(error), path)))
+        except OSError as error:  # e.g. a file removed while loading
+            failures.append((index, f"cannot read ({error.strerror or error})"))
+    return images, failures
+
+
+def _reason(message: str, path: str) -> str:
+    """The reason part of an ImageError message, which starts with the path."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+# --- CIFAR-10 through Keras ----------------------------------------------------------------------
+
+def load_keras_cifar10(progress: Progress) -> Dataset:
+    """CIFAR-10 through `keras.datasets.cifar10.load_data()` (downloads about 170 MB once, then cached)."""
+    progress.message("loading CIFAR-10 through Keras (downloads about 170 MB on first use; "
+                     "use --data PATH for a local copy)")
+    import keras  # lazy: TensorFlow only where it is needed
+
+    try:
+        (train_images, train_labels), (test_images, test_labels) = keras.datasets.cifar10.load_data()
+    except Exception as error:  # Keras raises a bare Exception for download failures
+        raise DataError(f"CIFAR-10 download through Keras failed ({error}); "
+                        f"pass --data PATH with a local copy") from error
+    return Dataset(
+        train_images=np.ascontiguousarray(train_images, dtype=np.uint8),
+        train_labels=np.asarray(train_labels, dtype=np.int64).reshape(-1),
+        test_images=np.ascontiguousarray(test_images, dtype=np.uint8),
+        test_labels=np.asarray(test_labels, dtype=np.int64).reshape(-1),
+        class_names=list(CIFAR10_CLASSES),
+        source="CIFAR-10 (keras.datasets.cifar10)",
+    )
+
+
+# --- the CIFAR-10 python archive -----------------------------------------------------------------
+
+class _NdarrayType:
+    """Stands in for numpy.ndarray inside a pickle: usable only as `_reconstruct`'s first argument."""
+
+
+_NDARRAY_TYPE = _NdarrayType()
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    # numpy pickles an array as _reconstruct(ndarray, (0,), b"b") followed by __setstate__ with the
+    # real shape, dtype and bytes; numpy checks that those bytes match the declared shape.
+    if subtype is not _NDARRAY_TYPE:
+        raise pickle.UnpicklingError("array reconstruction with a type other than numpy.ndarray")
+    return np.empty(0, dtype=np.uint8)
+
+
+def _dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    if not isinstance(spec, (str, bytes)):
+        raise pickle.UnpicklingError(f"unexpected dtype description {type(spec).__name__}")
+    dtype = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else spec, align=bool(align))
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("arrays of Python objects are not allowed")
+    return dtype
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("unexpected dtype in array buffer")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).copy()
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
+    # Protocol-2 pickles from Python 3 store bytes as _codecs.encode(text, "latin1").
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("unexpected _codecs.encode call")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR-10 batch pickle may name (Python 2 and 3, numpy 1 and 2); nothing else resolves.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _NDARRAY_TYPE,
+    ("numpy", "dtype"): _dtype,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds plain containers and numpy arrays and refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def unpickle_batch(data: bytes, name: str) -> dict[str, Any]:
+    """Read one CIFAR batch pickle safely into a dict with str keys; DataError names `name`."""
+    try:
+        loaded = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError as error:
+        raise DataError(f"{name}: refused, not a plain CIFAR-10 batch ({error})") from error
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
+            RecursionError, UnicodeDecodeError, OverflowError) as error:
+        raise DataError(f"{name}: damaged CIFAR-10 batch ({type(error).__name__}: {error})") from error
+    if not isinstance(loaded, dict):
+        raise DataError(f"{name}: not a CIFAR-10 batch (a {type(loaded).__name__}, not a dictionary)")
+    return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in loaded.items()}
+
+
+def _batch_arrays(batch: dict[str, Any], name: str, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 32, 32, 3], labels int64 [N]) from one unpickled batch."""
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_ROW_BYTES:
+        raise DataError(f"{name}: 'data' is not a uint8 array of {CIFAR_ROW_BYTES}-byte rows")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise DataError(f"{name}: 'labels' is missing or does not match the {len(data)} images")
+    try:
+        label_array = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{name}: 'labels' are not integers") from error
+    upper = num_classes if num_classes is not None else len(CIFAR10_CLASSES)
+    if len(label_array) and (label_array.min() < 0 or label_array.max() >= upper):
+        raise DataError(f"{name}: labels outside 0..{upper - 1}")
+    # Each row is 1024 red, then 1024 green, then 1024 blue values, each plane row-major.
+    images = data.reshape(-1, CIFAR_CHANNELS, CIFAR_SIDE, CIFAR_SIDE).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), label_array
+
+
+def _class_names(meta: dict[str, Any] | None, name: str) -> list[str]:
+    if meta is None:
+        return list(CIFAR10_CLASSES)
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{name}: 'label_names' is not a list of class names")
+    return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+
+
+def _cifar_from_members(read: Callable[[str], bytes | None], where: str, progress: Progress) -> Dataset:
+    """Assemble a Dataset from batch files, `read(name)` returning a member's bytes or None if absent."""
+    meta_bytes = read(CIFAR_META)
+    meta = unpickle_batch(meta_bytes, f"{where}/{CIFAR_META}") if meta_bytes is not None else None
+    class_names = _class_names(meta, f"{where}/{CIFAR_META}")
+    train_parts = []
+    for index in range(1, 1000):
+        member = f"{CIFAR_TRAIN_PREFIX}{index}"
+        data = read(member)
+        if data is None:
+            break
+        progress.message(f"reading {where}/{member}")
+        train_parts.append(_batch_arrays(unpickle_batch(data, f"{where}/{member}"), f"{where}/{member}",
+                                         len(class_names)))
+    if not train_parts:
+        raise DataError(f"{where}: no {CIFAR_TRAIN_PREFIX}1 (not a CIFAR-10 python data set)")
+    test_bytes = read(CIFAR_TEST_BATCH)
+    if test_bytes is None:
+        raise DataError(f"{where}: {CIFAR_TEST_BATCH} is missing")
+    test_images, test_labels = _batch_arrays(unpickle_batch(test_bytes, f"{where}/{CIFAR_TEST_BATCH}"),
+                                             f"{where}/{CIFAR_TEST_BATCH}", len(class_names))
+    train_labels = np.concatenate([labels for _, labels in train_parts])
+    present = np.unique(np.concatenate([train_labels, test_labels]))
+    if len(present) < 2:
+        raise DataError(f"{where}: the batches hold fewer than two classes")
+    return Dataset(
+        train_images=np.concatenate([images for images, _ in train_parts]),
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        class_names=class_names,
+        source=f"CIFAR-10 python batches {where}",
+    )
+
+
+def load_cifar_archive(path: Path, progress: Progress) -> Dataset:
+    """Read `cifar-10-python.tar.gz` in place (nothing is extracted to disk)."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+
+            def read(name: str) -> bytes | None:
+                member = members.get(name)
+                if member is None:
+                    return None
+                if member.size > MAX_BATCH_BYTES:
+                    raise DataError(f"{path}: {member.name} is {member.size:,} bytes, too large for a CIFAR-10 batch")
+                handle = archive.extractfile(member)
+                return handle.read() if handle is not None else None
+
+            return _cifar_from_members(read, str(path), progress)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read archive ({error})") from error
+
+
+def load_cifar_folder(folder: Path, progress: Progress) -> Dataset:
+    """Read an extracted `cifar-10-batches-py` folder."""
+
+    def read(name: str) -> bytes | None:
+        file = folder / name
+        if not file.is_file():
+            return None
+        if file.stat().st_size > MAX_BATCH_BYTES:
+            raise DataError(f"{file}: too large for a CIFAR-10 batch")
+        try:
+            return file.read_bytes()
+        except OSError as error:
+            raise DataError(f"{file}: cannot read ({error.strerror or error})") from error
+
+    return _cifar_from_members(read, str(folder), progress)
+
+
+def _is_cifar_folder(folder: Path) -> bool:
+    return (folder / f"{CIFAR_TRAIN_PREFIX}1").is_file() or (folder / CIFAR_TEST_BATCH).is_file()
+
+
+def _is_tar_archive(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
