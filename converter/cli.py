@@ -7,6 +7,7 @@ Options are parsed here; every error the library raises becomes one `Error: ...`
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -19,6 +20,18 @@ from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MO
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME
+REPORT_COMMAND = "report"  # `python -m converter.cli report ...` runs edge-report
+
+
+VERBOSE_LOGGERS = ("converter", "edge_runtime", "trainer")
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Warnings only; with --verbose, debug lines of this toolkit's own modules (not of every library)."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    if verbose:
+        for name in VERBOSE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def _say(quiet: bool):
@@ -44,8 +57,9 @@ def _variants_option(ctx: click.Context, param: click.Parameter, value: str) -> 
               help=f"Class labels, one per line.  [default: {LABELS_NAME} beside the model]")
 @click.option("--data", default=None,
               help="Data set for int8 calibration (training images only).  [default: training.json's]")
-@click.option("--seed", type=int, default=None, help="Seed that draws the calibration images.  "
-              "[default: training.json's]")
+@click.option("--seed", type=int, default=None,
+              help="Seed that draws the calibration images (the train/test split always follows training.json).  "
+                   "[default: training.json's]")
 @click.option("--calibration-size", type=click.IntRange(min=0), default=DEFAULT_CALIBRATION_SIZE,
               show_default=True, help="Training images used to calibrate int8.")
 @click.option("--variants", default=",".join(DEFAULT_VARIANTS), show_default=True, callback=_variants_option,
@@ -53,10 +67,12 @@ def _variants_option(ctx: click.Context, param: click.Parameter, value: str) -> 
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the .tflite files and manifest.json.  [default: the model's folder]")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors.")
+@click.option("--verbose", "-v", is_flag=True, help="Also debug logs, TensorFlow's own output among them.")
 def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int | None,
-         calibration_size: int, variants: tuple[str, ...], out_dir: Path | None, quiet: bool) -> None:
+         calibration_size: int, variants: tuple[str, ...], out_dir: Path | None, quiet: bool,
+         verbose: bool) -> None:
     """Convert a trained Keras model to float32 and full-integer int8 TFLite with labels embedded."""
-    logging.basicConfig(level=logging.WARNING)
+    _configure_logging(verbose)
     say = _say(quiet)
     labels_path = labels_path if labels_path is not None else model_path.parent / LABELS_NAME
     out_dir = out_dir if out_dir is not None else model_path.parent
@@ -85,14 +101,16 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
-              help="The trained Keras model (the reference).")
-@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder with the .tflite files and manifest.json.  [default: the model's folder]")
-@click.option("--data", default=None, help="Data set whose TEST split is evaluated.  [default: training.json's]")
-@click.option("--seed", type=int, default=None, help="Seed of the data split.  [default: training.json's]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder for report.md, report.json and the pictures.  [default: the models' folder]")
+              help="The artifacts folder: model.keras, the .tflite files and manifest.json are read there, "
+                   "report.md, report.json and the pictures written there.  "
+                   f"[default: {DEFAULT_ARTIFACTS}, or --model's folder]")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help=f"The Keras model (the reference).  [default: {KERAS_MODEL_NAME} in --out]")
+@click.option("--data", default=None, help="Data set whose TEST split is evaluated.  [default: training.json's]")
+@click.option("--seed", type=int, default=None,
+              help="Seed that draws the --max-images sample (the train/test split always follows training.json).  "
+                   "[default: training.json's]")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="Exit 1 when int8 loses more than this many percentage points of accuracy against Keras.")
 @click.option("--min-agreement", type=click.FloatRange(0, 100), default=None,
@@ -100,19 +118,22 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Evaluate only this many test images, drawn with the seed (for a quick look).")
 @click.option("--quiet", "-q", is_flag=True, help="Only the table and errors.")
-def report_main(model_path: Path, models_dir: Path | None, data: str | None, seed: int | None,
-                out_dir: Path | None, max_drop: float | None, min_agreement: float | None,
-                max_images: int | None, quiet: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Also debug logs, TensorFlow's own output among them.")
+def report_main(out_dir: Path | None, model_path: Path | None, data: str | None, seed: int | None,
+                max_drop: float | None, min_agreement: float | None, max_images: int | None, quiet: bool,
+                verbose: bool) -> None:
     """Evaluate Keras and every .tflite model on the test set; write report.md, report.json and pictures."""
     from .report import build_report, sample_indices, threshold_failures, tflite_models
     from .report_render import terminal_summary, write_report
 
-    logging.basicConfig(level=logging.WARNING)
+    _configure_logging(verbose)
     say = _say(quiet)
-    models_dir = models_dir if models_dir is not None else model_path.parent
-    out_dir = out_dir if out_dir is not None else models_dir
+    if out_dir is None:
+        out_dir = model_path.parent if model_path is not None else DEFAULT_ARTIFACTS
+    if model_path is None:
+        model_path = out_dir / KERAS_MODEL_NAME
     try:
-        models = tflite_models(models_dir)
+        models = tflite_models(out_dir)
         say(f"Loading {model_path}")
         keras_model = load_keras_model(model_path)
         choice = resolve_data(model_path, data, seed)
@@ -134,5 +155,14 @@ def report_main(model_path: Path, models_dir: Path | None, data: str | None, see
         raise click.ClickException("; ".join(failures))
 
 
+def module_main(argv: list[str] | None = None) -> None:
+    """`python -m converter.cli [...]` is edge-convert; `python -m converter.cli report [...]` is edge-report."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [REPORT_COMMAND]:
+        report_main(args=args[1:], prog_name="edge-report")
+    else:
+        main(args=args, prog_name="edge-convert")
+
+
 if __name__ == "__main__":
-    main()
+    module_main()

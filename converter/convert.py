@@ -52,6 +52,8 @@ IMAGE_INPUT_RANK = 4  # (batch, height, width, channels)
 CLASS_OUTPUT_RANK = 2  # (batch, classes)
 RGB_CHANNELS = 3
 CONVERTER_NAME = "edge-image-toolkit converter"
+STDOUT_FD = 1
+STDERR_FD = 2
 # What each variant's info says about its tensors, for people reading model_info.json.
 VARIANT_DESCRIPTIONS = {
     FLOAT32: "float32 weights and activations",
@@ -112,6 +114,9 @@ def parse_variants(names: str | Iterable[str]) -> tuple[str, ...]:
 def _import_tensorflow() -> Any:
     """Import TensorFlow on first use, with its C++ info and warning logs off."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules:
+        with native_output_to_log():
+            import tensorflow  # noqa: F401  (first import: its native noise goes to the log)
     import tensorflow as tf
 
     return tf
@@ -134,7 +139,8 @@ def load_keras_model(path: str | os.PathLike) -> Any:
     import keras
 
     try:
-        model = keras.models.load_model(path, compile=False)
+        with native_output_to_log():  # the first op probes for GPUs and prints about it
+            model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises KeyError, ValueError, OSError... for a damaged archive
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"{path}: cannot load the Keras model ({reason})") from error
@@ -234,8 +240,9 @@ def representative_dataset(calibration: np.ndarray) -> Callable[[], Iterator[lis
 
 
 def export_saved_model(model: Any, folder: str | os.PathLike) -> None:
-    """Export the Keras model's inference function (dropout off, batch norm frozen) as a SavedModel."""
-    model.export(os.fspath(folder), format="tf_saved_model", verbose=False)
+    """Export the Keras model's inference-mode function (what `predict` runs) as a SavedModel."""
+    with native_output_to_log():
+        model.export(os.fspath(folder), format="tf_saved_model", verbose=False)
 
 
 def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
@@ -262,7 +269,7 @@ def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
     else:
         raise ValueError(f"unknown variant {variant!r}")
     try:
-        with native_stdout_to_stderr():
+        with native_output_to_log():
             return bytes(converter.convert())
     except Exception as error:  # the converter raises ConverterError, RuntimeError, ValueError...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -270,24 +277,35 @@ def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
 
 
 @contextlib.contextmanager
-def native_stdout_to_stderr() -> Iterator[None]:
-    """Send what C++ code prints on file descriptor 1 to stderr while the block runs.
+def native_output_to_log() -> Iterator[None]:
+    """Send what TensorFlow's C++ code writes straight to file descriptors 1 and 2 to the debug log.
 
-    The quantizer prints a status line on the process's stdout; stdout stays for results.
+    TensorFlow's import prints CUDA probing lines and the quantizer prints a status line, on the
+    process's own descriptors where no setting silences them; the person should see only our
+    progress lines. Failures still surface as Python exceptions.
     """
     sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        saved = os.dup(1)
-    except OSError:  # no real stdout (embedded interpreters): nothing to protect
+        saved = {fd: os.dup(fd) for fd in (STDOUT_FD, STDERR_FD)}
+    except OSError:  # no real descriptors (an embedded interpreter): nothing to redirect
         yield
         return
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    with tempfile.TemporaryFile() as capture:
+        try:
+            for fd in saved:
+                os.dup2(capture.fileno(), fd)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    logger.debug("native output: %s", line)
 
 
 def check_int8_tensors(model_bytes: bytes) -> None:
@@ -298,11 +316,6 @@ def check_int8_tensors(model_bytes: bytes) -> None:
         dtypes = {np.dtype(tensor["dtype"]).name for tensor in details}
         if dtypes != {"int8"}:
             raise ModelError(f"int8 conversion produced a {'/'.join(sorted(dtypes))} {kind} tensor, not int8")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (the source model's fingerprint in the metadata and the manifest)."""
-    return sha256_file(path)
 
 
 def bytes_sha256(data: bytes) -> str:
@@ -339,7 +352,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         model = load_keras_model(model_path)
     labels = load_labels_for(model, labels_path)
     spec = spec_for_model(model, spec)
-    source_sha256 = file_sha256(model_path)
+    source_sha256 = sha256_file(model_path)
 
     calibration = None
     if INT8 in variants:
@@ -350,7 +363,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         calibration = calibration_batch(train_images, calibration_size, seed, spec)
         progress(f"Calibration: {len(calibration)} of {len(train_images)} training images, seed {seed}")
 
-    models: list[ConvertedModel] = []
+    converted_bytes: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as workdir:
         saved_model = Path(workdir) / "saved_model"
         progress("Exporting the inference graph")
@@ -361,12 +374,15 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
             if variant == INT8:
                 check_int8_tensors(tflite)
             info = _variant_info(variant, model_path.name, source_sha256, calibration, seed)
-            data = embed_metadata(tflite, ModelMetadata(labels=labels, preprocess=spec, info=info))
-            path = out_dir / model_file_name(variant)
-            write_bytes(path, data)
-            converted = ConvertedModel(variant=variant, path=path, size=len(data), sha256=bytes_sha256(data))
-            models.append(converted)
-            progress(f"Wrote {path} ({_kib(converted.size)})")
+            converted_bytes[variant] = embed_metadata(tflite, ModelMetadata(labels=labels, preprocess=spec, info=info))
+
+    # Every variant converted before any file is replaced: a failed conversion leaves the old set whole.
+    models: list[ConvertedModel] = []
+    for variant, data in converted_bytes.items():
+        path = out_dir / model_file_name(variant)
+        write_bytes(path, data)
+        models.append(ConvertedModel(variant=variant, path=path, size=len(data), sha256=bytes_sha256(data)))
+        progress(f"Wrote {path} ({_kib(len(data))})")
 
     float_size = next((m.size for m in models if m.variant == FLOAT32), None)
     if float_size:
@@ -431,31 +447,32 @@ def read_training_info(model_path: str | os.PathLike) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class DataChoice:
-    """Which data set to load, with the seed and test split the model was trained with."""
+    """Which data set to load, how it was split in training, and the seed that draws samples from it."""
 
     source: str | None  # None: CIFAR-10 through Keras, the trainer's default
-    seed: int
-    test_fraction: float | None  # only matters for a single class-folder tree split by seed
+    seed: int  # draws the calibration images (and the report's --max-images sample)
+    split_seed: int  # splits a single class-folder tree into train and test, as in training
+    test_fraction: float | None  # likewise; None: the loader's default
     origin: str  # where the choice came from, for messages
 
     def describe(self) -> str:
         where = self.source if self.source is not None else "CIFAR-10 through Keras"
-        return f"{where} (seed {self.seed}, from {self.origin})"
+        split = f", split seed {self.split_seed}" if self.split_seed != self.seed else ""
+        return f"{where} (seed {self.seed}{split}, from {self.origin})"
 
 
 def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None = None,
                  seed: int | None = None) -> DataChoice:
     """The data set and seed: the options when given, else what training.json beside the model records.
 
-    The test fraction always comes from training.json when it has one, so that a single image tree
-    is split into exactly the same train and test images as in training (calibration must never
-    see a test image).
+    The train/test split always follows training.json when there is one (its seed and test
+    fraction), whatever `seed` says: a single image tree is then split into exactly the training
+    run's train and test images, so calibration can never draw one of its test images.
     """
     info = read_training_info(model_path)
     config = info.get("config") if isinstance(info.get("config"), dict) else {}
     test_fraction = config.get("test_fraction")
-    if seed is None:
-        seed = info.get("seed", config.get("seed"))
+    training_seed = info.get("seed", config.get("seed"))
     if data is not None:
         origin = "the command line"
         source: str | None = os.fspath(data)
@@ -465,13 +482,15 @@ def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None =
     else:
         raise DataError(f"no data set given and no {TRAINING_INFO_NAME} beside {model_path} to say which "
                         "data the model was trained on (pass --data PATH)")
-    if seed is None:
+    for name, value in (("seed", training_seed), ("test fraction", test_fraction)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DataError(f"{Path(model_path).parent / TRAINING_INFO_NAME}: {name} {value!r} is not a number")
+    if training_seed is None:
         from trainer.data import DEFAULT_SEED
 
-        seed = DEFAULT_SEED
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise DataError(f"seed {seed!r} in {TRAINING_INFO_NAME} is not an integer")
-    return DataChoice(source=source, seed=int(seed),
+        training_seed = seed if seed is not None else DEFAULT_SEED
+    return DataChoice(source=source, seed=int(seed if seed is not None else training_seed),
+                      split_seed=int(training_seed),
                       test_fraction=float(test_fraction) if test_fraction is not None else None, origin=origin)
 
 
@@ -480,7 +499,7 @@ def load_data(choice: DataChoice, quiet: bool = False) -> Any:
     from trainer.data import Progress as LoadProgress
     from trainer.data import load_dataset
 
-    kwargs: dict[str, Any] = {"seed": choice.seed, "progress": LoadProgress(quiet=quiet)}
+    kwargs: dict[str, Any] = {"seed": choice.split_seed, "progress": LoadProgress(quiet=quiet)}
     if choice.test_fraction is not None:
         kwargs["test_fraction"] = choice.test_fraction
     return load_dataset(choice.source, **kwargs)

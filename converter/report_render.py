@@ -246,7 +246,7 @@ def plot_per_class(report: Report, path: str | os.PathLike) -> None:
     """Grouped bars: each class's accuracy in every format, side by side, saved atomically as PNG."""
     labels = report.labels
     formats = report.formats
-    figure = _new_figure(max(6.0, 0.9 * len(labels) + 2.0), 4.5)
+    figure = _new_figure(max(7.5, 0.9 * len(labels) + 3.5), 4.5)
     axes = figure.add_subplot()
     positions = np.arange(len(labels))
     width = BAR_GROUP_WIDTH / max(1, len(formats))
@@ -258,7 +258,8 @@ def plot_per_class(report: Report, path: str | os.PathLike) -> None:
     axes.set_ylabel("top-1 accuracy (%)")
     axes.set_ylim(0, PERCENT)
     axes.set_title(f"Per-class accuracy on {report.num_images:,} test images")
-    axes.legend(loc="lower right", fontsize=8)
+    # Outside the axes: bars near 100% would hide a legend drawn inside.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Callable, Iterable, Protocol, Sequence
+
+from PIL import Image
 
 from .classify import Class, Classifier, top_classes
 from .errors import ImageError
@@ -58,34 +61,43 @@ def classify_files(classifier: Classifier, items: Iterable[InputItem], writer: R
     files; the summary then says it was interrupted.
     """
     summary = BatchSummary()
-    load = classifier.load
-    scores_of = classifier.scores
-    labels = classifier.labels
     started = clock()
     try:
-        for item in items:
-            path = item.path
-            if item.error is not None:
-                writer.error(path, item.error)
-                summary.failed += 1
-                continue
-            start = clock()
-            try:
-                scores = scores_of(load(path))
-            except ImageError as error:
-                writer.error(path, error_reason(path, str(error)))
-                summary.failed += 1
-                continue
-            except Exception as error:  # a decoder bug on a hostile file must not end the run
-                logger.debug("unexpected failure on %s", path, exc_info=True)
-                writer.error(path, f"cannot decode image ({type(error).__name__}: {error})")
-                summary.failed += 1
-                continue
-            latency_ms = (clock() - start) * MILLISECONDS
-            classes = top_classes(scores, labels, top_k)
-            writer.result(path, classes, classes[0].score < threshold, latency_ms)
-            summary.classified += 1
+        # open_image enforces its own pixel limit on every file; Pillow's lower warning level
+        # would only print noise for big photos under it. Set once here, not per file.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _classify_each(classifier, items, writer, top_k, threshold, clock, summary)
     except KeyboardInterrupt:
         summary.interrupted = True
     summary.seconds = clock() - started
     return summary
+
+
+def _classify_each(classifier: Classifier, items: Iterable[InputItem], writer: ResultWriter, top_k: int,
+                   threshold: float, clock: Callable[[], float], summary: BatchSummary) -> None:
+    load = classifier.load
+    scores_of = classifier.scores
+    labels = classifier.labels
+    for item in items:  # the hot loop: keep it free of anything that costs per image
+        path = item.path
+        if item.error is not None:
+            writer.error(path, item.error)
+            summary.failed += 1
+            continue
+        start = clock()
+        try:
+            scores = scores_of(load(path))
+        except ImageError as error:
+            writer.error(path, error_reason(path, str(error)))
+            summary.failed += 1
+            continue
+        except Exception as error:  # a decoder bug on a hostile file must not end the run
+            logger.debug("unexpected failure on %s", path, exc_info=True)
+            writer.error(path, f"cannot decode image ({type(error).__name__}: {error})")
+            summary.failed += 1
+            continue
+        latency_ms = (clock() - start) * MILLISECONDS
+        classes = top_classes(scores, labels, top_k)
+        writer.result(path, classes, classes[0].score < threshold, latency_ms)
+        summary.classified += 1

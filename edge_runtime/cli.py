@@ -66,12 +66,14 @@ def _make_classifier(model_option: str | None, threads: int, backend: str | None
 def _run_files(classifier, inputs: tuple[str, ...], recursive: bool, as_json: bool, top_k: int,
                threshold: float, output: str | None) -> int:
     from .atomic import atomic_path
-    from .batch import classify_files
     from .inputs import expand_inputs
+    from .output import BlockWriter
 
     items = expand_inputs(inputs, recursive=recursive)
     if output is None:
-        summary = _classify_to(sys.stdout, classifier, items, as_json, top_k, threshold)
+        # Line by line to a terminal; in blocks to a pipe or file, whatever PYTHONUNBUFFERED says.
+        stream = sys.stdout if _is_terminal(sys.stdout) else BlockWriter(sys.stdout)
+        summary = _classify_to(stream, classifier, items, as_json, top_k, threshold)
     else:
         try:
             with atomic_path(output) as temporary:
@@ -90,6 +92,13 @@ def _run_files(classifier, inputs: tuple[str, ...], recursive: bool, as_json: bo
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INPUT_FAILED if summary.failed else EXIT_OK
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _classify_to(stream: TextIO, classifier, items, as_json: bool, top_k: int, threshold: float):

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 BACKEND_MODULES = {
     "ai_edge_litert": "ai_edge_litert.interpreter",
     "tflite_runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow.lite",
+    # tf.lite.Interpreter lives here; the `tensorflow.lite` package itself no longer exports it (TF >= 2.20).
+    "tensorflow": "tensorflow.lite.python.interpreter",
 }
 BACKEND_ORDER = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 INSTALL_HINT = ("install a TFLite interpreter: pip install ai-edge-litert "

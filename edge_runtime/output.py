@@ -17,6 +17,8 @@ UNCERTAIN_LABEL = "uncertain"
 HUMAN_SCORE_DIGITS = 3
 JSON_SCORE_DIGITS = 6
 JSON_LATENCY_DIGITS = 3
+# Lines gathered before one write to a pipe or file (about 40 KB of JSON lines).
+BLOCK_LINES = 256
 # json's own C string encoder: escapes quotes, control characters and everything non-ASCII
 # (including the lone surrogates of undecodable file names), so every line is valid JSON.
 _encode_json_string = json.encoder.encode_basestring_ascii
@@ -35,6 +37,32 @@ def display_path(path: str) -> str:
         return path
     except UnicodeEncodeError:
         return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class BlockWriter:
+    """A text sink that gathers lines and writes them to `stream` in blocks.
+
+    For stdout sent to a pipe or file: one write per block instead of one per line, even when
+    the environment made stdout unbuffered (PYTHONUNBUFFERED). `flush` writes what is pending.
+    """
+
+    def __init__(self, stream: TextIO, block_lines: int = BLOCK_LINES):
+        self._stream = stream
+        self._block_lines = block_lines
+        self._pending: list[str] = []
+
+    def write(self, text: str) -> None:
+        pending = self._pending
+        pending.append(text)
+        if len(pending) >= self._block_lines:
+            self._stream.write("".join(pending))
+            pending.clear()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write("".join(self._pending))
+            self._pending.clear()
+        self._stream.flush()
 
 
 class HumanWriter:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import warnings
 from typing import IO, Any
 
 import numpy as np
@@ -95,29 +94,26 @@ def open_image(source: str | os.PathLike | IO[bytes], name: str | None = None,
                max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image lazily (header only), refusing non-images and oversized declarations.
 
-    `name` is what error messages call the image (defaults to the path).
+    `name` is what error messages call the image (defaults to the path). The size limit is
+    checked on the declared size, before any pixel is decoded. Pillow's own guard still raises
+    for declarations over twice its limit; callers that want no DecompressionBombWarning for
+    images between Pillow's limit and `max_pixels` filter it (as `batch.classify_files` does).
     """
     label = name if name is not None else str(source)
-    if isinstance(source, (str, os.PathLike)):
-        # One stat call answers "missing?", "folder?" and "empty?": this runs for every image.
-        try:
-            status = os.stat(source)
-        except OSError as error:
-            raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
-        if stat.S_ISDIR(status.st_mode):
-            raise ImageError(f"{label}: is a folder, not an image file")
-        if status.st_size == 0:
-            raise ImageError(f"{label}: file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
+        image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{label}: declared image size is too large to decode safely") from error
-    except UnidentifiedImageError as error:
-        raise ImageError(f"{label}: not a recognised image file") from error
-    except OSError as error:
-        raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
+        raise ImageError(f"{label}: declares too many pixels to decode safely "
+                         "(possible decompression bomb)") from error
+    except (UnidentifiedImageError, OSError) as error:
+        # Only a failure pays for a stat call, to say why: it runs for every image otherwise.
+        reason = _unreadable_file_reason(source)
+        if reason is None:
+            if isinstance(error, UnidentifiedImageError):
+                reason = "not a recognised image file"
+            else:
+                reason = f"cannot read ({error.strerror or error})"
+        raise ImageError(f"{label}: {reason}") from error
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -127,6 +123,23 @@ def open_image(source: str | os.PathLike | IO[bytes], name: str | None = None,
         image.close()
         raise ImageError(f"{label}: declares an empty {width}x{height} image")
     return image
+
+
+def _unreadable_file_reason(source: str | os.PathLike | IO[bytes]) -> str | None:
+    """Why a path cannot be an image when the file system already says so; None otherwise."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        status = os.stat(source)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"cannot read ({error.strerror or error})"
+    if stat.S_ISDIR(status.st_mode):
+        return "is a folder, not an image file"
+    if status.st_size == 0:
+        return "file is empty (0 bytes)"
+    return None
 
 
 def to_rgb(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) -> Image.Image:
@@ -205,15 +218,15 @@ def prepare_image(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC,
         if spec.exif_orientation:
             image = _apply_exif_orientation(image)
         image = resize_for_input(to_rgb(image, spec), spec)
-        pixels = np.asarray(image, dtype=np.uint8)
+        if image.mode != "RGB" or image.size != (spec.width, spec.height):
+            raise ImageError(f"{name}: decoded to an unexpected {image.mode} {image.width}x{image.height} image")
+        # One copy out of Pillow, without np.asarray's array-interface detour (a read-only array, as before).
+        return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(spec.height, spec.width, 3)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         reason = str(error) or type(error).__name__
         raise ImageError(f"{name}: cannot decode image ({reason})") from error
-    if pixels.shape != (spec.height, spec.width, 3):
-        raise ImageError(f"{name}: decoded to unexpected shape {pixels.shape}")
-    return pixels
 
 
 def load_image(path: str | os.PathLike, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:

@@ -325,3 +325,50 @@ def test_cli_same_seed_gives_the_same_int8_file_in_a_new_process(converted: Conv
     assert "Converting int8" in completed.stderr
     assert "Wrote" in completed.stderr and "KiB" in completed.stderr
     assert completed.stdout == ""
+
+
+def test_cli_calibration_never_draws_a_test_image_of_a_split_tree(trained_model: TrainedModel, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One class-folder tree split by seed in training: a different --seed for calibration still
+    splits as training did (training.json's seed and fraction), and calibration draws from train only."""
+    import keras
+
+    import converter.convert as convert
+    from converter_fixtures import write_trainer_outputs
+    from synthetic import write_image_folder
+    from trainer.data import Progress, load_dataset
+
+    tree = write_image_folder(tmp_path / "tree", per_class=25, seed=5)
+    test_fraction = 0.4
+    dataset = load_dataset(tree, seed=SEED, test_fraction=test_fraction, progress=Progress(quiet=True))
+    folder = tmp_path / "artifacts"
+    model = keras.models.load_model(trained_model.model_path)
+    write_trainer_outputs(folder, model, dataset, {"loss": [1.0], "accuracy": [0.5]}, tree, SEED,
+                          test_accuracy=0.5, test_fraction=test_fraction)
+    recorded: list[np.ndarray] = []
+    original = convert.representative_dataset
+
+    def recording(calibration: np.ndarray):
+        recorded.append(np.array(calibration, copy=True))
+        return original(calibration)
+
+    monkeypatch.setattr(convert, "representative_dataset", recording)
+    result = _convert(["--model", str(folder / "model.keras"), "--variants", "int8", "--seed", str(SEED + 1),
+                       "--calibration-size", "1000", "--quiet"])
+    assert result.exit_code == 0, result.output
+    train_keys, test_keys = _pixel_keys(dataset.train_images), _pixel_keys(dataset.test_images)
+    assert len(test_keys) == 40 and not train_keys & test_keys
+    fed = _pixel_keys(np.rint(np.concatenate(recorded) * PIXEL_SCALE).astype(np.uint8))
+    # More asked for than there are: every training image, and not one of training's test images.
+    assert fed == train_keys
+    assert not fed & test_keys
+
+
+def test_importing_the_commands_loads_neither_tensorflow_nor_matplotlib() -> None:
+    """`edge-convert --help` and `edge-report --help` stay instant: heavy imports happen inside functions."""
+    code = ("import sys, converter.cli, converter.convert, converter.report, converter.report_render; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'matplotlib')))")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"

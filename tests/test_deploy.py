@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -291,3 +292,40 @@ def test_usage_errors(args, message):
     assert result.returncode == EXIT_USAGE
     assert error_lines(result) == [
         message, "usage: deploy/deploy.sh [--verify-only] DEVICE [MODEL] [DEST]   (see the header of this script)"]
+
+
+SERVICE_UNIT = REPO_ROOT / "deploy" / "edge-classify-camera.service"
+UNIT_EDGE_CLASSIFY = "/home/pi/edge-venv/bin/edge-classify"
+
+
+def _unit_exec_start() -> list[str]:
+    lines = [line for line in SERVICE_UNIT.read_text().splitlines() if line.startswith("ExecStart=")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].removeprefix("ExecStart="))
+
+
+def test_service_unit_command_is_one_edge_classify_accepts():
+    from edge_runtime.cli import main
+
+    argv = _unit_exec_start()
+    assert argv[0] == UNIT_EDGE_CLASSIFY
+    # Parse (without running) the unit's command line with the real CLI's option parser.
+    context = main.make_context("edge-classify", argv[1:])
+    assert context.params["camera"] == "auto"
+    assert context.params["as_json"] is True
+    assert context.params["model_option"] == "/home/pi/edge-models/model_int8.tflite"
+    unit = SERVICE_UNIT.read_text()
+    assert "\nStandardOutput=append:/var/log/edge-classify/camera.jsonl\n" in unit
+    assert "\nRestart=on-failure\n" in unit
+
+
+def test_service_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify checks that ExecStart's program exists: point it at one that does.
+    unit = tmp_path / SERVICE_UNIT.name
+    unit.write_text(SERVICE_UNIT.read_text().replace(UNIT_EDGE_CLASSIFY, sys.executable))
+    result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                            timeout=SCRIPT_TIMEOUT_S)
+    assert (result.returncode, result.stderr) == (0, "")

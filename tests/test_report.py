@@ -259,3 +259,14 @@ def test_report_without_models_is_one_line(tmp_path: Path) -> None:
     result = _report(["--model", str(tmp_path / "model.keras")])
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: {tmp_path}: no .tflite models to evaluate (run edge-convert first)"
+
+
+def test_module_entry_runs_the_report_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`python -m converter.cli report --out DIR` (what `make report` runs) reaches edge-report."""
+    from converter.cli import module_main
+
+    with pytest.raises(SystemExit) as exited:
+        module_main(["report", "--out", str(tmp_path)])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip() == (f"Error: {tmp_path}: no .tflite models to evaluate "
+                                               "(run edge-convert first)")

@@ -29,6 +29,17 @@ def copy_tree(source: Path, destination: Path) -> Path:
     return destination
 
 
+def test_quiet_progress_still_shows_warnings(capsys: pytest.CaptureFixture) -> None:
+    quiet, chatty = Progress(quiet=True), Progress(interval_seconds=3600)
+    quiet.message("loading")
+    quiet.count("decoded images", 10, 10)
+    quiet.warning("skipped a.jpg: not a recognised image file")
+    assert capsys.readouterr().err == "warning: skipped a.jpg: not a recognised image file\n"
+    for done in (1, 2, 3):  # the first count and the last are shown, the rest wait for the interval
+        chatty.count("decoded images", done, 3)
+    assert capsys.readouterr().err == "decoded images: 1/3\ndecoded images: 3/3\n"
+
+
 # --- image-folder trees ---------------------------------------------------------------------------
 
 def test_split_tree_arrays_equal_the_images_written_in_sorted_class_order(split_dataset: Path) -> None:

@@ -33,10 +33,34 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+def fit_calls() -> list[dict]:
+    """What `model.fit` received in the module's training run (filled by `trained`)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def trained(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory, fit_calls: list[dict]):
+    """One small run for the whole module, with `model.fit` spied on to see the validation split."""
+    import trainer.model
+
+    real_build = trainer.model.build_model
+
+    def spying_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        real_fit = model.fit
+
+        def fit(x, y, **fit_kwargs):
+            fit_calls.append({"train_labels": np.argmax(y, axis=1),
+                              "validation_labels": np.argmax(fit_kwargs["validation_data"][1], axis=1)})
+            return real_fit(x, y, **fit_kwargs)
+
+        model.fit = fit
+        return model
+
     out = tmp_path_factory.mktemp("run")
-    result = train(TrainConfig(data=split_dataset, out=out, epochs=3, batch_size=SMALL_BATCH, seed=7), QUIET)
-    return result
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.model, "build_model", spying_build)
+        return train(TrainConfig(data=split_dataset, out=out, epochs=3, batch_size=SMALL_BATCH, seed=7), QUIET)
 
 
 def test_shuffled_split_holds_out_every_class_not_the_last_ones() -> None:
@@ -49,32 +73,13 @@ def test_shuffled_split_holds_out_every_class_not_the_last_ones() -> None:
     assert np.array_equal(again[1], validation_index)
 
 
-def test_validation_set_is_drawn_from_every_class(split_dataset: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer.model
-
-    seen = {}
-    real_build = trainer.model.build_model
-
-    def spying_build(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        real_fit = model.fit
-
-        def fit(x, y, **fit_kwargs):
-            seen["train_labels"] = np.argmax(y, axis=1)
-            seen["validation_labels"] = np.argmax(fit_kwargs["validation_data"][1], axis=1)
-            return real_fit(x, y, **fit_kwargs)
-
-        model.fit = fit
-        return model
-
-    monkeypatch.setattr(trainer.model, "build_model", spying_build)
-    train(TrainConfig(data=split_dataset, out=tmp_path, epochs=1, batch_size=SMALL_BATCH), QUIET)
-    counts = np.bincount(seen["validation_labels"], minlength=len(CLASS_NAMES))
+def test_validation_set_is_drawn_from_every_class(trained, fit_calls: list[dict]) -> None:
+    assert len(fit_calls) == 1
+    counts = np.bincount(fit_calls[0]["validation_labels"], minlength=len(CLASS_NAMES))
     assert counts.sum() == VALIDATION_IMAGES
     # Unshuffled, the last 20% of this class-sorted set would be 48 images of the last class.
     assert (counts >= 5).all(), counts
-    assert len(seen["train_labels"]) == FIT_IMAGES
+    assert len(fit_calls[0]["train_labels"]) == FIT_IMAGES
 
 
 def test_outputs_are_written_with_their_contents(trained, split_dataset: Path) -> None:
@@ -163,15 +168,19 @@ def test_interrupted_run_resumes_to_the_same_epoch_count(split_dataset: Path, tm
     assert read_checkpoint(tmp_path).epoch == 3
 
 
-def test_resume_refuses_a_checkpoint_from_different_settings(split_dataset: Path, tmp_path: Path) -> None:
-    config = TrainConfig(data=split_dataset, out=tmp_path, epochs=2, batch_size=SMALL_BATCH)
-    with pytest.raises(TrainingInterrupted):
-        train(config, QUIET, callbacks=[InterruptAfterEpoch(1)])
+def test_resume_refuses_a_checkpoint_from_different_settings(small_model, split_dataset: Path,
+                                                            tmp_path: Path) -> None:
+    made_with = TrainConfig(data=split_dataset, out=tmp_path, epochs=2, batch_size=SMALL_BATCH)
+    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]},
+                                   made_with.recipe(), sorted(CLASS_NAMES), 1.0)
     changed = TrainConfig(data=split_dataset, out=tmp_path, epochs=2, batch_size=16, resume=True)
     with pytest.raises(CheckpointError) as error:
         train(changed, QUIET)
     assert str(error.value) == (f"{tmp_path / CHECKPOINT_DIR}: the checkpoint was made with batch_size 32, "
                                 f"not 16; resume with the same settings or start afresh without --resume")
+    fewer_epochs = TrainConfig(data=split_dataset, out=tmp_path, epochs=1, batch_size=SMALL_BATCH, resume=True)
+    with pytest.raises(CheckpointError, match="checkpoints: the checkpoint already has 2 epochs, more than the 1 asked"):
+        train(fewer_epochs, QUIET)
 
 
 def test_resume_without_a_checkpoint_says_so(split_dataset: Path, tmp_path: Path) -> None:
@@ -181,8 +190,9 @@ def test_resume_without_a_checkpoint_says_so(split_dataset: Path, tmp_path: Path
 
 def test_too_few_images_for_a_validation_split(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "tiny", per_class=2, class_names=("a", "b"))
-    with pytest.raises(DataError, match=r"2 training image\(s\) are too few to hold out 20% for validation"):
-        train(TrainConfig(data=root, out=tmp_path / "out", test_fraction=0.5), QUIET)
+    # One training image per class; floor(2 * (1 - 0.6)) = 0 would be left to train on.
+    with pytest.raises(DataError, match=r"2 training image\(s\) are too few to hold out 60% for validation"):
+        train(TrainConfig(data=root, out=tmp_path / "out", test_fraction=0.5, validation_fraction=0.6), QUIET)
 
 
 # --- atomic outputs -----------------------------------------------------------------------------

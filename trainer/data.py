@@ -64,7 +64,7 @@ class Progress:
     def __init__(self, quiet: bool = False, interval_seconds: float = PROGRESS_INTERVAL_SECONDS) -> None:
         self.quiet = quiet
         self.interval_seconds = interval_seconds
-        self._last_count_time = 0.0
+        self._last_count_time: float | None = None
 
     def message(self, text: str) -> None:
         """One line about what is happening."""
@@ -78,7 +78,8 @@ class Progress:
     def count(self, label: str, done: int, total: int) -> None:
         """`label: done/total`, at most every `interval_seconds` and always at the end."""
         now = time.monotonic()
-        if done < total and now - self._last_count_time < self.interval_seconds:
+        recent = self._last_count_time is not None and now - self._last_count_time < self.interval_seconds
+        if done < total and recent:
             return
         self._last_count_time = now
         self.message(f"{label}: {done:,}/{total:,}")

@@ -1,0 +1,185 @@
+"""Benchmark the converter against issue 3's targets on a trained model and its data.
+
+Given an OUT folder with the trainer's model.keras (and training.json naming the data and seed),
+this converts it twice with the same seed (into OUT, as `make convert` does, and into a temporary
+folder), checks that both int8 files have the same sha256, writes the quantization report into OUT
+(as `make report` does) and prints, against the targets:
+
+  float32 agreement with Keras      100%
+  int8 accuracy change              at most 0.5 points lost
+  int8 top-1 agreement with Keras   at least 98%
+  int8 size / float32 size          at most 27%
+  same seed, same int8 sha256       yes
+
+    python benchmarks/bench_convert.py --out artifacts [--data ../shared/datasets/cifar10-jpeg] [--json summary.json]
+
+Exit status 0 when every target is met, 1 when one is missed, 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_OUT = Path("artifacts")
+DEFAULT_CALIBRATION_SIZE = 500
+PERCENT = 100.0
+# Issue 3, "What it must show".
+FLOAT32_MIN_AGREEMENT_PERCENT = 100.0
+INT8_MAX_DROP_POINTS = 0.5
+INT8_MIN_AGREEMENT_PERCENT = 98.0
+INT8_MAX_SIZE_RATIO = 0.27
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One target: what was measured, the bound, and whether it holds."""
+
+    name: str
+    value: Any
+    target: str
+    passed: bool
+
+
+def evaluate_targets(summary: dict[str, Any]) -> list[Check]:
+    """The issue's targets applied to the measured numbers."""
+    return [
+        Check("float32 top-1 agreement with Keras (%)", round(summary["float32_agreement_percent"], 4),
+              f">= {FLOAT32_MIN_AGREEMENT_PERCENT:g}",
+              summary["float32_agreement_percent"] >= FLOAT32_MIN_AGREEMENT_PERCENT),
+        Check("int8 accuracy change vs Keras (points)", round(summary["int8_accuracy_change_pp"], 4),
+              f">= -{INT8_MAX_DROP_POINTS:g}", -summary["int8_accuracy_change_pp"] <= INT8_MAX_DROP_POINTS),
+        Check("int8 top-1 agreement with Keras (%)", round(summary["int8_agreement_percent"], 4),
+              f">= {INT8_MIN_AGREEMENT_PERCENT:g}", summary["int8_agreement_percent"] >= INT8_MIN_AGREEMENT_PERCENT),
+        Check("int8 size / float32 size (%)", round(summary["int8_size_ratio"] * PERCENT, 2),
+              f"<= {INT8_MAX_SIZE_RATIO * PERCENT:g}", summary["int8_size_ratio"] <= INT8_MAX_SIZE_RATIO),
+        Check("same seed gives the same int8 sha256", summary["int8_same_sha256"], "yes",
+              bool(summary["int8_same_sha256"])),
+    ]
+
+
+def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
+                  calibration_size: int = DEFAULT_CALIBRATION_SIZE, quiet: bool = False) -> dict[str, Any]:
+    """Convert twice, report once; return the summary (numbers, timings, checks)."""
+    from converter.convert import (INT8, FLOAT32, KERAS_MODEL_NAME, convert_model, load_data, load_keras_model,
+                                   read_training_info, resolve_data)
+    from converter.report import build_report, threshold_failures, tflite_models
+    from converter.report_render import terminal_summary, write_report
+
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    model_path = out / KERAS_MODEL_NAME
+    timings: dict[str, float] = {}
+    choice = resolve_data(model_path, data, seed)
+    say(f"data: {choice.describe()}")
+    started = time.perf_counter()
+    dataset = load_data(choice, quiet=quiet)
+    timings["load_data_seconds"] = time.perf_counter() - started
+    model = load_keras_model(model_path)
+    conversion = dict(train_images=dataset.train_images, calibration_size=calibration_size, seed=choice.seed,
+                      data_source=dataset.source, model=model, progress=say)
+
+    started = time.perf_counter()
+    first = convert_model(model_path, out, **conversion)
+    timings["convert_seconds"] = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as second_out:
+        second = convert_model(model_path, second_out, **conversion)
+    same_int8 = first.model(INT8).sha256 == second.model(INT8).sha256
+    same_float32 = first.model(FLOAT32).sha256 == second.model(FLOAT32).sha256
+
+    started = time.perf_counter()
+    report = build_report(model, tflite_models(out), dataset.test_images, dataset.test_labels, dataset.class_names,
+                          test_paths=dataset.test_paths, data_source=dataset.source, seed=choice.seed, progress=say)
+    timings["report_seconds"] = time.perf_counter() - started
+    failures = threshold_failures(report, INT8_MAX_DROP_POINTS, INT8_MIN_AGREEMENT_PERCENT)
+    files = write_report(report, out, history=read_training_info(model_path).get("history"), failures=failures)
+    click.echo(terminal_summary(report), nl=False)
+
+    keras, float32, int8 = report.format("keras"), report.format(FLOAT32), report.format(INT8)
+    summary: dict[str, Any] = {
+        "data": dataset.source,
+        "seed": choice.seed,
+        "test_images": report.num_images,
+        "calibration_images": first.calibration_count,
+        "keras_accuracy": keras.accuracy,
+        "float32_accuracy": float32.accuracy,
+        "int8_accuracy": int8.accuracy,
+        "float32_agreement_percent": float32.agreement * PERCENT,
+        "float32_max_abs_prob_diff": float32.max_abs_prob_diff,
+        "int8_accuracy_change_pp": int8.accuracy_change_pp,
+        "int8_agreement_percent": int8.agreement * PERCENT,
+        "int8_mean_abs_prob_diff": int8.mean_abs_prob_diff,
+        "int8_max_abs_prob_diff": int8.max_abs_prob_diff,
+        "float32_bytes": float32.size_bytes,
+        "int8_bytes": int8.size_bytes,
+        "int8_size_ratio": report.size_ratio(INT8),
+        "float32_latency_ms": float32.latency_ms,
+        "int8_latency_ms": int8.latency_ms,
+        "latency_backend": report.backend,
+        "latency_threads": report.threads,
+        "int8_sha256": first.model(INT8).sha256,
+        "int8_sha256_second_run": second.model(INT8).sha256,
+        "int8_same_sha256": same_int8,
+        "float32_same_sha256": same_float32,
+        "report": str(files.markdown),
+        "timings": {key: round(value, 2) for key, value in timings.items()},
+    }
+    checks = evaluate_targets(summary)
+    summary["checks"] = [dataclasses.asdict(check) for check in checks]
+    summary["passed"] = all(check.passed for check in checks)
+    return summary
+
+
+def format_checks(checks: list[dict[str, Any]]) -> str:
+    """The targets as an aligned table for the terminal."""
+    width = max(len(check["name"]) for check in checks)
+    lines = [f"{'target':{width}}  {'measured':>10}  {'bound':>8}  result"]
+    for check in checks:
+        value = "yes" if check["value"] is True else "no" if check["value"] is False else f"{check['value']:g}"
+        lines.append(f"{check['name']:{width}}  {value:>10}  {check['target']:>8}  "
+                     f"{'pass' if check['passed'] else 'FAIL'}")
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT, show_default=True,
+              help="Folder with the trained model.keras; the models and report are written there.")
+@click.option("--data", default=None, help="Data set (default: training.json's).")
+@click.option("--seed", type=int, default=None, help="Calibration seed (default: training.json's).")
+@click.option("--calibration-size", type=click.IntRange(min=1), default=DEFAULT_CALIBRATION_SIZE, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the summary here as JSON.")
+@click.option("--quiet", "-q", is_flag=True)
+def main(out: Path, data: str | None, seed: int | None, calibration_size: int, json_path: Path | None,
+         quiet: bool) -> None:
+    """Convert twice with one seed, run the report, and check issue 3's targets."""
+    from edge_runtime.atomic import write_text
+    from edge_runtime.errors import EdgeError
+
+    try:
+        summary = run_benchmark(out, data, seed, calibration_size, quiet)
+    except EdgeError as error:
+        raise click.ClickException(str(error)) from error
+    second = "identical" if summary["int8_same_sha256"] else f"DIFFERENT: {summary['int8_sha256_second_run']}"
+    click.echo(f"int8 sha256 {summary['int8_sha256']} (second run: {second})")
+    click.echo(format_checks(summary["checks"]), nl=False)
+    if json_path is not None:
+        write_text(json_path, json.dumps(summary, indent=2) + "\n")
+        click.echo(f"wrote {json_path}", err=True)
+    if not summary["passed"]:
+        raise click.ClickException("some of issue 3's targets are missed (see the table above)")
+
+
+if __name__ == "__main__":
+    # Run from a checkout without installing: the repository root holds converter/ and edge_runtime/.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()

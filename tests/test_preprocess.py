@@ -1,0 +1,303 @@
+"""The shared preprocessing: every Pillow mode to RGB, EXIF orientation, resize policy, bad files.
+
+Images here are 32x32 (the input size) unless a test is about resizing, so expected pixels are
+exact: no resampling stands between what a test writes and what the model would see.
+"""
+
+from __future__ import annotations
+
+import resource
+import struct
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_runtime.errors import ImageError
+from edge_runtime.preprocess import (DEFAULT_SPEC, MAX_IMAGE_PIXELS, PreprocessSpec, array_to_input, load_image,
+                                     open_image, prepare_image, scale_pixels)
+from synthetic import synthetic_arrays
+
+SIZE = DEFAULT_SPEC.width
+WHITE = (255, 255, 255)
+EXIF_ORIENTATION_TAG = 0x0112
+ROTATED_90_CLOCKWISE = 6  # EXIF: the stored image must be turned 90 degrees clockwise to display
+BOMB_SIDE = 40_000
+BOMB_SECONDS = 1.0
+# A 40000x40000 RGB decode would need 4.8 GB; opening must stay far below that.
+BOMB_MAX_TRACED_BYTES = 5 * 1024 * 1024
+BOMB_MAX_RSS_GROWTH_KIB = 100 * 1024
+
+
+@pytest.fixture(scope="module")
+def picture() -> np.ndarray:
+    """One 32x32 synthetic RGB image with detail in every channel."""
+    images, _ = synthetic_arrays(1, seed=3)
+    return images[2]
+
+
+def save(tmp_path: Path, image: Image.Image, name: str, **options) -> Path:
+    path = tmp_path / name
+    image.save(path, **options)
+    return path
+
+
+# --- modes --------------------------------------------------------------------------------------
+
+def test_rgb_png_is_returned_exactly(tmp_path: Path, picture: np.ndarray) -> None:
+    pixels = load_image(save(tmp_path, Image.fromarray(picture), "rgb.png"))
+    assert pixels.dtype == np.uint8 and pixels.shape == (SIZE, SIZE, 3)
+    np.testing.assert_array_equal(pixels, picture)
+
+
+def test_rgba_is_composited_on_the_white_background(tmp_path: Path, picture: np.ndarray) -> None:
+    alpha = np.full((SIZE, SIZE), 255, dtype=np.uint8)
+    alpha[:, :8] = 0      # transparent: background shows
+    alpha[:, 8:16] = 128  # half: a blend
+    rgba = np.dstack([picture, alpha])
+    pixels = load_image(save(tmp_path, Image.fromarray(rgba, "RGBA"), "rgba.png"))
+
+    assert (pixels[:, :8] == WHITE).all()
+    np.testing.assert_array_equal(pixels[:, 16:], picture[:, 16:])
+    blend = (picture[:, 8:16].astype(np.float64) * 128 + 255 * 127) / 255
+    assert np.abs(pixels[:, 8:16] - blend).max() <= 1.0
+
+
+def test_la_grey_with_alpha_becomes_grey_rgb_on_white(tmp_path: Path) -> None:
+    grey = np.full((SIZE, SIZE), 40, dtype=np.uint8)
+    alpha = np.full((SIZE, SIZE), 255, dtype=np.uint8)
+    alpha[:4] = 0
+    image = Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)])
+    pixels = load_image(save(tmp_path, image, "la.png"))
+    assert (pixels[:4] == WHITE).all()
+    assert (pixels[4:] == 40).all()
+
+
+def test_palette_with_transparent_index_shows_the_background(tmp_path: Path) -> None:
+    indices = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    indices[:, SIZE // 2:] = 1
+    image = Image.fromarray(indices, "P")
+    image.putpalette([0, 0, 0, 200, 30, 40] + [0] * (256 * 3 - 6))
+    path = save(tmp_path, image, "palette.png", transparency=0)
+    assert Image.open(path).mode == "P" and "transparency" in Image.open(path).info
+    pixels = load_image(path)
+    assert (pixels[:, :SIZE // 2] == WHITE).all()
+    assert (pixels[:, SIZE // 2:] == (200, 30, 40)).all()
+
+
+def test_grey_l_and_bilevel_1_become_equal_channels(tmp_path: Path, picture: np.ndarray) -> None:
+    grey = picture[..., 0]
+    pixels = load_image(save(tmp_path, Image.fromarray(grey, "L"), "grey.png"))
+    for channel in range(3):
+        np.testing.assert_array_equal(pixels[..., channel], grey)
+
+    bilevel = Image.fromarray(grey > 128).convert("1")
+    pixels = load_image(save(tmp_path, bilevel, "bilevel.png"))
+    assert set(np.unique(pixels)) <= {0, 255}
+    np.testing.assert_array_equal(pixels[..., 1], np.where(grey > 128, 255, 0))
+
+
+def test_sixteen_bit_grey_keeps_the_top_byte(tmp_path: Path) -> None:
+    values = np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE) * 64  # 0 .. 65472
+    path = save(tmp_path, Image.fromarray(values), "sixteen.png")
+    assert Image.open(path).mode in ("I;16", "I")  # Pillow versions differ in how they open it
+    pixels = load_image(path)
+    np.testing.assert_array_equal(pixels[..., 0], (values >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_modes_in_memory(mode: str) -> None:
+    values = np.full((SIZE, SIZE), 0xABCD, dtype=np.uint16)
+    image = Image.fromarray(values) if mode == "I;16" else Image.fromarray(values.astype(np.int32))
+    assert image.mode == mode
+    pixels = prepare_image(image)
+    assert (pixels == 0xAB).all()
+
+
+def test_float_f_images_in_unit_range_are_scaled_to_bytes(tmp_path: Path) -> None:
+    values = np.linspace(0.0, 1.0, SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
+    path = save(tmp_path, Image.fromarray(values, "F"), "float.tiff")
+    assert Image.open(path).mode == "F"
+    pixels = load_image(path)
+    np.testing.assert_array_equal(pixels[..., 2], (values * 255).astype(np.uint8))
+    assert pixels.max() == 255
+
+
+def test_cmyk_matches_pillows_own_conversion(tmp_path: Path, picture: np.ndarray) -> None:
+    cmyk = Image.fromarray(picture).convert("CMYK")
+    path = save(tmp_path, cmyk, "cmyk.tiff")
+    assert Image.open(path).mode == "CMYK"
+    np.testing.assert_array_equal(load_image(path), np.asarray(cmyk.convert("RGB")))
+
+
+def test_animated_gif_uses_the_first_frame(tmp_path: Path) -> None:
+    red = Image.new("RGB", (SIZE, SIZE), (255, 0, 0))
+    blue = Image.new("RGB", (SIZE, SIZE), (0, 0, 255))
+    path = tmp_path / "animated.gif"
+    red.save(path, save_all=True, append_images=[blue], duration=100, loop=0)
+    with Image.open(path) as check:
+        assert check.is_animated and check.n_frames == 2
+        check.seek(1)  # an already-advanced image is rewound too
+        pixels = prepare_image(check)
+    assert (pixels == (255, 0, 0)).all()
+    assert (load_image(path) == (255, 0, 0)).all()
+
+
+# --- orientation and resizing -------------------------------------------------------------------
+
+def test_exif_rotation_gives_the_same_pixels_as_the_pre_rotated_image(tmp_path: Path) -> None:
+    images, _ = synthetic_arrays(1, seed=4, size=48)
+    stored = Image.fromarray(images[1][:, :32])  # 32 wide, 48 high: not square
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = ROTATED_90_CLOCKWISE
+    tagged = save(tmp_path, stored, "tagged.png", exif=exif)
+    upright = save(tmp_path, stored.transpose(Image.Transpose.ROTATE_270), "upright.png")
+    assert Image.open(upright).size == (48, 32)
+
+    rotated = load_image(tagged)
+    np.testing.assert_array_equal(rotated, load_image(upright))
+    ignoring_exif = load_image(tagged, PreprocessSpec(exif_orientation=False))
+    assert not np.array_equal(rotated, ignoring_exif)  # the tag really changed something
+
+
+def test_exif_rotation_in_a_jpeg_matches_the_upright_jpeg(tmp_path: Path) -> None:
+    images, _ = synthetic_arrays(1, seed=5, size=64)
+    stored = Image.fromarray(images[0][:, :40])
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = ROTATED_90_CLOCKWISE
+    tagged = save(tmp_path, stored, "tagged.jpg", exif=exif, quality=95)
+    upright = save(tmp_path, stored.transpose(Image.Transpose.ROTATE_270), "upright.jpg", quality=95)
+    difference = np.abs(load_image(tagged).astype(int) - load_image(upright).astype(int))
+    assert difference.mean() < 4.0  # only JPEG's re-encoding differs
+
+
+def test_centre_crop_drops_the_sides_of_a_wide_image(tmp_path: Path, picture: np.ndarray) -> None:
+    wide = np.zeros((SIZE, SIZE + 16, 3), dtype=np.uint8)
+    wide[:, :8] = (255, 0, 0)
+    wide[:, -8:] = (255, 0, 0)
+    wide[:, 8:-8] = picture
+    pixels = load_image(save(tmp_path, Image.fromarray(wide), "wide.png"))
+    np.testing.assert_array_equal(pixels, picture)
+
+
+def test_a_big_photo_and_its_32px_version_are_treated_alike(tmp_path: Path, picture: np.ndarray) -> None:
+    big = Image.fromarray(picture).resize((1600, 1200), Image.Resampling.BICUBIC)  # 4:3 like a photo
+    small = big.resize((SIZE * 4 // 3, SIZE), Image.Resampling.BILINEAR)
+    from_photo = load_image(save(tmp_path, big, "photo.jpg", quality=95))
+    from_small = load_image(save(tmp_path, small, "small.png"))
+    assert from_photo.shape == from_small.shape == (SIZE, SIZE, 3)
+    assert np.abs(from_photo.astype(int) - from_small.astype(int)).mean() < 8.0
+
+
+def test_array_to_input_resizes_camera_frames_and_passes_input_sized_ones(picture: np.ndarray) -> None:
+    np.testing.assert_array_equal(array_to_input(picture), picture)
+    frame = np.asarray(Image.fromarray(picture).resize((SIZE * 10, SIZE * 10), Image.Resampling.NEAREST))
+    assert np.abs(array_to_input(frame).astype(int) - picture.astype(int)).mean() < 12.0
+    grey = array_to_input(picture[..., 0])
+    np.testing.assert_array_equal(grey[..., 2], picture[..., 0])
+    with pytest.raises(ImageError, match=r"frame of shape \(32, 32, 5\) is not an RGB image"):
+        array_to_input(np.zeros((SIZE, SIZE, 5), dtype=np.uint8))
+
+
+def test_scale_pixels_is_bit_identical_to_dividing_by_255() -> None:
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    scaled = scale_pixels(pixels)
+    assert scaled.dtype == np.float32
+    np.testing.assert_array_equal(scaled, pixels.astype(np.float32) / np.float32(255.0))
+    custom = scale_pixels(pixels, PreprocessSpec(scale=2.0 / 255.0, offset=-1.0))
+    np.testing.assert_allclose(custom, pixels / 127.5 - 1.0, atol=1e-6)
+
+
+# --- bad files ----------------------------------------------------------------------------------
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG header that declares width x height RGB pixels, then one tiny IDAT and IEND."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Each kind of bad input and the reason its error line must give."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good_jpeg = folder / "good.jpg"
+    good_png = folder / "good.png"
+    picture = Image.fromarray(synthetic_arrays(1, seed=6, size=64)[0][0])
+    picture.save(good_jpeg, quality=90)
+    picture.save(good_png)
+    files = {
+        "empty": (folder / "empty.jpg", "file is empty (0 bytes)"),
+        "truncated_jpeg": (folder / "truncated.jpg", "cannot decode image (image file is truncated"),
+        "truncated_png": (folder / "truncated.png", "cannot decode image ("),
+        "text": (folder / "notes.jpg", "not a recognised image file"),
+        "folder": (folder / "album.jpg", "is a folder, not an image file"),
+        "bomb": (folder / "bomb.png", "declares too many pixels to decode safely (possible decompression bomb)"),
+    }
+    files["empty"][0].write_bytes(b"")
+    files["truncated_jpeg"][0].write_bytes(good_jpeg.read_bytes()[:len(good_jpeg.read_bytes()) // 2])
+    files["truncated_png"][0].write_bytes(good_png.read_bytes()[:len(good_png.read_bytes()) // 2])
+    files["text"][0].write_text("this is not a picture\n")
+    files["folder"][0].mkdir()
+    files["bomb"][0].write_bytes(png_declaring(BOMB_SIDE, BOMB_SIDE))
+    good_jpeg.unlink()
+    good_png.unlink()
+    return files
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated_jpeg", "truncated_png", "text", "folder", "bomb"])
+def test_each_bad_file_is_one_image_error_naming_file_and_reason(tmp_path: Path, kind: str) -> None:
+    path, reason = bad_files(tmp_path)[kind]
+    with pytest.raises(ImageError) as caught:
+        load_image(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {reason}"), message
+    assert "\n" not in message
+
+
+def test_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=r"nothing\.png: no such file$"):
+        load_image(tmp_path / "nothing.png")
+
+
+def test_a_declared_40000_square_png_is_refused_fast_without_allocating_it(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(BOMB_SIDE, BOMB_SIDE))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ImageError, match="possible decompression bomb"):
+            load_image(path)
+        elapsed = time.perf_counter() - started
+        _, traced_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < BOMB_SECONDS
+    assert traced_peak < BOMB_MAX_TRACED_BYTES
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < BOMB_MAX_RSS_GROWTH_KIB
+
+
+def test_our_own_limit_applies_below_pillows_hard_limit(tmp_path: Path) -> None:
+    path = tmp_path / "large.png"
+    path.write_bytes(png_declaring(12_000, 10_000))  # 120 MP: over our limit, under Pillow's error level
+    with pytest.warns(Image.DecompressionBombWarning):
+        with pytest.raises(ImageError) as caught:
+            load_image(path)
+    assert str(caught.value) == (f"{path}: declares 12000x10000 pixels, more than the limit of "
+                                 f"{MAX_IMAGE_PIXELS:,} (possible decompression bomb)")
+
+
+def test_open_image_reads_only_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "header.png"
+    path.write_bytes(png_declaring(640, 480))  # pixel data missing: fine until decoded
+    with open_image(path) as image:
+        assert image.size == (640, 480)
+    with pytest.raises(ImageError, match=r"header\.png: cannot decode image"):
+        load_image(path)

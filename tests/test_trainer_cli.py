@@ -1,0 +1,125 @@
+"""`edge-train`: exit codes and one-line messages, resume options, Ctrl-C, a light --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import trainer.cli as cli
+from synthetic import CLASS_NAMES, write_image_folder
+from trainer import train as train_module
+from trainer.train import CHECKPOINT_DIR, TrainConfig, TrainingInterrupted
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_USAGE = 2
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli.main, [str(arg) for arg in args])
+
+
+def test_help_does_not_import_tensorflow() -> None:
+    code = ("import sys; from click.testing import CliRunner; import trainer.cli as c; "
+            "r = CliRunner().invoke(c.main, ['--help']); assert r.exit_code == 0, r.output; "
+            "assert '--resume' in r.output; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=60, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+def test_missing_data_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = run("--data", tmp_path / "nowhere", "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {tmp_path / 'nowhere'}: no such file or folder\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_class_folder_names_the_folder(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", per_class=2, class_names=("cats",))
+    result = run("--data", root, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (f"Error: {root}: found 1 class folder (cats); need at least two, "
+                                              f"one sub-folder per class")
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option, value, name", [("--epochs", "0", "--epochs"),
+                                                 ("--batch-size", "-1", "--batch-size"),
+                                                 ("--validation-fraction", "1", "--validation-fraction"),
+                                                 ("--test-fraction", "0", "--test-fraction")])
+def test_bad_option_values_are_usage_errors(tmp_path: Path, option: str, value: str, name: str) -> None:
+    result = run("--data", tmp_path, option, value)
+    assert result.exit_code == EXIT_USAGE
+    assert f"Invalid value for '{name}'" in result.stderr
+
+
+def test_resume_without_checkpoint_exits_1(split_dataset: Path, tmp_path: Path) -> None:
+    result = run("--data", split_dataset, "--out", tmp_path, "--resume")
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {tmp_path / CHECKPOINT_DIR}: no checkpoint to resume from; "
+                             f"run without --resume to start\n")
+
+
+def test_ctrl_c_during_training_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "my run"
+
+    def interrupted(config, progress):
+        raise TrainingInterrupted(1, 3, config.out)
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    result = run("--data", tmp_path, "--out", out, "--epochs", "3")
+    assert result.exit_code == cli.EXIT_INTERRUPTED
+    assert result.stderr == f"Interrupted after epoch 1 of 3; continue with: edge-train --resume --out '{out}'\n"
+
+
+def test_ctrl_c_before_any_checkpoint_says_nothing_was_written(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(config, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    result = run("--data", tmp_path, "--out", tmp_path / "out")
+    assert result.exit_code == cli.EXIT_INTERRUPTED
+    assert result.stderr == "Interrupted; no new outputs were written.\n"
+
+
+def test_resume_takes_unspecified_options_from_the_checkpoint(split_dataset: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.model import build_model
+
+    made_with = TrainConfig(data=split_dataset, out=tmp_path, epochs=5, batch_size=16, seed=9,
+                            validation_fraction=0.25)
+    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, build_model(num_classes=len(CLASS_NAMES)), 2,
+                                   {"loss": [1.0, 0.9]}, made_with.recipe(), sorted(CLASS_NAMES), 3.0)
+    configs = []
+
+    def capture(config, progress):
+        configs.append(config)
+        raise KeyboardInterrupt  # stop here: only the options are under test
+
+    monkeypatch.setattr(cli, "train", capture)
+    result = run("--out", tmp_path, "--resume")
+    assert result.stderr == (f"Interrupted; the last checkpoint is epoch 2: continue with: "
+                             f"edge-train --resume --out {tmp_path}\n")
+    run("--out", tmp_path, "--resume", "--epochs", "8")
+    first, explicit = configs
+    assert first.recipe() == made_with.recipe() and first.resume
+    assert (explicit.epochs, explicit.batch_size, explicit.seed) == (8, 16, 9)
+
+
+def test_training_through_the_cli(split_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "artifacts"
+    result = run("--data", split_dataset, "--out", out, "--epochs", "1", "--batch-size", "32")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("test accuracy ")
+    assert result.stdout.endswith(f" after 1 epochs; model in {out / 'model.keras'}\n")
+    progress = result.stderr.splitlines()
+    assert "decoded images: 320/320" in progress
+    assert any(line.startswith("epoch 1/1  ") and "val_accuracy" in line for line in progress)
+    assert (out / "model.keras").is_file() and (out / "training.json").is_file()
