@@ -98,7 +98,8 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
 
     started = time.perf_counter()
     report = build_report(model, tflite_models(out), dataset.test_images, dataset.test_labels, dataset.class_names,
-                          test_paths=dataset.test_paths, data_source=dataset.source, seed=choice.seed, progress=say)
+                          test_paths=dataset.test_paths, data_source=dataset.source, seed=choice.seed,
+                          keras_sha256=first.source_sha256, progress=say)
     timings["report_seconds"] = time.perf_counter() - started
     failures = threshold_failures(report, INT8_MAX_DROP_POINTS, INT8_MIN_AGREEMENT_PERCENT)
     files = write_report(report, out, history=read_training_info(model_path).get("history"), failures=failures)
@@ -131,6 +132,7 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
         "int8_same_sha256": same_int8,
         "float32_same_sha256": same_float32,
         "report": str(files.markdown),
+        "notes": report.notes,
         "timings": {key: round(value, 2) for key, value in timings.items()},
     }
     checks = evaluate_targets(summary)

@@ -88,6 +88,7 @@ def run_edge_train(data: Path, epochs: int, seed: int, out: Path, env: dict[str,
     return {"test_accuracy": report["test"]["accuracy"], "test_loss": report["test"]["loss"],
             "training_seconds": report["durations"]["training_seconds"],
             "loading_seconds": report["durations"]["loading_seconds"], "epochs": report["epochs"],
+            "checkpoint_seconds": report["durations"].get("checkpoint_seconds_this_session", 0.0),
             "parameters": report["model"]["parameters"],
             "train_images": report["data"]["train"] + report["data"]["validation"], "wall_seconds": wall}
 
@@ -122,6 +123,7 @@ def table(plain: dict[str, Any], ours: dict[str, Any], ratio: float) -> str:
             ("training seconds", f"{plain['training_seconds']:.1f}", f"{ours['training_seconds']:.1f}",
              f"{ratio:.3f}"),
             ("test accuracy", f"{plain['test_accuracy']:.4f}", f"{ours['test_accuracy']:.4f}", ""),
+            ("  of which checkpoints", "", f"{ours['checkpoint_seconds']:.1f}", ""),
             ("loading seconds", f"{plain['loading_seconds']:.1f}", f"{ours['loading_seconds']:.1f}", ""),
             ("process wall seconds", f"{plain['wall_seconds']:.1f}", f"{ours['wall_seconds']:.1f}", "")]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

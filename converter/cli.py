@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from edge_runtime.errors import EdgeError
+from edge_runtime.manifest import sha256_file
 
 from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MODEL_NAME, LABELS_NAME,
                       check_calibration_size, convert_model, load_data, load_keras_model, load_labels_for,
@@ -21,8 +22,6 @@ from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MO
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME
 REPORT_COMMAND = "report"  # `python -m converter.cli report ...` runs edge-report
-
-
 VERBOSE_LOGGERS = ("converter", "edge_runtime", "trainer")
 
 
@@ -32,6 +31,12 @@ def _configure_logging(verbose: bool) -> None:
     if verbose:
         for name in VERBOSE_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def _os_error_line(error: OSError) -> str:
+    """`path: reason` for a file-system error."""
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
 
 
 def _say(quiet: bool):
@@ -96,6 +101,8 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
                                data_source=data_source, model=model, progress=say)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
+    except OSError as error:  # e.g. an output folder that cannot be written
+        raise click.ClickException(_os_error_line(error)) from error
     for converted in result.models:
         say(f"{converted.variant:8s} {converted.path}  {converted.size:,} bytes  sha256 {converted.sha256}")
 
@@ -143,13 +150,17 @@ def report_main(out_dir: Path | None, model_path: Path | None, data: str | None,
         paths = [dataset.test_paths[i] for i in chosen] if dataset.test_paths is not None else None
         report = build_report(keras_model, models, dataset.test_images[chosen], dataset.test_labels[chosen],
                               dataset.class_names, test_paths=paths, data_source=dataset.source,
-                              seed=choice.seed, progress=say)
+                              seed=choice.seed, keras_sha256=sha256_file(model_path), progress=say)
         failures = threshold_failures(report, max_drop, min_agreement)
         history = read_training_info(model_path).get("history")
         files = write_report(report, out_dir, history=history, failures=failures)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
+    except OSError as error:  # e.g. an output folder that cannot be written
+        raise click.ClickException(_os_error_line(error)) from error
     click.echo(terminal_summary(report), nl=False)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     say(f"Wrote {files.markdown} and {files.json}")
     if failures:
         raise click.ClickException("; ".join(failures))

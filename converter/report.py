@@ -20,10 +20,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_runtime.errors import DataError, ModelError
-from edge_runtime.manifest import MANIFEST_NAME, read_manifest
+from edge_runtime.manifest import MANIFEST_NAME, read_manifest, verify_file
+from edge_runtime.metadata import read_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
-from .convert import FLOAT32, INT8, VARIANTS, model_file_name
+from .convert import FLOAT32, INT8, VARIANTS
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ LATENCY_THREADS = 1  # the device-like number: one interpreter thread
 PERCENT = 100.0
 KERAS_BATCH_SIZE = 256
 SECONDS_TO_MS = 1000.0
+MODEL_FILE_PREFIX = "model_"  # model_<variant>.tflite
 
 Progress = Callable[[str], None]
 
@@ -192,7 +194,7 @@ def tflite_models(folder: str | os.PathLike) -> list[tuple[str, Path]]:
     by_variant = {}
     for name in names:
         stem = Path(name).stem
-        variant = stem[len("model_"):] if stem.startswith("model_") else stem
+        variant = stem[len(MODEL_FILE_PREFIX):] if stem.startswith(MODEL_FILE_PREFIX) else stem
         by_variant[variant] = folder / name
     order = [v for v in VARIANTS if v in by_variant] + sorted(v for v in by_variant if v not in VARIANTS)
     models = [(variant, by_variant[variant]) for variant in order]
@@ -239,8 +241,9 @@ def runtime_probabilities(model_path: str | os.PathLike, images: np.ndarray | No
     if paths is not None:
         cache = pixel_cache if pixel_cache is not None else {}
         if classifier.spec not in cache:
-            cache[classifier.spec] = np.stack([classifier.load(path) for path in paths]) if len(paths) else \
-                np.zeros((0, classifier.spec.height, classifier.spec.width, 3), dtype=np.uint8)
+            if not len(paths):
+                raise DataError("the test set is empty: nothing to evaluate")
+            cache[classifier.spec] = np.stack([classifier.load(path) for path in paths])
         pixels = cache[classifier.spec]
     elif images is not None:
         pixels = np.asarray(images, dtype=np.uint8)
@@ -269,11 +272,41 @@ def sample_indices(count: int, limit: int | None, seed: int | None) -> np.ndarra
     return np.sort(rng.choice(count, size=limit, replace=False))
 
 
+def provenance_notes(models: Sequence[tuple[str, Path]], keras_sha256: str | None) -> list[str]:
+    """Warnings about files that are not what the report is meant to compare.
+
+    A `.tflite` whose embedded source fingerprint is not the Keras model's was converted from
+    another training (convert again); one that no longer matches manifest.json was changed since.
+    """
+    notes = []
+    for _, path in models:
+        metadata = read_metadata(path)
+        source = metadata.info.get("source_model_sha256") if metadata is not None else None
+        if keras_sha256 is not None and source is not None and source != keras_sha256:
+            notes.append(f"{path.name} was converted from a different Keras model than the one evaluated "
+                         "(run edge-convert again)")
+        manifest = path.parent / MANIFEST_NAME
+        if manifest.is_file():
+            try:
+                verification = verify_file(path, manifest)
+            except ModelError as error:
+                notes.append(str(error))
+                continue
+            if not verification.ok:
+                notes.append(f"{path.name} does not match {MANIFEST_NAME}: " + "; ".join(verification.problems))
+    return notes
+
+
 def build_report(keras_model: Any, models: Sequence[tuple[str, Path]], test_images: np.ndarray,
                  test_labels: np.ndarray, class_names: Sequence[str],
                  test_paths: Sequence[str] | None = None, data_source: str = "",
-                 seed: int | None = None, progress: Progress = _quiet) -> Report:
-    """Evaluate Keras and each `(variant, path)` model on the test set and compare them."""
+                 seed: int | None = None, keras_sha256: str | None = None,
+                 progress: Progress = _quiet) -> Report:
+    """Evaluate Keras and each `(variant, path)` model on the test set and compare them.
+
+    `keras_sha256` (the Keras file's fingerprint) lets the report flag `.tflite` files converted
+    from another model.
+    """
     test_images = np.asarray(test_images, dtype=np.uint8)
     test_labels = np.asarray(test_labels, dtype=np.int64)
     labels = list(class_names)
@@ -286,7 +319,7 @@ def build_report(keras_model: Any, models: Sequence[tuple[str, Path]], test_imag
     if keras_classes != num_classes:
         raise ModelError(f"the Keras model has {keras_classes} outputs but the test set has {num_classes} classes")
 
-    notes: list[str] = []
+    notes = provenance_notes(models, keras_sha256)
     spec = DEFAULT_SPEC
     progress(f"Evaluating Keras on {len(test_labels):,} test images")
     keras_probs = keras_probabilities(keras_model, test_images, spec)

@@ -187,15 +187,17 @@ def open_source(source: str | None = None) -> FrameSource:
     return OpenCVSource(source)
 
 
-def frames(source: FrameSource, max_reopens: int = DEFAULT_REOPENS,
-           reopen_delay_s: float = DEFAULT_REOPEN_DELAY_S,
+def frames(source: FrameSource, max_reopens: int | None = None, reopen_delay_s: float | None = None,
            sleep: Callable[[float], None] = time.sleep,
            notify: Callable[[str], None] | None = None) -> Iterator[np.ndarray]:
     """Yield frames from an opened `source` until a video ends or the source is lost for good.
 
     A live source that delivers no frame is closed and reopened, up to `max_reopens` times in a
-    row (a frame in between resets the count); then CameraError. `notify` hears each attempt.
+    row (a frame in between resets the count), `reopen_delay_s` apart; then CameraError.
+    `notify` hears each attempt. Defaults: DEFAULT_REOPENS and DEFAULT_REOPEN_DELAY_S.
     """
+    max_reopens = DEFAULT_REOPENS if max_reopens is None else max_reopens
+    reopen_delay_s = DEFAULT_REOPEN_DELAY_S if reopen_delay_s is None else reopen_delay_s
     attempts = 0
     while True:
         frame = source.read()

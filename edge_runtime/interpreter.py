@@ -12,11 +12,9 @@ import importlib
 import logging
 import os
 import sys
-import tempfile
 from typing import Any, Callable, Iterator
 
 from .errors import BackendError, ModelError
-from .metadata import is_tflite_flatbuffer
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +72,8 @@ def load_interpreter_class(backend: str | None = None) -> tuple[str, Callable[..
 
 def check_model_file(path: str | os.PathLike) -> None:
     """Refuse, with one line, a model path that is missing, empty or not a TFLite flatbuffer."""
+    from .metadata import is_tflite_flatbuffer  # imported here so `edge-classify --help` needs no numpy
+
     if not os.path.exists(path):
         raise ModelError(f"{path}: model file not found")
     if os.path.isdir(path):
@@ -120,6 +120,8 @@ def _native_info_lines_to_log() -> Iterator[None]:
     The C++ runtime writes to file descriptor 2 directly and no setting silences it, so the
     descriptor is pointed at a temporary file while the interpreter is built.
     """
+    import tempfile
+
     try:
         sys.stderr.flush()
         saved_fd = os.dup(STDERR_FD)

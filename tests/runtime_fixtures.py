@@ -4,16 +4,21 @@ A small Keras CNN learns the four synthetic classes of `synthetic.py` in a few e
 converted to float32 and to full-int8 TFLite (int8 input and output, calibrated on the same
 `scale_pixels` inputs the network was trained on) and carries its labels and preprocessing
 embedded, as the converter's exports do. Beside it: the same int8 network without metadata,
-a uint8-input variant, and a model whose input is not an image tensor.
+a uint8-input variant, and a model whose input is not an image tensor. Also here: the bad
+input files (empty, truncated, not an image, a folder named like one, a decompression bomb).
 
 Test modules use it with `pytest_plugins = ("runtime_fixtures",)` so the session fixture is
-registered once and the models are built once, whichever modules run.
+registered once and the models are built once, whichever modules run. They also import its
+helpers directly, so it opts out of assertion rewriting (it asserts nothing): PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,8 @@ import pytest
 from edge_runtime.labels import write_labels
 from edge_runtime.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, scale_pixels
+from PIL import Image
+
 from synthetic import CLASS_NAMES, IMAGE_SIZE, synthetic_arrays
 
 TRAIN_PER_CLASS = 48
@@ -30,6 +37,7 @@ EPOCHS = 6
 BATCH_SIZE = 16
 SEED = 7
 DENSE_INPUT_SIZE = 10
+BOMB_SIDE = 40_000  # a PNG declaring 40000x40000 RGB pixels: 4.8 GB if decoded
 # The accuracy the tiny model must reach on fresh synthetic images for tests to trust it.
 MIN_SYNTHETIC_ACCURACY = 0.9
 
@@ -79,7 +87,10 @@ def _convert(model, io_type=None) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
-    return converter.convert()
+    with warnings.catch_warnings():
+        # The converter notes that int8 inputs get statistics from calibration: expected here.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
 
 
 def _dense_model_bytes() -> bytes:
@@ -127,3 +138,42 @@ def runtime_models(tmp_path_factory: pytest.TempPathFactory) -> RuntimeModels:
 def synthetic_test_images() -> tuple[np.ndarray, np.ndarray]:
     """Fresh synthetic images (not seen in training) and their class indices."""
     return synthetic_arrays(16, seed=SEED + 2)
+
+
+# --- bad input files ----------------------------------------------------------------------------
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG header that declares width x height RGB pixels, then one tiny IDAT and IEND."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Each kind of bad input and the reason its error line must give."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good_jpeg = folder / "good.jpg"
+    good_png = folder / "good.png"
+    picture = Image.fromarray(synthetic_arrays(1, seed=6, size=64)[0][0])
+    picture.save(good_jpeg, quality=90)
+    picture.save(good_png)
+    files = {
+        "empty": (folder / "empty.jpg", "file is empty (0 bytes)"),
+        "truncated_jpeg": (folder / "truncated.jpg", "cannot decode image (image file is truncated"),
+        "truncated_png": (folder / "truncated.png", "cannot decode image ("),
+        "text": (folder / "notes.jpg", "not a recognised image file"),
+        "folder": (folder / "album.jpg", "is a folder, not an image file"),
+        "bomb": (folder / "bomb.png", "declares too many pixels to decode safely (possible decompression bomb)"),
+    }
+    files["empty"][0].write_bytes(b"")
+    files["truncated_jpeg"][0].write_bytes(good_jpeg.read_bytes()[:len(good_jpeg.read_bytes()) // 2])
+    files["truncated_png"][0].write_bytes(good_png.read_bytes()[:len(good_png.read_bytes()) // 2])
+    files["text"][0].write_text("this is not a picture\n")
+    files["folder"][0].mkdir()
+    files["bomb"][0].write_bytes(png_declaring(BOMB_SIDE, BOMB_SIDE))
+    good_jpeg.unlink()
+    good_png.unlink()
+    return files

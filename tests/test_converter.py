@@ -83,6 +83,29 @@ def test_int8_is_full_integer_with_int8_input_and_output(converted: Converted) -
     assert tensor_types <= {"int8", "int32"}, tensor_types
 
 
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_files_with_metadata_load_in_tensorflows_interpreter_too(converted: Converted, variant: str) -> None:
+    """The appended archive is invisible to interpreters: TensorFlow's gives the runtime's exact scores."""
+    import tensorflow as tf
+
+    from edge_runtime.classify import Classifier
+
+    path = converted.out / f"model_{variant}.tflite"
+    classifier = Classifier(path, threads=1, backend="ai_edge_litert")
+    pixels = classifier.load(converted.trained.dataset.test_paths[0])
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], classifier.quantize_input(pixels))
+    interpreter.invoke()
+    raw = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+    scores = classifier.scores(pixels)
+    assert raw.shape == scores.shape == (len(CLASS_NAMES),)
+    assert int(raw.argmax()) == int(scores.argmax())
+    if variant == "float32":
+        assert np.allclose(raw, scores, atol=1e-6)
+
+
 def test_int8_file_is_at_most_27_percent_of_float32(converted: Converted) -> None:
     ratio = converted.int8.stat().st_size / converted.float32.stat().st_size
     assert ratio <= INT8_MAX_SIZE_RATIO

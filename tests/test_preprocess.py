@@ -7,10 +7,8 @@ exact: no resampling stands between what a test writes and what the model would 
 from __future__ import annotations
 
 import resource
-import struct
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +18,13 @@ from PIL import Image
 from edge_runtime.errors import ImageError
 from edge_runtime.preprocess import (DEFAULT_SPEC, MAX_IMAGE_PIXELS, PreprocessSpec, array_to_input, load_image,
                                      open_image, prepare_image, scale_pixels)
+from runtime_fixtures import BOMB_SIDE, bad_files, png_declaring
 from synthetic import synthetic_arrays
 
 SIZE = DEFAULT_SPEC.width
 WHITE = (255, 255, 255)
 EXIF_ORIENTATION_TAG = 0x0112
 ROTATED_90_CLOCKWISE = 6  # EXIF: the stored image must be turned 90 degrees clockwise to display
-BOMB_SIDE = 40_000
 BOMB_SECONDS = 1.0
 # A 40000x40000 RGB decode would need 4.8 GB; opening must stay far below that.
 BOMB_MAX_TRACED_BYTES = 5 * 1024 * 1024
@@ -213,43 +211,6 @@ def test_scale_pixels_is_bit_identical_to_dividing_by_255() -> None:
 
 
 # --- bad files ----------------------------------------------------------------------------------
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG header that declares width x height RGB pixels, then one tiny IDAT and IEND."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-            + chunk(b"IEND", b""))
-
-
-def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
-    """Each kind of bad input and the reason its error line must give."""
-    folder.mkdir(parents=True, exist_ok=True)
-    good_jpeg = folder / "good.jpg"
-    good_png = folder / "good.png"
-    picture = Image.fromarray(synthetic_arrays(1, seed=6, size=64)[0][0])
-    picture.save(good_jpeg, quality=90)
-    picture.save(good_png)
-    files = {
-        "empty": (folder / "empty.jpg", "file is empty (0 bytes)"),
-        "truncated_jpeg": (folder / "truncated.jpg", "cannot decode image (image file is truncated"),
-        "truncated_png": (folder / "truncated.png", "cannot decode image ("),
-        "text": (folder / "notes.jpg", "not a recognised image file"),
-        "folder": (folder / "album.jpg", "is a folder, not an image file"),
-        "bomb": (folder / "bomb.png", "declares too many pixels to decode safely (possible decompression bomb)"),
-    }
-    files["empty"][0].write_bytes(b"")
-    files["truncated_jpeg"][0].write_bytes(good_jpeg.read_bytes()[:len(good_jpeg.read_bytes()) // 2])
-    files["truncated_png"][0].write_bytes(good_png.read_bytes()[:len(good_png.read_bytes()) // 2])
-    files["text"][0].write_text("this is not a picture\n")
-    files["folder"][0].mkdir()
-    files["bomb"][0].write_bytes(png_declaring(BOMB_SIDE, BOMB_SIDE))
-    good_jpeg.unlink()
-    good_png.unlink()
-    return files
-
 
 @pytest.mark.parametrize("kind", ["empty", "truncated_jpeg", "truncated_png", "text", "folder", "bomb"])
 def test_each_bad_file_is_one_image_error_naming_file_and_reason(tmp_path: Path, kind: str) -> None:

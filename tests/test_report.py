@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,7 @@ def _independent_accuracies(converted: Converted) -> tuple[float, float, float]:
             float(np.mean(int8_top1 == keras_top1)))
 
 
+@pytest.mark.slow
 def test_report_numbers_match_an_independent_computation(report_run) -> None:
     converted, result = report_run
     assert result.exit_code == 0, result.output
@@ -181,8 +183,10 @@ def test_report_numbers_match_an_independent_computation(report_run) -> None:
     assert formats["int8"]["size_vs_float32"] == formats["int8"]["size_bytes"] / formats["float32"]["size_bytes"]
     assert formats["keras"]["latency_ms"] is None
     assert data["threshold_failures"] == []
+    assert data["notes"] == []
 
 
+@pytest.mark.slow
 def test_report_files_and_pictures(report_run) -> None:
     converted, result = report_run
     markdown = (converted.out / "report.md").read_text(encoding="utf-8")
@@ -201,6 +205,7 @@ def test_report_files_and_pictures(report_run) -> None:
     assert not list(converted.out.glob(".*.tmp*")), "a temporary file was left behind"
 
 
+@pytest.mark.slow
 def test_report_prints_the_main_table(report_run) -> None:
     converted, result = report_run
     lines = result.stdout.splitlines()
@@ -229,6 +234,7 @@ def bad_int8_folder(converted: Converted, tmp_path_factory: pytest.TempPathFacto
     return folder
 
 
+@pytest.mark.slow
 def test_max_drop_fails_the_report_with_one_line(bad_int8_folder: Path, converted: Converted) -> None:
     result = _report(["--model", str(bad_int8_folder / "model.keras"), "--data", str(converted.trained.data_root),
                       "--seed", str(SEED), "--max-drop", "2", "--max-images", "40", "--quiet"])
@@ -242,11 +248,17 @@ def test_max_drop_fails_the_report_with_one_line(bad_int8_folder: Path, converte
     assert float(match.group(1)) == pytest.approx(-int8["accuracy_change_pp"], abs=0.005)
     assert data["threshold_failures"] == [last.removeprefix("Error: ")]
     assert data["data"]["images"] == 40
+    # The int8 file came from another model.keras: the report says so rather than compare silently.
+    stale = ("model_int8.tflite was converted from a different Keras model than the one evaluated "
+             "(run edge-convert again)")
+    assert data["notes"] == [stale]
+    assert f"note: {stale}" in result.output
     # No training.json beside this model: the curves are skipped with a note, not an error.
     assert not (bad_int8_folder / "training_curves.png").exists()
     assert "No training history was found" in (bad_int8_folder / "report.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_min_agreement_fails_the_report(bad_int8_folder: Path, converted: Converted) -> None:
     result = _report(["--model", str(bad_int8_folder / "model.keras"), "--data", str(converted.trained.data_root),
                       "--seed", str(SEED), "--min-agreement", "95", "--max-images", "40", "--quiet"])
@@ -270,3 +282,31 @@ def test_module_entry_runs_the_report_subcommand(tmp_path: Path, capsys: pytest.
     assert exited.value.code == 1
     assert capsys.readouterr().err.strip() == (f"Error: {tmp_path}: no .tflite models to evaluate "
                                                "(run edge-convert first)")
+
+
+@pytest.mark.slow
+def test_benchmark_script_checks_the_targets(converted: Converted, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/bench_convert.py (what `make bench` runs) on the fixture model: two conversions, one report."""
+    import importlib.util
+
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    for name in ("model.keras", "labels.txt", "training.json"):
+        shutil.copy(converted.out / name, folder / name)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_convert.py"
+    spec = importlib.util.spec_from_file_location("bench_convert", script)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    summary = bench.run_benchmark(folder, calibration_size=50, quiet=True)
+    assert summary["int8_same_sha256"] is True
+    assert summary["int8_sha256"] == summary["int8_sha256_second_run"]
+    assert summary["calibration_images"] == 50
+    assert summary["float32_agreement_percent"] == 100.0
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    int8 = next(entry for entry in report["formats"] if entry["name"] == "int8")
+    assert summary["int8_accuracy_change_pp"] == int8["accuracy_change_pp"]
+    assert summary["int8_size_ratio"] == int8["size_vs_float32"]
+    assert [check["passed"] for check in summary["checks"]] == [True] * 5
+    assert summary["passed"] is True

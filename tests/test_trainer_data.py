@@ -278,3 +278,32 @@ def test_cifar_folder_without_test_batch_is_refused(tmp_path: Path) -> None:
     folder = write_cifar_folder(tmp_path / "cifar-10-batches-py", members)
     with pytest.raises(DataError, match=r"cifar-10-batches-py: test_batch is missing"):
         load_dataset(folder, progress=QUIET)
+
+
+# --- CIFAR-10 through Keras (the default; the real download cannot run here) ---------------------
+
+def test_default_source_is_keras_cifar10(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    train_images = np.arange(4 * 32 * 32 * 3, dtype=np.uint8).reshape(4, 32, 32, 3)
+    keras_labels = np.array([[3], [0], [9], [1]], dtype=np.uint8)  # Keras gives [N, 1] uint8
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data",
+                        lambda: ((train_images, keras_labels), (train_images[:2], keras_labels[:2])))
+    dataset = load_dataset(None, progress=QUIET)
+    assert dataset.class_names[:3] == ["airplane", "automobile", "bird"] and dataset.num_classes == 10
+    assert dataset.train_labels.dtype == np.int64 and dataset.train_labels.tolist() == [3, 0, 9, 1]
+    np.testing.assert_array_equal(dataset.train_images, train_images)
+    assert dataset.test_count == 2 and dataset.train_paths is None
+    assert dataset.source == "CIFAR-10 (keras.datasets.cifar10)"
+
+
+def test_failed_download_is_a_data_error_that_suggests_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz: None")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(DataError, match=r"^CIFAR-10 download through Keras failed \(URL fetch failure.*\); "
+                                        r"pass --data PATH with a local copy$"):
+        load_dataset(None, progress=QUIET)

@@ -188,6 +188,19 @@ def test_resume_without_a_checkpoint_says_so(split_dataset: Path, tmp_path: Path
         train(TrainConfig(data=split_dataset, out=tmp_path, resume=True), QUIET)
 
 
+def test_fresh_start_warns_about_an_unfinished_run(small_model, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    recipe = TrainConfig(data=tmp_path, epochs=4).recipe()
+    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
+                                   sorted(CLASS_NAMES), 1.0)
+    with pytest.raises(DataError):  # stop right after the warning: the data is missing
+        train(TrainConfig(data=tmp_path / "missing", out=tmp_path), QUIET)
+    assert capsys.readouterr().err == (
+        f"warning: {tmp_path / CHECKPOINT_DIR} holds an unfinished run (epoch 2 of 4); this fresh run "
+        f"replaces it after its first epoch (use --resume to continue it instead)\n")
+    assert read_checkpoint(tmp_path).epoch == 2  # nothing replaced yet
+
+
 def test_too_few_images_for_a_validation_split(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "tiny", per_class=2, class_names=("a", "b"))
     # One training image per class; floor(2 * (1 - 0.6)) = 0 would be left to train on.

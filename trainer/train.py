@@ -201,6 +201,7 @@ def _epoch_callback(folder: Path, history: dict[str, list[float]], recipe: dict[
         def __init__(self) -> None:
             super().__init__()
             self.epochs_completed = 0
+            self.checkpoint_seconds = 0.0  # reported, to show what checkpointing costs
             self.fit_started = time.perf_counter()
             self.epoch_started = self.fit_started
 
@@ -218,6 +219,7 @@ def _epoch_callback(folder: Path, history: dict[str, list[float]], recipe: dict[
             progress.message(f"epoch {epoch + 1}/{epochs}  {metrics}  ({now - self.epoch_started:.1f} s)")
             _write_checkpoint(folder, self.model, epoch + 1, history, recipe, class_names,
                               prior_seconds + (now - self.fit_started))
+            self.checkpoint_seconds += time.perf_counter() - now
             self.epochs_completed = epoch + 1
 
     return EpochCheckpoint()
@@ -323,6 +325,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
         "loading_seconds": round(loading_seconds, 3),
         "training_seconds": round(prior_seconds + session_training_seconds, 3),
         "training_seconds_this_session": round(session_training_seconds, 3),
+        "checkpoint_seconds_this_session": round(epoch_callback.checkpoint_seconds, 3),
         "evaluation_seconds": round(evaluation_seconds, 3),
     }
     report = training_report(config, dataset, history, float(test_loss), float(test_accuracy),

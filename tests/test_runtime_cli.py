@@ -1,0 +1,411 @@
+"""`edge-classify` on files and folders: every option, output formats, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from edge_runtime.classify import Classifier
+from edge_runtime.cli import main
+from edge_runtime.manifest import write_manifest
+from edge_runtime.model_select import MODEL_ENV_VAR
+from runtime_fixtures import BOMB_SIDE, bad_files, png_declaring
+from synthetic import CLASS_NAMES
+
+pytest_plugins = ("runtime_fixtures",)
+
+MIN_ACCURACY = 0.9
+MIN_TOP_SCORE = 0.5
+JSON_KEYS = {"path", "label", "score", "top_k", "latency_ms"}
+
+
+def run(*args: str | os.PathLike, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, [str(arg) for arg in args], env=env)
+
+
+def one_line_error(result: Result) -> str:
+    """The single stderr line of a fatal error (asserting there is exactly one, and no traceback)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def photo(split_dataset: Path) -> tuple[Path, str]:
+    """One test image and its class name."""
+    return split_dataset / "test" / "cross" / "0003.png", "cross"
+
+
+# --- picking the model --------------------------------------------------------------------------
+
+def test_photo_alone_uses_the_only_tflite_in_the_current_folder(runtime_models, photo, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    shutil.copy(runtime_models.int8, tmp_path / "model.tflite")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    path, label = photo
+    result = run(path)
+    assert result.exit_code == 0, result.output
+    shown_path, shown = result.stdout.strip().split(": ")
+    assert shown_path == str(path)
+    name, score = shown.split()
+    assert name == label and float(score) >= MIN_TOP_SCORE
+    assert result.stderr == ""  # nothing else for one image: not even the interpreter's INFO line
+
+
+def test_model_option_beats_environment_beats_current_folder(runtime_models, photo, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    shutil.copy(runtime_models.dense_input, tmp_path / "other.tflite")  # would fail if it were used
+    monkeypatch.chdir(tmp_path)
+    env_result = run(photo[0], env={MODEL_ENV_VAR: str(runtime_models.int8)})
+    assert env_result.exit_code == 0, env_result.output
+    option_result = run("--model", runtime_models.int8, photo[0],
+                        env={MODEL_ENV_VAR: str(tmp_path / "missing.tflite")})
+    assert option_result.exit_code == 0, option_result.output
+    folder_result = run(photo[0], env={MODEL_ENV_VAR: ""})
+    assert folder_result.exit_code == 2
+    assert "other.tflite: input tensor has shape [1, 10]" in folder_result.stderr
+
+
+def test_no_model_anywhere_says_where_it_looked(photo, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    result = run(photo[0])
+    assert result.exit_code == 2
+    assert one_line_error(result) == (f"Error: no model given: looked for --model, ${MODEL_ENV_VAR} and a .tflite "
+                                      f"file in {tmp_path} (none there)")
+
+
+def test_two_models_in_the_folder_are_named(runtime_models, photo, tmp_path: Path, monkeypatch) -> None:
+    shutil.copy(runtime_models.int8, tmp_path / "b.tflite")
+    shutil.copy(runtime_models.float32, tmp_path / "a.tflite")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    result = run(photo[0])
+    assert result.exit_code == 2
+    assert one_line_error(result) == (f"Error: no model given and {tmp_path} holds 2 .tflite files (a.tflite, "
+                                      f"b.tflite); choose one with --model or ${MODEL_ENV_VAR}")
+
+
+# --- bad models: exit 2, one line ---------------------------------------------------------------
+
+def bad_model(kind: str, runtime_models, folder: Path) -> tuple[Path, str]:
+    """A bad model file of `kind` and the message its one error line must carry."""
+    path = folder / f"{kind}.tflite"
+    good = runtime_models.plain_int8.read_bytes()
+    if kind == "missing":
+        return path, f"{path}: model file not found"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, f"{path}: model file is empty (0 bytes)"
+    if kind == "truncated":
+        path.write_bytes(good[:len(good) // 2])
+        return path, f"{path}: not a valid TFLite model (The model is not a valid Flatbuffer buffer)"
+    if kind == "not_tflite":
+        path.write_bytes(b"PK\x03\x04 this is a Keras zip, not a flatbuffer" * 4)
+        return path, f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)"
+    if kind == "folder":
+        path.mkdir()
+        return path, f"{path}: is a folder, not a .tflite model file"
+    if kind == "not_image":
+        return runtime_models.dense_input, (f"{runtime_models.dense_input}: input tensor has shape [1, 10], "
+                                            "not an image of shape [1, height, width, 3]")
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "not_tflite", "folder", "not_image"])
+def test_each_bad_model_stops_with_exit_2_and_one_line(runtime_models, photo, tmp_path: Path, kind: str) -> None:
+    model, message = bad_model(kind, runtime_models, tmp_path)
+    result = run("--model", model, photo[0])
+    assert result.exit_code == 2
+    assert one_line_error(result) == f"Error: {message}"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("option", ["--info", "--benchmark"])
+def test_info_and_benchmark_refuse_bad_models_the_same_way(runtime_models, tmp_path: Path, option: str) -> None:
+    model, message = bad_model("truncated", runtime_models, tmp_path)
+    result = run(option, model)
+    assert result.exit_code == 2
+    assert one_line_error(result) == f"Error: {message}"
+
+
+def test_labels_file_with_the_wrong_count_is_a_model_error(runtime_models, photo, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("one\ntwo\n")
+    result = run("--model", runtime_models.plain_int8, "--labels", labels, photo[0])
+    assert result.exit_code == 2
+    assert one_line_error(result) == f"Error: {labels}: 2 labels for a model with 4 classes"
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def test_json_lines_carry_path_label_score_top_k_and_latency(runtime_models, split_dataset: Path) -> None:
+    folder = split_dataset / "test" / "waves"
+    result = run("--model", runtime_models.int8, "--json", "--top-k", "3", folder)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == sorted(str(p) for p in folder.iterdir())
+    for record in records:
+        assert set(record) == JSON_KEYS
+        assert record["label"] == record["top_k"][0]["label"]
+        assert record["score"] == record["top_k"][0]["score"]
+        assert len(record["top_k"]) == 3
+        assert set(record["top_k"][0]) == {"label", "score"}
+        scores = [entry["score"] for entry in record["top_k"]]
+        assert scores == sorted(scores, reverse=True)
+        assert record["latency_ms"] > 0.0
+    assert sum(r["label"] == "waves" for r in records) >= MIN_ACCURACY * len(records)
+    assert result.stderr.startswith(f"classified {len(records)} of {len(records)} inputs in ")
+
+
+def test_human_lines_show_top_k_classes_best_first(runtime_models, photo) -> None:
+    result = run("--model", runtime_models.int8, "-k", "4", photo[0])
+    assert result.exit_code == 0, result.output
+    path, classes = result.stdout.strip().split(": ")
+    shown = [item.rsplit(" ", 1) for item in classes.split(", ")]
+    assert sorted(name for name, _ in shown) == sorted(CLASS_NAMES)
+    scores = [float(score) for _, score in shown]
+    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1.0) < 0.02
+    assert shown[0][0] == photo[1]
+
+
+def test_threshold_says_uncertain_below_it(runtime_models, photo) -> None:
+    confident = run("--model", runtime_models.int8, "--threshold", "0.5", photo[0])
+    assert confident.stdout.strip().split(": ")[1].split()[0] == photo[1]
+    doubtful = run("--model", runtime_models.int8, "--threshold", "1.0", photo[0])
+    assert doubtful.exit_code == 0
+    assert doubtful.stdout.strip().split(": ")[1].startswith(f"uncertain ({photo[1]} ")
+    record = json.loads(run("--model", runtime_models.int8, "--threshold", "1.0", "--json", photo[0]).stdout)
+    assert record["label"] == "uncertain" and record["uncertain"] is True
+    assert record["top_k"][0]["label"] == photo[1] and record["score"] < 1.0
+
+
+def test_threshold_and_top_k_ranges_are_checked(photo) -> None:
+    assert run("--threshold", "1.5", photo[0]).exit_code == 2
+    assert run("--top-k", "0", photo[0]).exit_code == 2
+
+
+def test_output_file_is_written_and_stdout_stays_empty(runtime_models, split_dataset: Path, tmp_path: Path) -> None:
+    target = tmp_path / "out" / "results.jsonl"
+    result = run("--model", runtime_models.int8, "--json", "-o", target, split_dataset / "test" / "circle")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    lines = target.read_text().splitlines()
+    assert len(lines) == 20 and all(json.loads(line)["path"].endswith(".png") for line in lines)
+    assert [p.name for p in target.parent.iterdir()] == ["results.jsonl"]  # no temporary left behind
+
+
+def test_odd_file_names_still_give_valid_json(runtime_models, photo, tmp_path: Path) -> None:
+    odd = tmp_path / 'caf\u00e9 "quoted" \\ name.png'
+    shutil.copy(photo[0], odd)
+    record = json.loads(run("--model", runtime_models.int8, "--json", odd).stdout)
+    assert record["path"] == str(odd) and record["label"] == photo[1]
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+def test_model_without_labels_shows_indices_or_the_labels_file(runtime_models, photo) -> None:
+    index = CLASS_NAMES.index(photo[1])
+    plain = run("--model", runtime_models.plain_int8, photo[0])
+    assert plain.stdout.split(": ")[1].split()[0] == str(index)
+    named = run("--model", runtime_models.plain_int8, "--labels", runtime_models.labels_file, photo[0])
+    assert named.stdout.split(": ")[1].split()[0] == photo[1]
+
+
+def test_embedded_labels_win_over_a_labels_file_with_a_note(runtime_models, photo, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    result = run("--model", runtime_models.int8, "--labels", labels, photo[0])
+    assert result.exit_code == 0
+    assert result.stdout.split(": ")[1].split()[0] == photo[1]
+    assert result.stderr.strip() == (f"note: {runtime_models.int8} carries its own labels; "
+                                     f"--labels {labels} is not used")
+
+
+# --- folders and bad inputs ---------------------------------------------------------------------
+
+def test_recursive_descends_and_plain_folder_asks_for_it(runtime_models, split_dataset: Path) -> None:
+    test_root = split_dataset / "test"
+    flat = run("--model", runtime_models.int8, test_root)
+    assert flat.exit_code == 1
+    assert flat.stderr.strip().splitlines()[0] == (f"{test_root}: error: folder has no image files "
+                                                    "(use --recursive for sub-folders)")
+    deep = run("--model", runtime_models.int8, "--json", "-r", test_root)
+    assert deep.exit_code == 0, deep.output
+    records = [json.loads(line) for line in deep.stdout.splitlines()]
+    expected = sorted(str(p) for p in test_root.rglob("*.png"))
+    assert [r["path"] for r in records] == expected
+    correct = sum(Path(r["path"]).parent.name == r["label"] for r in records)
+    assert correct >= MIN_ACCURACY * len(records)
+
+
+def test_folder_answers_are_the_classifiers_answers(runtime_models, split_dataset: Path) -> None:
+    folder = split_dataset / "test" / "stripes"
+    records = [json.loads(line) for line in run("--model", runtime_models.float32, "--json", folder).stdout.splitlines()]
+    classifier = Classifier(runtime_models.float32)
+    for record in records:
+        scores = classifier.scores(classifier.load(record["path"]))
+        assert record["label"] == CLASS_NAMES[int(np.argmax(scores))]
+        assert abs(record["score"] - float(scores.max())) < 1e-6
+
+
+def test_bad_inputs_get_one_line_each_and_the_rest_is_classified(runtime_models, photo, tmp_path: Path) -> None:
+    bad = bad_files(tmp_path / "bad")
+    hidden = tmp_path / "bad" / ".thumbnail.jpg"
+    hidden.write_bytes(b"junk")  # hidden files in folders are skipped, not reported
+    (tmp_path / "bad" / "readme.txt").write_text("not an image extension: skipped")
+    missing = tmp_path / "missing.jpg"
+    result = run("--model", runtime_models.int8, photo[0], tmp_path / "bad", missing)
+    assert result.exit_code == 1
+    assert result.stdout.strip().split(": ")[0] == str(photo[0])
+    errors = [line for line in result.stderr.strip().splitlines() if ": error: " in line]
+    expected = {str(path): reason for path, reason in bad.values()}
+    expected[str(missing)] = "no such file or folder"
+    assert len(errors) == len(expected)
+    for line in errors:
+        path, reason = line.split(": error: ")
+        assert reason.startswith(expected[path]), line
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1].startswith(f"classified 1 of {len(expected) + 1} inputs in ")
+    assert result.stderr.strip().endswith(f"; {len(expected)} failed")
+
+
+def test_bad_inputs_in_json_are_path_and_error_records(runtime_models, tmp_path: Path) -> None:
+    bad = bad_files(tmp_path / "bad")
+    result = run("--model", runtime_models.int8, "--json", *[path for path, _ in bad.values()])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(path) for path, _ in bad.values()]
+    for record, (_, reason) in zip(records, bad.values()):
+        assert set(record) == {"path", "error"} and record["error"].startswith(reason)
+
+
+def test_a_declared_bomb_is_refused_in_well_under_a_second(runtime_models, tmp_path: Path) -> None:
+    import time
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(BOMB_SIDE, BOMB_SIDE))
+    large = tmp_path / "large.png"
+    large.write_bytes(png_declaring(12_000, 10_000))
+    started = time.perf_counter()
+    result = run("--model", runtime_models.int8, bomb, large)
+    assert time.perf_counter() - started < 1.0
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[:2] == [
+        f"{bomb}: error: declares too many pixels to decode safely (possible decompression bomb)",
+        f"{large}: error: declares 12000x10000 pixels, more than the limit of 100,000,000 "
+        "(possible decompression bomb)",
+    ]
+
+
+# --- models of each type ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["float32", "int8", "uint8"])
+def test_each_model_type_classifies_the_synthetic_test_set(runtime_models, split_dataset: Path, kind: str) -> None:
+    result = run("--model", getattr(runtime_models, kind), "--json", "-r", split_dataset / "test")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 80
+    assert sum(Path(r["path"]).parent.name == r["label"] for r in records) >= MIN_ACCURACY * len(records)
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+@pytest.mark.parametrize("backend", ["ai_edge_litert", "tensorflow"])
+def test_threads_and_backend_options_give_the_same_answer(runtime_models, photo, backend: str) -> None:
+    result = run("--model", runtime_models.int8, "--threads", "2", "--backend", backend, "--json", photo[0])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    reference = json.loads(run("--model", runtime_models.int8, "--json", photo[0]).stdout)
+    assert (record["label"], record["score"]) == (reference["label"], reference["score"])
+
+
+# --- info, benchmark, verify --------------------------------------------------------------------
+
+def test_info_shows_input_quantization_labels_size_sha256_and_backend(runtime_models) -> None:
+    from edge_runtime.manifest import sha256_file
+
+    result = run("--info", runtime_models.int8)
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(":", 1) for line in result.stdout.splitlines())
+    assert lines["input"].strip() == "[1, 32, 32, 3] int8, scale 0.00392157, zero point -128"
+    assert lines["output"].strip().startswith("[1, 4] int8, scale 0.00390625, zero point -128")
+    assert lines["labels"].strip() == "4 (embedded): circle, cross, stripes, waves"
+    assert lines["size"].strip() == f"{runtime_models.int8.stat().st_size:,} bytes"
+    assert lines["sha256"].strip() == sha256_file(runtime_models.int8)
+    assert lines["backend"].strip() == "ai_edge_litert, 1 thread"
+    assert lines["quantized"].strip() == "yes"
+
+    facts = json.loads(run("--info", runtime_models.float32, "--json").stdout)
+    assert facts["input"] == {"shape": [1, 32, 32, 3], "dtype": "float32"}
+    assert facts["quantized"] is False and facts["labels"] == list(CLASS_NAMES)
+
+
+def test_bare_info_uses_the_default_model(runtime_models, tmp_path: Path, monkeypatch) -> None:
+    shutil.copy(runtime_models.plain_int8, tmp_path / "only.tflite")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    result = run("--info")
+    assert result.exit_code == 0, result.output
+    assert "labels:       none (4 classes shown as indices)" in result.stdout.splitlines()
+
+
+def test_benchmark_reports_init_first_run_latency_and_throughput(runtime_models) -> None:
+    result = run("--benchmark", runtime_models.int8, "--runs", "30", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "backend:      ai_edge_litert, 2 threads" in text
+    assert "over 30 runs" in text and "images/s" in text
+    numbers = json.loads(run("--benchmark", runtime_models.int8, "--runs", "30", "--json").stdout)
+    assert numbers["runs"] == 30 and numbers["threads"] == 1
+    assert 0 < numbers["p50_ms"] <= numbers["p90_ms"]
+    assert numbers["init_ms"] > 0 and numbers["first_ms"] > 0
+    assert abs(numbers["images_per_second"] - 1000.0 / numbers["mean_ms"]) < 1e-6
+
+
+def test_verify_checks_the_manifest(runtime_models, tmp_path: Path) -> None:
+    model = tmp_path / "model_int8.tflite"
+    shutil.copy(runtime_models.int8, model)
+    write_manifest(tmp_path, [model.name])
+    ok = run("--verify", model)
+    assert ok.exit_code == 0 and ok.stdout.startswith(f"OK {model} (")
+    model.write_bytes(model.read_bytes() + b"\0")
+    changed = run("--verify", model)
+    assert changed.exit_code == 1 and changed.stdout.startswith(f"FAILED {model}: size is ")
+    elsewhere = tmp_path / "elsewhere.json"
+    missing = run("--verify", model, "--manifest", elsewhere)
+    assert missing.exit_code == 2
+    assert one_line_error(missing) == f"Error: {elsewhere}: manifest not found"
+    assert run("--verify", tmp_path / "nothing.tflite").exit_code == 2
+
+
+# --- usage --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give an image file or folder to classify (or --camera, --info, --benchmark or --verify)"),
+    (["--info", "m.tflite", "photo.jpg"], "--info and image inputs cannot be used together"),
+    (["--camera", "--verify", "m.tflite"], "--verify and --camera cannot be used together"),
+    (["--frames", "3", "photo.jpg"], "--frames only applies to --camera"),
+    (["--runs", "3", "photo.jpg"], "--runs only applies to --benchmark"),
+    (["--manifest", "m.json", "photo.jpg"], "--manifest only applies to --verify"),
+])
+def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == f"Error: {message}"
+
+
+def test_help_and_version() -> None:
+    help_result = run("--help")
+    assert help_result.exit_code == 0 and "--camera [SOURCE]" in help_result.stdout
+    from edge_runtime import __version__
+
+    assert run("--version").stdout.strip() == f"edge-classify, version {__version__}"
