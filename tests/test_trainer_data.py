@@ -307,3 +307,51 @@ def test_failed_download_is_a_data_error_that_suggests_data(monkeypatch: pytest.
     with pytest.raises(DataError, match=r"^CIFAR-10 download through Keras failed \(URL fetch failure.*\); "
                                         r"pass --data PATH with a local copy$"):
         load_dataset(None, progress=QUIET)
+
+
+# --- the process pool for large folders ----------------------------------------------------------
+
+POOL_CHECK = r"""
+import concurrent.futures, json, sys
+import numpy as np
+import trainer.data as data
+
+pools = []
+class CountingPool(concurrent.futures.ProcessPoolExecutor):
+    def __init__(self, *args, **kwargs):
+        pools.append(kwargs.get("max_workers"))
+        super().__init__(*args, **kwargs)
+
+concurrent.futures.ProcessPoolExecutor = CountingPool
+data.PARALLEL_MIN_FILES, data.FILES_PER_TASK = 10, 37  # odd chunks: boundaries inside classes
+quiet = data.Progress(quiet=True)
+serial = data.load_dataset(sys.argv[1], progress=quiet, workers=1)
+assert pools == [], pools
+pooled = data.load_dataset(sys.argv[1], progress=quiet, workers=2)
+print(json.dumps({
+    "pools": pools,
+    "same_images": bool(np.array_equal(serial.train_images, pooled.train_images)
+                        and np.array_equal(serial.test_images, pooled.test_images)),
+    "same_labels": bool(np.array_equal(serial.train_labels, pooled.train_labels)),
+    "same_paths": serial.train_paths == pooled.train_paths and serial.test_paths == pooled.test_paths,
+    "skipped": [serial.skipped, pooled.skipped],
+}))
+"""
+
+
+def test_process_pool_gives_the_same_arrays_in_the_same_order(split_dataset: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = copy_tree(split_dataset, tmp_path / "data")
+    write_damaged_files(root / "train" / "stripes")
+    # A fresh interpreter: the pool is only used before TensorFlow is imported, and this session may have it.
+    completed = subprocess.run([sys.executable, "-c", POOL_CHECK, str(root)], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent.parent, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["pools"] == [2]
+    assert result["same_images"] and result["same_labels"] and result["same_paths"]
+    serial_skipped, pooled_skipped = result["skipped"]
+    assert len(serial_skipped) == 3 and pooled_skipped == serial_skipped

@@ -38,7 +38,8 @@ def resume_command(out: Path) -> str:
               help="Folder for model.keras, labels.txt, training.json, accuracy.png and checkpoints/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True,
               help="Total number of epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Images per training step.")
 @click.option("--validation-fraction", type=click.FloatRange(0.0, 1.0, max_open=True),
               default=DEFAULT_VALIDATION_FRACTION, show_default=True,
               help="Share of the (shuffled) training images held out for validation.")

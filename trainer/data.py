@@ -20,7 +20,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 import numpy as np
@@ -322,13 +322,14 @@ def decode_images(paths: Sequence[Path], progress: Progress, workers: int | None
     kept = np.ones(total, dtype=bool)
     skipped: list[tuple[str, str]] = []
     chunks = [[str(p) for p in paths[start:start + FILES_PER_TASK]] for start in range(0, total, FILES_PER_TASK)]
-    worker_count = _worker_count(workers)
+    processes = _worker_count(workers) if total >= PARALLEL_MIN_FILES else 1
+    logger.debug("decoding %d files in %d chunks with up to %d processes", total, len(chunks), processes)
     done = 0
-    for start, (chunk_images, failures) in zip(range(0, total, FILES_PER_TASK),
-                                               _decode_chunks(chunks, worker_count if total >= PARALLEL_MIN_FILES else 1)):
+    for chunk_index, (chunk_images, failures) in enumerate(_decode_chunks(chunks, processes)):
+        start = chunk_index * FILES_PER_TASK
         images[start:start + len(chunk_images)] = chunk_images
         for offset, reason in failures:
-            path = chunks[start // FILES_PER_TASK][offset]
+            path = chunks[chunk_index][offset]
             kept[start + offset] = False
             skipped.append((path, reason))
             progress.warning(f"skipped {path}: {reason}")
@@ -346,7 +347,8 @@ def _worker_count(workers: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _decode_chunks(chunks: list[list[str]], worker_count: int):
+def _decode_chunks(chunks: list[list[str]], worker_count: int
+                   ) -> Iterator[tuple[np.ndarray, list[tuple[int, str]]]]:
     """Yield `_decode_chunk` results in chunk order, serially or from a process pool."""
     context = _pool_context()
     if worker_count <= 1 or len(chunks) <= 1 or context is None:

@@ -174,6 +174,7 @@ def _write_checkpoint(folder: Path, model: "keras.Model", epoch: int, history: d
     state = {"epoch": epoch, "model": model_name, "history": history, "recipe": recipe,
              "class_names": list(class_names), "training_seconds": training_seconds}
     write_text(folder / CHECKPOINT_STATE, json.dumps(state, indent=1) + "\n")
+    logger.debug("checkpointed epoch %d in %s", epoch, folder / model_name)
     for old in folder.glob(CHECKPOINT_MODEL_GLOB):
         if old.name != model_name:
             old.unlink(missing_ok=True)
@@ -193,7 +194,8 @@ def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, folder: Path) 
 
 
 def _epoch_callback(folder: Path, history: dict[str, list[float]], recipe: dict[str, Any],
-                    class_names: Sequence[str], epochs: int, prior_seconds: float, progress: Progress):
+                    class_names: Sequence[str], epochs: int, prior_seconds: float,
+                    progress: Progress) -> "keras.callbacks.Callback":
     """A Keras callback that prints one line per epoch and checkpoints it (built lazily: Keras is heavy)."""
     import keras
 
