@@ -12,7 +12,6 @@ trainer feeds the network with, so the same seed always gives the same file.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,6 +32,7 @@ from edge_runtime.labels import read_labels
 from edge_runtime.manifest import sha256_file, write_manifest
 from edge_runtime.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
+from trainer.tensorflow_env import import_tensorflow, native_output_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ IMAGE_INPUT_RANK = 4  # (batch, height, width, channels)
 CLASS_OUTPUT_RANK = 2  # (batch, classes)
 RGB_CHANNELS = 3
 CONVERTER_NAME = "edge-image-toolkit converter"
-STDOUT_FD = 1
-STDERR_FD = 2
 # What each variant's info says about its tensors, for people reading model_info.json.
 VARIANT_DESCRIPTIONS = {
     FLOAT32: "float32 weights and activations",
@@ -111,17 +109,6 @@ def parse_variants(names: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(variant for variant in VARIANTS if variant in requested)
 
 
-def _import_tensorflow() -> Any:
-    """Import TensorFlow on first use, with its C++ info and warning logs off."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules:
-        with native_output_to_log():
-            import tensorflow  # noqa: F401  (first import: its native noise goes to the log)
-    import tensorflow as tf
-
-    return tf
-
-
 def load_keras_model(path: str | os.PathLike) -> Any:
     """Load a `.keras` model for inference; ModelError names the file when it is missing or damaged."""
     path = Path(path)
@@ -135,7 +122,7 @@ def load_keras_model(path: str | os.PathLike) -> Any:
         raise ModelError(f"{path}: not a Keras model file (expected a {' or '.join(KERAS_SUFFIXES)} file)")
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path}: not a Keras model (the file is damaged or not a .keras archive)")
-    _import_tensorflow()
+    import_tensorflow()
     import keras
 
     try:
@@ -248,7 +235,7 @@ def export_saved_model(model: Any, folder: str | os.PathLike) -> None:
 def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
                     calibration: np.ndarray | None = None) -> bytes:
     """Convert an exported SavedModel to one TFLite variant; int8 needs the calibration images."""
-    tf = _import_tensorflow()
+    tf = import_tensorflow()
     converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(saved_model_dir))
     if variant == FLOAT32:
         pass
@@ -276,36 +263,7 @@ def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
         raise ModelError(f"TFLite conversion to {variant} failed ({reason})") from error
 
 
-@contextlib.contextmanager
-def native_output_to_log() -> Iterator[None]:
-    """Send what TensorFlow's C++ code writes straight to file descriptors 1 and 2 to the debug log.
 
-    TensorFlow's import prints CUDA probing lines and the quantizer prints a status line, on the
-    process's own descriptors where no setting silences them; the person should see only our
-    progress lines. Failures still surface as Python exceptions.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        saved = {fd: os.dup(fd) for fd in (STDOUT_FD, STDERR_FD)}
-    except OSError:  # no real descriptors (an embedded interpreter): nothing to redirect
-        yield
-        return
-    with tempfile.TemporaryFile() as capture:
-        try:
-            for fd in saved:
-                os.dup2(capture.fileno(), fd)
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            capture.seek(0)
-            for line in capture.read().decode("utf-8", "replace").splitlines():
-                if line.strip():
-                    logger.debug("native output: %s", line)
 
 
 def check_int8_tensors(model_bytes: bytes) -> None:
@@ -413,7 +371,7 @@ def _calibration_info(calibration: np.ndarray | None, seed: int | None,
 def _variant_info(variant: str, source_name: str, source_sha256: str, calibration: np.ndarray | None,
                   seed: int | None) -> dict[str, Any]:
     """model_info.json of one file; no timestamps or paths, so the same inputs give the same bytes."""
-    tf = _import_tensorflow()
+    tf = import_tensorflow()
     info: dict[str, Any] = {
         "variant": variant,
         "description": VARIANT_DESCRIPTIONS[variant],

@@ -161,6 +161,7 @@ class Classifier:
                              f"{len(self.labels)} labels for a model with {self.num_classes} classes")
         self._input_batch_shape = self.input.shape
         self._quantize = make_input_quantizer(self.input, self.spec)
+        self._input_values = self._make_input_writer()
         self._score_table = _dequantization_table(self.output) if self.output.quantized else None
 
     def _check_tensors(self) -> None:
@@ -186,6 +187,36 @@ class Classifier:
         """(width, height) of the model's input."""
         return self.spec.width, self.spec.height
 
+    def _make_input_writer(self) -> Callable[[np.ndarray], np.ndarray]:
+        """pixels -> the batch-of-one input array, for `scores` only.
+
+        For the two common exact cases (int8 at scale 1/255, zero point -128; float x / 255) the
+        values are written into one buffer reused for every image, saving an allocation and a
+        reshape per call; set_tensor copies the buffer into the interpreter right away.
+        """
+        tensor, spec = self.input, self.spec
+        default_scaling = spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
+        if (tensor.dtype == np.int8 and tensor.zero_point == INT8_PIXEL_ZERO_POINT and default_scaling
+                and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE):
+            batch = np.empty(tensor.shape, dtype=np.uint8)
+            image, values, top_bit = batch[0], batch.view(np.int8), np.uint8(0x80)
+
+            def write_int8(pixels: np.ndarray) -> np.ndarray:
+                np.bitwise_xor(pixels, top_bit, out=image)  # p - 128, as in make_input_quantizer
+                return values
+
+            return write_int8
+        if tensor.dtype == np.float32 and default_scaling:
+            batch = np.empty(tensor.shape, dtype=np.float32)
+            image, pixel_scale = batch[0], np.float32(PIXEL_SCALE)
+
+            def write_float(pixels: np.ndarray) -> np.ndarray:
+                np.divide(pixels, pixel_scale, out=image)  # x / 255 in float32, as scale_pixels
+                return batch
+
+            return write_float
+        return self.quantize_input
+
     def quantize_input(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (height, width, 3) to the input tensor's values, batch of one."""
         return self._quantize(pixels).reshape(self._input_batch_shape)
@@ -193,7 +224,7 @@ class Classifier:
     def scores(self, pixels: np.ndarray) -> np.ndarray:
         """Class scores (float32, dequantized) for one preprocessed uint8 image."""
         interpreter = self._interpreter
-        interpreter.set_tensor(self.input.index, self._quantize(pixels).reshape(self._input_batch_shape))
+        interpreter.set_tensor(self.input.index, self._input_values(pixels))
         interpreter.invoke()
         raw = interpreter.get_tensor(self.output.index)[0]
         if self._score_table is not None:

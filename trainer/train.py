@@ -25,6 +25,7 @@ from edge_runtime.labels import write_labels
 from edge_runtime.preprocess import DEFAULT_SPEC, scale_pixels
 
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Dataset, Progress, load_dataset
+from .tensorflow_env import import_tensorflow
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -280,7 +281,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
         raise DataError(f"{dataset.source}: {dataset.train_count} training image(s) are too few to hold out "
                         f"{config.validation_fraction:.0%} for validation")
 
-    import keras  # lazy: after the data, so `--help` and data errors never wait for TensorFlow
+    # Lazy and quiet: after the data, so `--help` and data errors never wait for TensorFlow.
+    import_tensorflow()
+    import keras
 
     from .model import build_model
 
