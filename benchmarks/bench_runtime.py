@@ -13,9 +13,9 @@
    set_tensor/invoke/get_tensor loop on the same interpreter settings (one thread), int8 and float32.
        target: <= 1.2x the bare loop
 
-    python benchmarks/bench_runtime.py [--int8 artifacts/model_int8.tflite] [--float32 ...]
-        [--keras artifacts/model.keras] [--data ../shared/datasets/cifar10-jpeg]
-        [--report artifacts/report.json] [--json summary.json]
+    python benchmarks/bench_runtime.py [--out artifacts] [--data ../shared/datasets/cifar10-jpeg]
+        [--int8 OUT/model_int8.tflite] [--float32 OUT/model_float32.tflite] [--keras OUT/model.keras]
+        [--report OUT/report.json] [--json summary.json]
 
 Subprocesses run with the environment a user has: PYTHONUNBUFFERED and PYTHONDONTWRITEBYTECODE
 are removed, and edge_runtime is byte-compiled first, as `pip install` does. Timings on a shared
@@ -42,10 +42,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
-DEFAULT_INT8 = REPO_ROOT / "artifacts" / "model_int8.tflite"
-DEFAULT_FLOAT32 = REPO_ROOT / "artifacts" / "model_float32.tflite"
-DEFAULT_KERAS = REPO_ROOT / "artifacts" / "model.keras"
-DEFAULT_REPORT = REPO_ROOT / "artifacts" / "report.json"
+DEFAULT_OUT = Path("artifacts")
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 USER_ENV_DROP = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONPROFILEIMPORTTIME")
 # The console script pip writes for `edge-classify`, for a checkout that is not installed.
@@ -308,24 +305,33 @@ def print_summary(summary: dict[str, Any], checks: list[Check]) -> None:
 
 
 @click.command()
-@click.option("--int8", "int8", type=click.Path(path_type=Path), default=DEFAULT_INT8, show_default=True)
-@click.option("--float32", "float32", type=click.Path(path_type=Path), default=DEFAULT_FLOAT32, show_default=True)
-@click.option("--keras", type=click.Path(path_type=Path), default=DEFAULT_KERAS, show_default=True,
-              help="Keras model for the TensorFlow cold-start comparison (skipped when missing).")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True,
+              help="Artifacts folder: model_int8.tflite, model_float32.tflite, model.keras, report.json.")
+@click.option("--int8", "int8", type=click.Path(path_type=Path), help="Default: OUT/model_int8.tflite.")
+@click.option("--float32", "float32", type=click.Path(path_type=Path), help="Default: OUT/model_float32.tflite.")
+@click.option("--keras", type=click.Path(path_type=Path),
+              help="Keras model for the TensorFlow cold-start comparison (default OUT/model.keras; "
+                   "skipped when missing).")
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
               help="CIFAR-10 JPEG root with a test/ folder.")
-@click.option("--report", type=click.Path(path_type=Path), default=DEFAULT_REPORT, show_default=True)
+@click.option("--report", type=click.Path(path_type=Path), help="Default: OUT/report.json.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the numbers here.")
 @click.option("--cold-repeats", default=15, show_default=True, type=click.IntRange(min=1))
 @click.option("--keras-repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--folder-repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--latency-images", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--latency-repeats", default=7, show_default=True, type=click.IntRange(min=1))
-def main(int8: Path, float32: Path, keras: Path, data: Path, report: Path, json_path: Path | None,
-         cold_repeats: int, keras_repeats: int, folder_repeats: int, latency_images: int,
-         latency_repeats: int) -> None:
+def main(out: Path, int8: Path | None, float32: Path | None, keras: Path | None, data: Path,
+         report: Path | None, json_path: Path | None, cold_repeats: int, keras_repeats: int,
+         folder_repeats: int, latency_images: int, latency_repeats: int) -> None:
     """Measure edge-classify against issue 4's targets and print PASS or FAIL for each."""
     sys.path.insert(0, str(REPO_ROOT))
+    # Absolute paths: the measured processes run from the repository root.
+    int8 = (int8 or out / "model_int8.tflite").resolve()
+    float32 = (float32 or out / "model_float32.tflite").resolve()
+    keras = (keras or out / "model.keras").resolve()
+    report = (report or out / "report.json").resolve()
+    data = data.resolve()
     test_folder = data / "test"
     for path, what in ((int8, "int8 model"), (float32, "float32 model"), (test_folder, "test folder")):
         if not path.exists():

@@ -23,6 +23,7 @@ from .output import error_reason
 logger = logging.getLogger(__name__)
 
 MILLISECONDS = 1000.0
+NO_USABLE_SCORES = "the model returned no usable scores (NaN)"
 
 
 class ResultWriter(Protocol):
@@ -99,5 +100,9 @@ def _classify_each(classifier: Classifier, items: Iterable[InputItem], writer: R
             continue
         latency_ms = (clock() - start) * MILLISECONDS
         classes = top_classes(scores, labels, top_k)
+        if not classes:  # only NaN scores compare false with every threshold
+            writer.error(path, NO_USABLE_SCORES)
+            summary.failed += 1
+            continue
         writer.result(path, classes, classes[0].score < threshold, latency_ms)
         summary.classified += 1

@@ -142,10 +142,17 @@ class Classifier:
         self.model_path = Path(model_path)
         self.backend, self._interpreter = make_interpreter(model_path, threads=threads, backend=backend)
         self.threads = threads
-        self.metadata: ModelMetadata | None = read_metadata(model_path)
+        try:
+            self.metadata: ModelMetadata | None = read_metadata(model_path)
+        except OSError as error:
+            raise ModelError(f"{model_path}: cannot read the model file ({error.strerror or error})") from error
         self.spec: PreprocessSpec = self.metadata.preprocess if self.metadata else DEFAULT_SPEC
-        self.input = _tensor_info(self._interpreter.get_input_details()[0])
-        self.output = _tensor_info(self._interpreter.get_output_details()[0])
+        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        if not inputs or not outputs:
+            raise ModelError(f"{model_path}: the model has {len(inputs)} inputs and {len(outputs)} outputs, "
+                             "not an image in and class scores out")
+        self.input = _tensor_info(inputs[0])
+        self.output = _tensor_info(outputs[0])
         self._check_tensors()
         if self.metadata and self.metadata.labels:
             self.labels: list[str] | None = self.metadata.labels

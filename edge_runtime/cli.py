@@ -16,14 +16,19 @@ import json
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, TextIO
 
 import click
 
 from . import __version__
-from .errors import EdgeError
+from .errors import BackendError, EdgeError
 from .interpreter import BACKEND_ORDER
 from .model_select import MODEL_ENV_VAR
+
+if TYPE_CHECKING:  # for annotations only: the modules themselves load when a run needs them
+    from .batch import BatchSummary
+    from .classify import Classifier
+    from .inputs import InputItem
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
@@ -32,6 +37,7 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 DEFAULT_MODEL = ""  # the value of a bare --info / --benchmark: use the model resolution order
 CAMERA_AUTO = "auto"
+PACKAGE_LOGGER = "edge_runtime"
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +54,8 @@ class RunFailed(click.ClickException):
     exit_code = EXIT_INPUT_FAILED
 
 
-def _make_classifier(model_option: str | None, threads: int, backend: str | None, labels: str | None):
+def _make_classifier(model_option: str | None, threads: int, backend: str | None,
+                     labels: str | None) -> Classifier:
     """Find the model and build the one Classifier of this run; model problems are fatal."""
     from .classify import Classifier
     from .model_select import find_model
@@ -58,12 +65,15 @@ def _make_classifier(model_option: str | None, threads: int, backend: str | None
         classifier = Classifier(model_path, threads=threads, backend=backend, labels_path=labels)
     except EdgeError as error:
         raise FatalError(str(error)) from error
+    logger.debug("model %s: backend %s, %s thread(s), labels from %s, input %s %s", model_path,
+                 classifier.backend, threads, classifier.labels_source, list(classifier.input.shape),
+                 classifier.input.dtype.name)
     if labels is not None and classifier.labels_source == "embedded":
         click.echo(f"note: {model_path} carries its own labels; --labels {labels} is not used", err=True)
     return classifier
 
 
-def _run_files(classifier, inputs: tuple[str, ...], recursive: bool, as_json: bool, top_k: int,
+def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool, as_json: bool, top_k: int,
                threshold: float, output: str | None) -> int:
     from .atomic import atomic_path
     from .inputs import expand_inputs
@@ -82,16 +92,18 @@ def _run_files(classifier, inputs: tuple[str, ...], recursive: bool, as_json: bo
         except OSError as error:
             raise FatalError(f"{output}: cannot write results ({error.strerror or error})") from error
     if summary.total > 1 or summary.interrupted:
-        text = (f"classified {summary.classified} of {summary.total} inputs in {summary.seconds:.2f} s "
-                f"({summary.images_per_second:,.0f} images/s)")
-        if summary.failed:
-            text += f"; {summary.failed} failed"
-        if summary.interrupted:
-            text = "interrupted: " + text
-        click.echo(text, err=True)
+        click.echo(_summary_line(summary), err=True)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INPUT_FAILED if summary.failed else EXIT_OK
+
+
+def _summary_line(summary: BatchSummary) -> str:
+    rate = f"in {summary.seconds:.2f} s ({summary.images_per_second:,.0f} images/s)"
+    failed = f"; {summary.failed} failed" if summary.failed else ""
+    if summary.interrupted:
+        return f"interrupted after {summary.total} inputs: {summary.classified} classified {rate}{failed}"
+    return f"classified {summary.classified} of {summary.total} inputs {rate}{failed}"
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -101,7 +113,8 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _classify_to(stream: TextIO, classifier, items, as_json: bool, top_k: int, threshold: float):
+def _classify_to(stream: TextIO, classifier: Classifier, items: Iterable[InputItem], as_json: bool,
+                 top_k: int, threshold: float) -> BatchSummary:
     from .batch import classify_files
     from .output import HumanWriter, JsonWriter
 
@@ -111,7 +124,7 @@ def _classify_to(stream: TextIO, classifier, items, as_json: bool, top_k: int, t
     return summary
 
 
-def _run_camera(classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
+def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
     from .camera import frames, open_source
     from .live import LiveStatus, classify_frames
 
@@ -138,8 +151,6 @@ def _run_camera(classifier, source: str, max_frames: int | None, as_json: bool, 
             summary = classify_frames(classifier, frames(frame_source, notify=notify), report,
                                       max_frames=max_frames, threshold=threshold)
     except EdgeError as error:
-        from .errors import BackendError
-
         if isinstance(error, BackendError):
             raise FatalError(str(error)) from error
         raise RunFailed(str(error)) from error
@@ -149,7 +160,7 @@ def _run_camera(classifier, source: str, max_frames: int | None, as_json: bool, 
     return EXIT_OK
 
 
-def _run_info(classifier, as_json: bool) -> int:
+def _run_info(classifier: Classifier, as_json: bool) -> int:
     from .info import format_facts, model_facts
 
     facts = model_facts(classifier)
@@ -186,7 +197,8 @@ def _run_verify(model: str, manifest: str | None) -> int:
 
 def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: str | None,
                         verify: str | None, camera: str | None, frames: int | None,
-                        runs: int | None, manifest: str | None) -> None:
+                        runs: int | None, manifest: str | None, output: str | None, recursive: bool) -> None:
+    """Refuse option combinations that would silently ignore part of what was asked."""
     modes = [name for name, value in (("--info", info), ("--benchmark", benchmark), ("--verify", verify),
                                       ("--camera", camera)) if value is not None]
     if inputs:
@@ -201,6 +213,9 @@ def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: st
                                          ("--manifest", manifest, "--verify", verify)):
         if value is not None and needed is None:
             raise click.UsageError(f"{option} only applies to {needs}")
+    for option, given in (("--output", output is not None), ("--recursive", recursive)):
+        if given and not inputs:
+            raise click.UsageError(f"{option} only applies to image inputs")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -249,8 +264,14 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None, 
     edge-classify --info model.tflite
     """
     if verbose:
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s", stream=sys.stderr)
-    _check_combinations(inputs, info_model, benchmark_model, verify_model, camera, max_frames, runs, manifest)
+        # This package's diagnostics only: Pillow's and the interpreter's debug chatter stays off.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        package_logger = logging.getLogger(PACKAGE_LOGGER)
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.DEBUG)
+    _check_combinations(inputs, info_model, benchmark_model, verify_model, camera, max_frames, runs, manifest,
+                        output, recursive)
     if verify_model is not None:
         sys.exit(_run_verify(verify_model, manifest))
     if benchmark_model is not None:

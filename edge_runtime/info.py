@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -52,5 +53,6 @@ def format_facts(facts: dict[str, Any]) -> list[str]:
         f"{spec['resample']}, x * {spec['scale']:.6g} + {spec['offset']:g}",
     ]
     for key, value in sorted(facts["info"].items()):
-        lines.append(f"{key + ':':<13} {value}")
+        shown = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        lines.append(f"{key + ':':<13} {shown}")
     return lines

@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from .errors import BackendError, ModelError
 
@@ -81,8 +81,11 @@ def check_model_file(path: str | os.PathLike) -> None:
     size = os.path.getsize(path)
     if size == 0:
         raise ModelError(f"{path}: model file is empty (0 bytes)")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read the model file ({error.strerror or error})") from error
     if size < MIN_MODEL_BYTES or not is_tflite_flatbuffer(head):
         raise ModelError(f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
 
@@ -108,7 +111,9 @@ def make_interpreter(model_path: str | os.PathLike, threads: int | None = 1,
         raise ModelError(f"{model_path}: the {name} interpreter failed to load the model ({error})") from error
     except (ValueError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"{model_path}: not a valid TFLite model ({reason})") from error
+        if "flatbuffer" in reason.lower():
+            raise ModelError(f"{model_path}: not a valid TFLite model ({reason})") from error
+        raise ModelError(f"{model_path}: the {name} interpreter cannot run this model ({reason})") from error
     return name, interpreter
 
 
@@ -118,17 +123,15 @@ def _native_info_lines_to_log() -> Iterator[None]:
     to the debug log instead of the terminal; anything else it writes still reaches stderr.
 
     The C++ runtime writes to file descriptor 2 directly and no setting silences it, so the
-    descriptor is pointed at a temporary file while the interpreter is built.
+    descriptor is pointed at a nameless file while the interpreter is built.
     """
-    import tempfile
-
     try:
         sys.stderr.flush()
         saved_fd = os.dup(STDERR_FD)
     except (OSError, ValueError, AttributeError):
         yield  # no usable stderr to redirect (closed, or an embedded interpreter)
         return
-    with tempfile.TemporaryFile() as capture:
+    with _nameless_file() as capture:
         os.dup2(capture.fileno(), STDERR_FD)
         try:
             yield
@@ -142,3 +145,15 @@ def _native_info_lines_to_log() -> Iterator[None]:
             logger.debug("interpreter: %s", line)
         elif line.strip():
             sys.stderr.write(line + "\n")
+
+
+def _nameless_file() -> IO[bytes]:
+    """A file with no name for captured output: in memory on Linux, else a temporary file."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.fdopen(os.memfd_create("edge-runtime-stderr"), "w+b")
+        except OSError:
+            pass
+    import tempfile
+
+    return tempfile.TemporaryFile()

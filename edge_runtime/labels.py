@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .atomic import write_text
 from .errors import ModelError
 
 
@@ -38,4 +37,6 @@ def format_labels(labels: list[str]) -> str:
 
 def write_labels(path: str | os.PathLike, labels: list[str]) -> None:
     """Write a labels file atomically."""
+    from .atomic import write_text  # only writers need it; keeps the device's start-up imports small
+
     write_text(path, format_labels(labels))

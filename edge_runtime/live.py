@@ -79,17 +79,19 @@ def classify_frames(classifier: Classifier, frames: Iterable[np.ndarray],
             summary.stopped_by = "--frames"
             return summary
         for frame in frames:
-            best = top_classes(classifier.scores(array_to_input(frame, spec)), classifier.labels, 1)[0]
+            classes = top_classes(classifier.scores(array_to_input(frame, spec)), classifier.labels, 1)
             now = clock()
             interval = now - previous
             previous = now
             frame_interval = interval if summary.frames == 0 else (
                 frame_interval + smoothing * (interval - frame_interval))
             summary.frames += 1
-            uncertain = best.score < threshold
-            label = UNCERTAIN_LABEL if uncertain else best.label
+            # No classes at all only when the scores are NaN: shown as uncertain, like a low score.
+            score = classes[0].score if classes else 0.0
+            uncertain = not classes or score < threshold
+            label = UNCERTAIN_LABEL if uncertain else classes[0].label
             summary.label_counts[label] += 1
-            status = LiveStatus(summary.frames, label, best.score,
+            status = LiveStatus(summary.frames, label, score,
                                 1.0 / frame_interval if frame_interval > 0 else 0.0, uncertain)
             if _worth_reporting(shown, status, now - shown_at):
                 report(status)

@@ -13,7 +13,7 @@ import io
 import json
 import os
 import zipfile
-from typing import Any
+from typing import IO, Any
 
 from .errors import ModelError
 from .labels import format_labels, parse_labels
@@ -66,8 +66,12 @@ def embed_metadata(model_bytes: bytes, metadata: ModelMetadata) -> bytes:
 
 def read_metadata_bytes(data: bytes) -> ModelMetadata | None:
     """Read embedded metadata from model bytes; None when the model carries none."""
+    return _read_archive(io.BytesIO(data))
+
+
+def _read_archive(handle: IO[bytes]) -> ModelMetadata | None:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(handle)
     except zipfile.BadZipFile:
         return None
     with archive:
@@ -84,11 +88,13 @@ def read_metadata_bytes(data: bytes) -> ModelMetadata | None:
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata | None:
-    """Read embedded metadata from a `.tflite` file; None when it carries none."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    """Read embedded metadata from a `.tflite` file; None when it carries none.
+
+    Opens the archive in place, so only its small directory and entries are read, not the whole model.
+    """
     try:
-        return read_metadata_bytes(data)
+        with open(path, "rb") as handle:
+            return _read_archive(handle)
     except ModelError as error:
         raise ModelError(f"{path}: {error}") from error
 

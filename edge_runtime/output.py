@@ -2,8 +2,8 @@
 
 Both writers take already computed classes and write to a text stream the caller owns (stdout,
 or a file opened by the CLI). They sit on the per-image path of a 10,000-image run, so they build
-each line with one f-string, encode each label once, and never flush per line: the stream's own
-buffering decides (line by line on a terminal, in blocks into a file or pipe).
+each line with one f-string, encode each label once, and never flush per line (to a pipe or file
+the CLI wraps stdout in a BlockWriter, which writes lines in blocks).
 """
 
 from __future__ import annotations
@@ -107,9 +107,12 @@ class JsonWriter:
     def result(self, path: str, classes: Sequence[Class], uncertain: bool, latency_ms: float) -> None:
         digits = JSON_SCORE_DIGITS
         top = classes[0]
-        top_k = ", ".join(f'{{"label": {self._label(c.label)}, "score": {c.score:.{digits}f}}}'
-                          for c in classes)
-        label = self._label(UNCERTAIN_LABEL) if uncertain else self._label(top.label)
+        top_label = self._label(top.label)
+        top_k = f'{{"label": {top_label}, "score": {top.score:.{digits}f}}}'
+        if len(classes) > 1:
+            top_k += "".join(f', {{"label": {self._label(c.label)}, "score": {c.score:.{digits}f}}}'
+                             for c in classes[1:])
+        label = self._label(UNCERTAIN_LABEL) if uncertain else top_label
         flag = ', "uncertain": true' if uncertain else ""
         self._out.write(f'{{"path": {_encode_json_string(path)}, "label": {label}, '
                         f'"score": {top.score:.{digits}f}, "top_k": [{top_k}], '

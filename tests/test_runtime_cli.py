@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from PIL import Image
 
 from edge_runtime.classify import Classifier
 from edge_runtime.cli import main
@@ -409,3 +408,94 @@ def test_help_and_version() -> None:
     from edge_runtime import __version__
 
     assert run("--version").stdout.strip() == f"edge-classify, version {__version__}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--output", "out.jsonl", "--info", "m.tflite"], "--output only applies to image inputs"),
+    (["--recursive", "--camera"], "--recursive only applies to image inputs"),
+])
+def test_file_options_without_files_exit_2(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == f"Error: {message}"
+
+
+def test_unwritable_output_is_exit_2_one_line(runtime_models, photo, tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder would have to be")
+    result = run("--model", runtime_models.int8, "-o", blocker / "out.jsonl", photo[0])
+    assert result.exit_code == 2
+    assert one_line_error(result).startswith(f"Error: {blocker / 'out.jsonl'}: cannot write results (")
+
+
+def test_ctrl_c_during_a_folder_stops_with_exit_130_and_a_summary(runtime_models, split_dataset: Path,
+                                                                  monkeypatch) -> None:
+    original = Classifier.load
+    calls = []
+
+    def load(classifier: Classifier, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(classifier, path)
+
+    monkeypatch.setattr(Classifier, "load", load)
+    result = run("--model", runtime_models.int8, split_dataset / "test" / "circle")
+    assert result.exit_code == 130
+    assert len(result.stdout.splitlines()) == 2
+    assert result.stderr.strip().startswith("interrupted after 2 inputs: 2 classified in ")
+
+
+def test_verbose_logs_the_model_set_up(runtime_models, photo) -> None:
+    import logging
+
+    package_logger = logging.getLogger("edge_runtime")
+    saved = (package_logger.level, list(package_logger.handlers))
+    try:
+        result = run("-v", "--model", runtime_models.int8, photo[0])
+    finally:
+        package_logger.setLevel(saved[0])
+        package_logger.handlers[:] = saved[1]
+    assert result.exit_code == 0, result.output
+    assert (f"edge_runtime.cli: model {runtime_models.int8}: backend ai_edge_litert, 1 thread(s), labels from "
+            "embedded, input [1, 32, 32, 3] int8") in result.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(runtime_models, split_dataset: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from edge_runtime.cli import main; sys.exit(main())"
+    train = str(split_dataset / "train")  # 240 images; four times, with 4 classes each: far more than a pipe holds
+    process = subprocess.Popen([sys.executable, "-c", code, "--model", str(runtime_models.int8), "--json", "-r",
+                                "--top-k", "4", train, train, train, train], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+    first = process.stdout.readline()
+    process.stdout.close()  # like `| head -1`
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert json.loads(first)["path"].endswith(".png")
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def test_nan_scores_are_a_per_image_error_not_a_crash(runtime_models, photo, monkeypatch) -> None:
+    monkeypatch.setattr(Classifier, "scores", lambda self, pixels: np.full(4, np.nan, dtype=np.float32))
+    result = run("--model", runtime_models.float32, "--json", photo[0])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"path": str(photo[0]), "error": "the model returned no usable scores (NaN)"}
+
+
+def test_one_interpreter_serves_a_whole_folder(runtime_models, split_dataset: Path, monkeypatch) -> None:
+    import edge_runtime.classify as classify_module
+
+    built = []
+    original = classify_module.make_interpreter
+
+    def counting(*args, **kwargs):
+        built.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classify_module, "make_interpreter", counting)
+    result = run("--model", runtime_models.int8, "--json", "-r", split_dataset / "test")
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 80 and len(built) == 1
