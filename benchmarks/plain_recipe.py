@@ -28,7 +28,7 @@ def load(folder):
 
 def main():
     data, epochs = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 15
-    seed = int(sys.argv[3]) if len(sys.argv) > 3 else 42
+    seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     x_train, y_train = load(data / "train")

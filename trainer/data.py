@@ -30,7 +30,7 @@ from edge_runtime.preprocess import DEFAULT_SPEC, load_image
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEED = 42
+DEFAULT_SEED = 0
 # Share of each class held out as the test set when a single class-folder tree is given.
 DEFAULT_TEST_FRACTION = 0.2
 TRAIN_FOLDER = "train"

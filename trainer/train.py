@@ -25,7 +25,7 @@ from edge_runtime.labels import write_labels
 from edge_runtime.preprocess import DEFAULT_SPEC, scale_pixels
 
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Dataset, Progress, load_dataset
-from .tensorflow_env import import_tensorflow
+from .tensorflow_env import import_tensorflow, native_output_to_log
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -288,13 +288,14 @@ def train(config: TrainConfig, progress: Progress | None = None,
     from .model import build_model
 
     keras.utils.set_random_seed(config.seed)
-    if checkpoint is not None:
-        model = keras.models.load_model(checkpoint.model_path)
-        history = {key: list(values) for key, values in checkpoint.history.items()}
-        initial_epoch, prior_seconds = checkpoint.epoch, checkpoint.training_seconds
-    else:
-        model = build_model(dataset.num_classes, dataset.train_images.shape[1:])
-        history, initial_epoch, prior_seconds = {}, 0, 0.0
+    with native_output_to_log():  # the first op probes for CUDA devices and prints about it
+        if checkpoint is not None:
+            model = keras.models.load_model(checkpoint.model_path)
+            history = {key: list(values) for key, values in checkpoint.history.items()}
+            initial_epoch, prior_seconds = checkpoint.epoch, checkpoint.training_seconds
+        else:
+            model = build_model(dataset.num_classes, dataset.train_images.shape[1:])
+            history, initial_epoch, prior_seconds = {}, 0, 0.0
 
     # Shuffle before holding out validation (the fancy indexing copies, in shuffled order).
     x_train = scale_pixels(dataset.train_images[train_index], DEFAULT_SPEC)
