@@ -23,7 +23,7 @@ def main(out: Path) -> int:
     checks = [
         ("keras test accuracy", training["test"]["accuracy"], ">=", MIN_TEST_ACCURACY),
         ("float32 agreement with keras", float32["agreement"], ">=", MIN_FLOAT32_AGREEMENT),
-        ("int8 accuracy change (points)", -int8["accuracy_change_pp"], "<=", MAX_INT8_DROP_PP),
+        ("int8 accuracy drop vs keras (points)", -int8["accuracy_change_pp"], "<=", MAX_INT8_DROP_PP),
         ("int8 size / float32 size", int8["size_vs_float32"], "<=", MAX_INT8_SIZE_RATIO),
     ]
     failed = 0
