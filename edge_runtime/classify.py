@@ -36,13 +36,6 @@ class Class(NamedTuple):
     score: float
 
 
-class Prediction(NamedTuple):
-    """The classes of one image, best first (may be empty when all fall under the threshold)."""
-
-    classes: list[Class]
-    top: Class
-
-
 def top_classes(scores: np.ndarray, labels: list[str] | None = None, top_k: int = 1,
                 threshold: float = 0.0) -> list[Class]:
     """The `top_k` best classes with score >= threshold, best first; ties keep index order."""
