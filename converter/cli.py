@@ -69,13 +69,16 @@ def _variants_option(ctx: click.Context, param: click.Parameter, value: str) -> 
               show_default=True, help="Training images used to calibrate int8.")
 @click.option("--variants", default=",".join(DEFAULT_VARIANTS), show_default=True, callback=_variants_option,
               help="Comma-separated: float32, int8, dynamic, float16.")
+@click.option("--minmax-logits", is_flag=True,
+              help="int8: quantize the logits over their full calibrated min/max (plain post-training "
+                   "quantization) instead of the range that decides the answer.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the .tflite files and manifest.json.  [default: the model's folder]")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors.")
 @click.option("--verbose", "-v", is_flag=True, help="Also debug logs, TensorFlow's own output among them.")
 def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int | None,
-         calibration_size: int, variants: tuple[str, ...], out_dir: Path | None, quiet: bool,
-         verbose: bool) -> None:
+         calibration_size: int, variants: tuple[str, ...], minmax_logits: bool, out_dir: Path | None,
+         quiet: bool, verbose: bool) -> None:
     """Convert a trained Keras model to float32 and full-integer int8 TFLite with labels embedded."""
     _configure_logging(verbose)
     say = _say(quiet)
@@ -98,7 +101,8 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
                            f"({', '.join(dataset.class_names)}) are not the model's labels", err=True)
         result = convert_model(model_path, out_dir, labels_path=labels_path, variants=variants,
                                train_images=train_images, calibration_size=calibration_size, seed=chosen_seed,
-                               data_source=data_source, model=model, progress=say)
+                               data_source=data_source, model=model, clip_logits=not minmax_logits,
+                               progress=say)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:  # e.g. an output folder that cannot be written

@@ -1,13 +1,16 @@
 """Keras model to TFLite: float32, full-integer int8 and optional extra variants.
 
-Every variant is converted from one SavedModel export of the Keras model, gets the labels and the
+Every variant is converted from a SavedModel export of the Keras model, gets the labels and the
 preprocessing specification embedded (`edge_runtime.metadata`), and is written atomically; a
 `manifest.json` beside them records each file's size and sha256.
 
 The int8 variant is full-integer post-training quantization: int8 weights and activations, int8
 input and output tensors, builtin int8 ops only. Its calibration images are drawn with a seed from
 the training images only and go through `edge_runtime.preprocess.scale_pixels`, the function the
-trainer feeds the network with, so the same seed always gives the same file.
+trainer feeds the network with, so the same seed always gives the same file. Its logits are
+quantized over the range that decides the answer rather than their full min/max (the int8 graph is
+softmax(clip(logits)); see `converter.logit_range`), which makes their int8 step about half as
+large (0.17 instead of 0.30 on the recipe's model).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from edge_runtime.labels import read_labels
 from edge_runtime.manifest import sha256_file, write_manifest
 from edge_runtime.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
+from converter.logit_range import LogitRange, calibration_logits, clipped_model, logit_range, softmax_head
 from trainer.tensorflow_env import import_tensorflow, native_output_to_log
 
 logger = logging.getLogger(__name__)
@@ -294,12 +298,14 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                   spec: PreprocessSpec = DEFAULT_SPEC,
                   data_source: str | None = None,
                   model: Any = None,
+                  clip_logits: bool = True,
                   progress: Progress = _quiet) -> ConversionResult:
     """Convert `model_path` to each variant in `out_dir`, then write the manifest.
 
     `train_images` (uint8 [N, H, W, 3]) and `seed` are needed only for int8. `model` may be the
-    already-loaded Keras model of `model_path` (saves loading it twice). Raises ModelError or
-    DataError with one line naming the problem.
+    already-loaded Keras model of `model_path` (saves loading it twice). `clip_logits` quantizes
+    int8's logits over the range that decides the answer (see converter.logit_range); False keeps
+    plain min/max calibration. Raises ModelError or DataError with one line naming the problem.
     """
     variants = parse_variants(variants)
     model_path = Path(model_path)
@@ -312,7 +318,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     spec = spec_for_model(model, spec)
     source_sha256 = sha256_file(model_path)
 
-    calibration = None
+    calibration, bounds = None, None
     if INT8 in variants:
         if train_images is None:
             raise DataError("empty calibration set: int8 needs training images to calibrate with")
@@ -320,6 +326,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
             raise DataError("int8 calibration needs a seed (none given and none in training.json)")
         calibration = calibration_batch(train_images, calibration_size, seed, spec)
         progress(f"Calibration: {len(calibration)} of {len(train_images)} training images, seed {seed}")
+        bounds = int8_logit_range(model, calibration, progress) if clip_logits else None
 
     converted_bytes: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as workdir:
@@ -328,10 +335,14 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         export_saved_model(model, saved_model)
         for variant in variants:
             progress(f"Converting {variant}")
-            tflite = convert_variant(saved_model, variant, calibration if variant == INT8 else None)
+            source = saved_model
+            if variant == INT8 and bounds is not None:
+                source = Path(workdir) / "saved_model_int8"
+                export_saved_model(clipped_model(model, bounds), source)
+            tflite = convert_variant(source, variant, calibration if variant == INT8 else None)
             if variant == INT8:
                 check_int8_tensors(tflite)
-            info = _variant_info(variant, model_path.name, source_sha256, calibration, seed)
+            info = _variant_info(variant, model_path.name, source_sha256, calibration, seed, bounds)
             converted_bytes[variant] = embed_metadata(tflite, ModelMetadata(labels=labels, preprocess=spec, info=info))
 
     # Every variant converted before any file is replaced: a failed conversion leaves the old set whole.
@@ -347,7 +358,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         for converted in models:
             if converted.variant != FLOAT32:
                 progress(f"{converted.variant}: {converted.size / float_size:.1%} of the float32 size")
-    calibration_info = _calibration_info(calibration, seed, data_source)
+    calibration_info = _calibration_info(calibration, seed, data_source, bounds)
     manifest = write_manifest(out_dir, [model_file_name(m.variant) for m in models], extra={
         "source_model": model_path.name,
         "source_model_sha256": source_sha256,
@@ -361,15 +372,32 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                             calibration_seed=seed if calibration is not None else None)
 
 
-def _calibration_info(calibration: np.ndarray | None, seed: int | None,
-                      data_source: str | None) -> dict[str, Any] | None:
+def int8_logit_range(model: Any, calibration: np.ndarray, progress: Progress = _quiet) -> LogitRange | None:
+    """The int8 logit range measured on the calibration images; None for a model without a softmax head."""
+    if softmax_head(model) is None:
+        progress("int8 logits: plain min/max calibration (the model does not end in a Dense softmax layer)")
+        return None
+    with native_output_to_log():
+        bounds = logit_range(calibration_logits(model, calibration))
+    progress(f"int8 logits quantized from {bounds.low:g} (lowest winning logit {bounds.lowest_winner:.2f} "
+             f"- ln 256) up to at most {bounds.high:g} (highest logit)")
+    return bounds
+
+
+def _calibration_info(calibration: np.ndarray | None, seed: int | None, data_source: str | None,
+                      bounds: LogitRange | None = None) -> dict[str, Any] | None:
     if calibration is None:
         return None
-    return {"count": int(len(calibration)), "seed": seed, "split": "train", "data": data_source}
+    return {"count": int(len(calibration)), "seed": seed, "split": "train", "data": data_source,
+            "logit_range": _range_info(bounds)}
+
+
+def _range_info(bounds: LogitRange | None) -> dict[str, Any]:
+    return bounds.as_dict() if bounds is not None else {"rule": "min/max of the calibration images"}
 
 
 def _variant_info(variant: str, source_name: str, source_sha256: str, calibration: np.ndarray | None,
-                  seed: int | None) -> dict[str, Any]:
+                  seed: int | None, bounds: LogitRange | None = None) -> dict[str, Any]:
     """model_info.json of one file; no timestamps or paths, so the same inputs give the same bytes."""
     tf = import_tensorflow()
     info: dict[str, Any] = {
@@ -381,7 +409,8 @@ def _variant_info(variant: str, source_name: str, source_sha256: str, calibratio
         "tensorflow_version": tf.__version__,
     }
     if variant == INT8:
-        info["calibration"] = {"count": int(len(calibration)), "seed": seed, "split": "train"}
+        info["calibration"] = {"count": int(len(calibration)), "seed": seed, "split": "train",
+                               "logit_range": _range_info(bounds)}
     return info
 
 
