@@ -9,9 +9,7 @@ from pathlib import Path
 MIN_TEST_ACCURACY = 0.66          # issue 2: documented recipe on the CIFAR-10 JPEG copy
 MIN_FLOAT32_AGREEMENT = 1.0       # issue 3: float32 TFLite agrees with Keras on every image
 MAX_INT8_DROP_PP = 0.5            # issue 3: int8 within 0.5 points of Keras
-# Issue 3's int8 agreement target (98%) is a benchmark figure, reported here but not a gate: on the
-# default run it measures 97.96%, and across calibration draws 97.8-98.2% (see BENCHMARKS.md).
-INT8_AGREEMENT_TARGET = 0.98
+MIN_INT8_AGREEMENT = 0.98         # issue 3: int8 top-1 agrees with Keras on at least 98% of test images
 MAX_INT8_SIZE_RATIO = 0.27        # issue 3: int8 file at most 27% of float32
 
 
@@ -24,6 +22,7 @@ def main(out: Path) -> int:
         ("keras test accuracy", training["test"]["accuracy"], ">=", MIN_TEST_ACCURACY),
         ("float32 agreement with keras", float32["agreement"], ">=", MIN_FLOAT32_AGREEMENT),
         ("int8 accuracy drop vs keras (points)", -int8["accuracy_change_pp"], "<=", MAX_INT8_DROP_PP),
+        ("int8 agreement with keras", int8["agreement"], ">=", MIN_INT8_AGREEMENT),
         ("int8 size / float32 size", int8["size_vs_float32"], "<=", MAX_INT8_SIZE_RATIO),
     ]
     failed = 0
@@ -31,10 +30,6 @@ def main(out: Path) -> int:
         ok = value >= limit if relation == ">=" else value <= limit
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {value:.4f} (needs {relation} {limit})")
-    agreement = int8["agreement"]
-    verdict = "meets" if agreement >= INT8_AGREEMENT_TARGET else "MISSES"
-    print(f"info int8 agreement with keras: {agreement:.4f} ({verdict} the {INT8_AGREEMENT_TARGET} "
-          "benchmark target; not a CI gate)")
     return 1 if failed else 0
 
 

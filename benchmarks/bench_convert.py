@@ -11,6 +11,11 @@ folder), checks that both int8 files have the same sha256, writes the quantizati
   int8 size / float32 size          at most 27%
   same seed, same int8 sha256       yes
 
+Then, side by side in the same run, it converts int8 again for --compare-seeds calibration draws
+(the seed and the ones after it), each twice: with the default clipped logit range and with plain
+min/max calibration (`edge-convert --minmax-logits`). It prints each pair's agreement with Keras and
+accuracy change, and the ratio of their disagreements.
+
     python benchmarks/bench_convert.py --out artifacts [--data ../shared/datasets/cifar10-jpeg] [--json summary.json]
 
 Exit status 0 when every target is met, 1 when one is missed, 2 for bad options.
@@ -30,6 +35,7 @@ import click
 
 DEFAULT_OUT = Path("artifacts")
 DEFAULT_CALIBRATION_SIZE = 500
+DEFAULT_COMPARE_SEEDS = 4
 PERCENT = 100.0
 # Issue 3, "What it must show".
 FLOAT32_MIN_AGREEMENT_PERCENT = 100.0
@@ -66,8 +72,9 @@ def evaluate_targets(summary: dict[str, Any]) -> list[Check]:
 
 
 def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
-                  calibration_size: int = DEFAULT_CALIBRATION_SIZE, quiet: bool = False) -> dict[str, Any]:
-    """Convert twice, report once; return the summary (numbers, timings, checks)."""
+                  calibration_size: int = DEFAULT_CALIBRATION_SIZE, quiet: bool = False,
+                  compare_seeds: int = DEFAULT_COMPARE_SEEDS) -> dict[str, Any]:
+    """Convert twice, report once, compare logit ranges; return the summary (numbers, timings, checks)."""
     from converter.convert import (INT8, FLOAT32, KERAS_MODEL_NAME, convert_model, load_data, load_keras_model,
                                    read_training_info, resolve_data)
     from converter.report import build_report, threshold_failures, tflite_models
@@ -133,12 +140,62 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
         "float32_same_sha256": same_float32,
         "report": str(files.markdown),
         "notes": report.notes,
-        "timings": {key: round(value, 2) for key, value in timings.items()},
     }
+    started = time.perf_counter()
+    summary["logit_range_comparison"] = compare_logit_ranges(
+        model, model_path, dataset, calibration_size, [choice.seed + offset for offset in range(compare_seeds)], say)
+    timings["comparison_seconds"] = time.perf_counter() - started
+    summary["timings"] = {key: round(value, 2) for key, value in timings.items()}
     checks = evaluate_targets(summary)
     summary["checks"] = [dataclasses.asdict(check) for check in checks]
     summary["passed"] = all(check.passed for check in checks)
     return summary
+
+
+def compare_logit_ranges(model: Any, model_path: Path, dataset: Any, calibration_size: int,
+                         seeds: list[int], say: Any) -> list[dict[str, Any]]:
+    """int8 with the clipped logit range and with plain min/max, per calibration seed, through the runtime."""
+    from converter.convert import INT8, convert_model
+    from converter.report import compare_format, keras_probabilities, runtime_probabilities
+
+    if not seeds:
+        return []
+    reference = keras_probabilities(model, dataset.test_images)
+    rows = []
+    for seed in seeds:
+        row: dict[str, Any] = {"seed": seed}
+        for name, clip in (("clipped", True), ("minmax", False)):
+            say(f"comparison: seed {seed}, {name} logits")
+            with tempfile.TemporaryDirectory(prefix="bench-logits-") as folder:
+                converted = convert_model(model_path, folder, variants=(INT8,), train_images=dataset.train_images,
+                                          calibration_size=calibration_size, seed=seed, model=model,
+                                          clip_logits=clip)
+                evaluation = runtime_probabilities(converted.model(INT8).path, images=dataset.test_images)
+            result = compare_format(name, evaluation.probabilities, dataset.test_labels, reference,
+                                    len(dataset.class_names))
+            row[f"{name}_agreement_percent"] = result.agreement * PERCENT
+            row[f"{name}_accuracy_change_pp"] = result.accuracy_change_pp
+        row["disagreement_ratio"] = ((PERCENT - row["clipped_agreement_percent"])
+                                     / max(PERCENT - row["minmax_agreement_percent"], 1e-9))
+        rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """The logit-range comparison as an aligned table, with the means."""
+    if not rows:
+        return ""
+    lines = ["int8 agreement with Keras (%) and accuracy change (points), clipped logit range vs plain min/max",
+             f"{'seed':>6}  {'clipped':>8}  {'minmax':>8}  {'clipped pp':>10}  {'minmax pp':>9}  disagreement ratio"]
+    for row in rows:
+        lines.append(f"{row['seed']:>6}  {row['clipped_agreement_percent']:8.2f}  {row['minmax_agreement_percent']:8.2f}  "
+                     f"{row['clipped_accuracy_change_pp']:+10.2f}  {row['minmax_accuracy_change_pp']:+9.2f}  "
+                     f"{row['disagreement_ratio']:.2f}")
+    mean = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0] if key != "seed"}
+    lines.append(f"{'mean':>6}  {mean['clipped_agreement_percent']:8.2f}  {mean['minmax_agreement_percent']:8.2f}  "
+                 f"{mean['clipped_accuracy_change_pp']:+10.2f}  {mean['minmax_accuracy_change_pp']:+9.2f}  "
+                 f"{mean['disagreement_ratio']:.2f}")
+    return "\n".join(lines) + "\n"
 
 
 def format_checks(checks: list[dict[str, Any]]) -> str:
@@ -158,21 +215,24 @@ def format_checks(checks: list[dict[str, Any]]) -> str:
 @click.option("--data", default=None, help="Data set (default: training.json's).")
 @click.option("--seed", type=int, default=None, help="Calibration seed (default: training.json's).")
 @click.option("--calibration-size", type=click.IntRange(min=1), default=DEFAULT_CALIBRATION_SIZE, show_default=True)
+@click.option("--compare-seeds", type=click.IntRange(min=0), default=DEFAULT_COMPARE_SEEDS, show_default=True,
+              help="Calibration draws for the clipped vs min/max logit comparison (0 skips it).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the summary here as JSON.")
 @click.option("--quiet", "-q", is_flag=True)
-def main(out: Path, data: str | None, seed: int | None, calibration_size: int, json_path: Path | None,
-         quiet: bool) -> None:
+def main(out: Path, data: str | None, seed: int | None, calibration_size: int, compare_seeds: int,
+         json_path: Path | None, quiet: bool) -> None:
     """Convert twice with one seed, run the report, and check issue 3's targets."""
     from edge_runtime.atomic import write_text
     from edge_runtime.errors import EdgeError
 
     try:
-        summary = run_benchmark(out, data, seed, calibration_size, quiet)
+        summary = run_benchmark(out, data, seed, calibration_size, quiet, compare_seeds)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     second = "identical" if summary["int8_same_sha256"] else f"DIFFERENT: {summary['int8_sha256_second_run']}"
     click.echo(f"int8 sha256 {summary['int8_sha256']} (second run: {second})")
+    click.echo(format_comparison(summary["logit_range_comparison"]), nl=False)
     click.echo(format_checks(summary["checks"]), nl=False)
     if json_path is not None:
         write_text(json_path, json.dumps(summary, indent=2) + "\n")

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from converter.logit_range import LogitRange, calibration_logits, clipped_model, logit_range, softmax_head
 from edge_runtime.atomic import write_bytes
 from edge_runtime.errors import DataError, ModelError
 from edge_runtime.interpreter import load_interpreter_class
@@ -35,7 +36,6 @@ from edge_runtime.labels import read_labels
 from edge_runtime.manifest import sha256_file, write_manifest
 from edge_runtime.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
-from converter.logit_range import LogitRange, calibration_logits, clipped_model, logit_range, softmax_head
 from trainer.tensorflow_env import import_tensorflow, native_output_to_log
 
 logger = logging.getLogger(__name__)

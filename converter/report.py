@@ -148,6 +148,7 @@ class Report:
     image_path: str = "arrays"  # "files" when the TFLite models read the test files themselves
     pixel_mismatches: int | None = None  # test files whose device pixels differ from the arrays
     notes: list[str] = dataclasses.field(default_factory=list)
+    int8_calibration: dict[str, Any] | None = None  # as embedded in the int8 file by edge-convert
 
     def format(self, name: str) -> FormatResult | None:
         """The result of one format, or None when it was not evaluated."""
@@ -175,6 +176,7 @@ class Report:
             "runtime": {"backend": self.backend, "threads": self.threads},
             "reference": KERAS,
             "formats": formats,
+            "int8_calibration": self.int8_calibration,
             "notes": self.notes,
         }
 
@@ -347,7 +349,17 @@ def build_report(keras_model: Any, models: Sequence[tuple[str, Path]], test_imag
         notes.append("the data set has no image files: the TFLite models were fed the decoded uint8 arrays")
     return Report(labels=labels, num_images=len(test_labels), data_source=data_source, seed=seed,
                   formats=results, backend=backend, image_path="files" if test_paths is not None else "arrays",
-                  pixel_mismatches=mismatches, notes=notes)
+                  pixel_mismatches=mismatches, notes=notes, int8_calibration=int8_calibration(models))
+
+
+def int8_calibration(models: Sequence[tuple[str, Path]]) -> dict[str, Any] | None:
+    """How the int8 model was calibrated, from its embedded info (None without an int8 model or info)."""
+    for variant, path in models:
+        if variant == INT8:
+            metadata = read_metadata(path)
+            calibration = metadata.info.get("calibration") if metadata is not None else None
+            return calibration if isinstance(calibration, dict) else None
+    return None
 
 
 # --- thresholds -----------------------------------------------------------------------------------

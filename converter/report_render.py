@@ -161,6 +161,20 @@ def confusion_rows(result: FormatResult, labels: Sequence[str]) -> list[list[str
     return [[label] + [str(count) for count in row] for label, row in zip(labels, result.confusion)]
 
 
+def describe_calibration(calibration: dict[str, Any] | None) -> str | None:
+    """One line on how int8 was calibrated, from the info edge-convert embedded; None when unknown."""
+    if not calibration:
+        return None
+    text = f"{calibration.get('count', '?')} {calibration.get('split', 'training')} images, seed {calibration.get('seed')}"
+    logit_range = calibration.get("logit_range")
+    if isinstance(logit_range, dict) and "low" in logit_range:
+        text += (f"; logits quantized from {logit_range['low']:g} up to at most {logit_range['high']:g} "
+                 "(lowest winning logit - ln 256 to highest logit)")
+    elif isinstance(logit_range, dict):
+        text += "; logits quantized over their full calibrated min/max"
+    return text
+
+
 def render_markdown(report: Report, pictures: dict[str, str | None], training_note: str | None = None,
                     failures: Sequence[str] = ()) -> str:
     """report.md: what was measured, the main table, per-class accuracy, the int8 confusion, training."""
@@ -174,7 +188,10 @@ def render_markdown(report: Report, pictures: dict[str, str | None], training_no
               "- Agreement: share of test images whose top-1 class equals Keras'; |Δp|: absolute difference "
               "of class probabilities against Keras, over all images and classes",
               "- Latency: mean time of one `Classifier.scores` call (input quantization, invoke, output) "
-              "per image over the evaluation loop", ""]
+              "per image over the evaluation loop"]
+    calibration_line = describe_calibration(report.int8_calibration)
+    lines += [f"- int8 calibration: {calibration_line}"] if calibration_line else []
+    lines += [""]
     lines += ["## Formats", "", markdown_table(MAIN_HEADERS, main_rows(report), numeric_from=2)]
     ratio = report.size_ratio(INT8)
     int8 = report.format(INT8)

@@ -206,6 +206,30 @@ def test_report_files_and_pictures(report_run) -> None:
 
 
 @pytest.mark.slow
+def test_report_says_how_int8_was_calibrated(report_run) -> None:
+    """The int8 calibration (count, seed, logit range) comes from the int8 file itself, as convert wrote it."""
+    from edge_runtime.manifest import read_manifest
+
+    converted, _ = report_run
+    manifest = read_manifest(converted.out / "manifest.json")["calibration"]
+    data = json.loads((converted.out / "report.json").read_text(encoding="utf-8"))
+    assert data["int8_calibration"]["logit_range"] == manifest["logit_range"]
+    assert (data["int8_calibration"]["count"], data["int8_calibration"]["seed"]) == (manifest["count"], manifest["seed"])
+    markdown = (converted.out / "report.md").read_text(encoding="utf-8")
+    line = next(line for line in markdown.splitlines() if line.startswith("- int8 calibration:"))
+    assert f"{manifest['count']} train images, seed {manifest['seed']}" in line
+    assert f"from {manifest['logit_range']['low']:g} up to at most {manifest['logit_range']['high']:g}" in line
+
+
+def test_calibration_line_for_plain_min_max_and_for_unknown_files() -> None:
+    from converter.report_render import describe_calibration
+
+    plain = {"count": 500, "seed": 0, "split": "train", "logit_range": {"rule": "min/max of the calibration images"}}
+    assert describe_calibration(plain) == "500 train images, seed 0; logits quantized over their full calibrated min/max"
+    assert describe_calibration(None) is None
+
+
+@pytest.mark.slow
 def test_report_prints_the_main_table(report_run) -> None:
     converted, result = report_run
     lines = result.stdout.splitlines()
@@ -299,7 +323,7 @@ def test_benchmark_script_checks_the_targets(converted: Converted, tmp_path: Pat
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
-    summary = bench.run_benchmark(folder, calibration_size=50, quiet=True)
+    summary = bench.run_benchmark(folder, calibration_size=50, quiet=True, compare_seeds=1)
     assert summary["int8_same_sha256"] is True
     assert summary["int8_sha256"] == summary["int8_sha256_second_run"]
     assert summary["calibration_images"] == 50
@@ -310,3 +334,12 @@ def test_benchmark_script_checks_the_targets(converted: Converted, tmp_path: Pat
     assert summary["int8_size_ratio"] == int8["size_vs_float32"]
     assert [check["passed"] for check in summary["checks"]] == [True] * 5
     assert summary["passed"] is True
+    # The side-by-side logit-range comparison: one calibration draw, both ways, through the runtime.
+    (row,) = summary["logit_range_comparison"]
+    assert row["seed"] == json.loads((folder / "training.json").read_text(encoding="utf-8"))["seed"]
+    for name in ("clipped", "minmax"):
+        assert 95.0 <= row[f"{name}_agreement_percent"] <= 100.0
+    assert row["disagreement_ratio"] == pytest.approx(
+        (100.0 - row["clipped_agreement_percent"]) / max(100.0 - row["minmax_agreement_percent"], 1e-9))
+    table = bench.format_comparison(summary["logit_range_comparison"])
+    assert table.splitlines()[-1].split()[0] == "mean"
