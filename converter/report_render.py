@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge_runtime.atomic import atomic_path, write_text
+from edge_runtime.info import describe_calibration
 
 from .convert import FLOAT32, INT8
 from .report import KERAS, PERCENT, FormatResult, Report, is_finite_number
@@ -159,20 +160,6 @@ def per_class_rows(report: Report) -> list[list[str]]:
 
 def confusion_rows(result: FormatResult, labels: Sequence[str]) -> list[list[str]]:
     return [[label] + [str(count) for count in row] for label, row in zip(labels, result.confusion)]
-
-
-def describe_calibration(calibration: dict[str, Any] | None) -> str | None:
-    """One line on how int8 was calibrated, from the info edge-convert embedded; None when unknown."""
-    if not calibration:
-        return None
-    text = f"{calibration.get('count', '?')} {calibration.get('split', 'training')} images, seed {calibration.get('seed')}"
-    logit_range = calibration.get("logit_range")
-    if isinstance(logit_range, dict) and "low" in logit_range:
-        text += (f"; logits quantized from {logit_range['low']:g} up to at most {logit_range['high']:g} "
-                 "(lowest winning logit - ln 256 to highest logit)")
-    elif isinstance(logit_range, dict):
-        text += "; logits quantized over their full calibrated min/max"
-    return text
 
 
 def render_markdown(report: Report, pictures: dict[str, str | None], training_note: str | None = None,

@@ -10,6 +10,7 @@ from .classify import Classifier
 from .manifest import sha256_file
 
 PREVIEW_LABELS = 10
+CALIBRATION_KEY = "calibration"
 
 
 def model_facts(classifier: Classifier) -> dict[str, Any]:
@@ -27,6 +28,20 @@ def _tensor_line(tensor: dict[str, Any]) -> str:
     quantization = tensor.get("quantization")
     if quantization:
         text += f", scale {quantization['scale']:.6g}, zero point {quantization['zero_point']}"
+    return text
+
+
+def describe_calibration(calibration: dict[str, Any] | None) -> str | None:
+    """One line on how int8 was calibrated, from the info edge-convert embedded; None when unknown."""
+    if not calibration:
+        return None
+    text = f"{calibration.get('count', '?')} {calibration.get('split', 'training')} images, seed {calibration.get('seed')}"
+    logit_range = calibration.get("logit_range")
+    if isinstance(logit_range, dict) and "low" in logit_range:
+        text += (f"; logits quantized from {logit_range['low']:g} up to at most {logit_range['high']:g} "
+                 "(lowest winning logit - ln 256 to highest logit)")
+    elif isinstance(logit_range, dict):
+        text += "; logits quantized over their full calibrated min/max"
     return text
 
 
@@ -54,5 +69,7 @@ def format_facts(facts: dict[str, Any]) -> list[str]:
     ]
     for key, value in sorted(facts["info"].items()):
         shown = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+        if key == CALIBRATION_KEY and isinstance(value, dict):
+            shown = describe_calibration(value) or shown
         lines.append(f"{key + ':':<13} {shown}")
     return lines

@@ -176,3 +176,20 @@ def _logit_tensor_scales(path: Path) -> list[tuple[float, int]]:
     return [tuple(detail["quantization"]) for detail in interpreter.get_tensor_details()
             if detail["dtype"] == np.int8 and list(detail["shape"]) == list(output["shape"])
             and detail["index"] != output["index"]]
+
+
+@pytest.mark.slow
+def test_info_shows_how_the_int8_file_was_calibrated(converted) -> None:
+    from click.testing import CliRunner
+
+    from edge_runtime.cli import main
+    from edge_runtime.manifest import read_manifest
+
+    recorded = read_manifest(converted.out / "manifest.json")["calibration"]
+    result = CliRunner().invoke(main, ["--info", str(converted.int8)])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("calibration:"))
+    low, high = recorded["logit_range"]["low"], recorded["logit_range"]["high"]
+    assert line.split(":", 1)[1].strip() == (
+        f"{recorded['count']} train images, seed {recorded['seed']}; logits quantized from {low:g} up to at most "
+        f"{high:g} (lowest winning logit - ln 256 to highest logit)")

@@ -222,7 +222,7 @@ def test_report_says_how_int8_was_calibrated(report_run) -> None:
 
 
 def test_calibration_line_for_plain_min_max_and_for_unknown_files() -> None:
-    from converter.report_render import describe_calibration
+    from edge_runtime.info import describe_calibration
 
     plain = {"count": 500, "seed": 0, "split": "train", "logit_range": {"rule": "min/max of the calibration images"}}
     assert describe_calibration(plain) == "500 train images, seed 0; logits quantized over their full calibrated min/max"
