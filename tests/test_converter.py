@@ -395,3 +395,23 @@ def test_importing_the_commands_loads_neither_tensorflow_nor_matplotlib() -> Non
                                timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_optional_variants_convert_and_agree_with_keras(converted: Converted, keras_test_probabilities: np.ndarray,
+                                                        tmp_path: Path) -> None:
+    """dynamic (int8 weights, float activations) and float16 (half-size weights): smaller files, same answers."""
+    from converter.convert import convert_model
+    from edge_runtime.metadata import read_metadata
+
+    result = convert_model(converted.trained.model_path, tmp_path, variants=("dynamic", "float16"))
+    float32_size = converted.float32.stat().st_size
+    test_paths = converted.trained.dataset.test_paths
+    keras_top1 = keras_test_probabilities.argmax(axis=1)
+    for variant, max_size_ratio in (("dynamic", 0.3), ("float16", 0.55)):
+        path = result.model(variant).path
+        assert path == tmp_path / f"model_{variant}.tflite"
+        assert path.stat().st_size <= max_size_ratio * float32_size
+        assert read_metadata(path).labels == list(CLASS_NAMES)
+        top1 = runtime_test_probabilities(path, test_paths).argmax(axis=1)
+        assert np.mean(top1 == keras_top1) >= INT8_MIN_AGREEMENT
