@@ -94,7 +94,7 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
         if INT8 in variants:
             choice = resolve_data(model_path, data, seed)
             say(f"Loading calibration data: {choice.describe()}")
-            dataset = load_data(choice, quiet=quiet)
+            dataset = load_data(choice, quiet=quiet, splits=("train",))
             train_images, data_source, chosen_seed = dataset.train_images, dataset.source, choice.seed
             if list(dataset.class_names) != labels:
                 click.echo(f"warning: calibrating on {dataset.source}, whose classes "
@@ -149,7 +149,7 @@ def report_main(out_dir: Path | None, model_path: Path | None, data: str | None,
         keras_model = load_keras_model(model_path)
         choice = resolve_data(model_path, data, seed)
         say(f"Loading test data: {choice.describe()}")
-        dataset = load_data(choice, quiet=quiet)
+        dataset = load_data(choice, quiet=quiet, splits=("test",))
         chosen = sample_indices(len(dataset.test_labels), max_images, choice.seed)
         paths = [dataset.test_paths[i] for i in chosen] if dataset.test_paths is not None else None
         report = build_report(keras_model, models, dataset.test_images[chosen], dataset.test_labels[chosen],

@@ -481,12 +481,16 @@ def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None =
                       test_fraction=float(test_fraction) if test_fraction is not None else None, origin=origin)
 
 
-def load_data(choice: DataChoice, quiet: bool = False) -> Any:
-    """Load the data set through the trainer's loader (the same decoding and split as in training)."""
+def load_data(choice: DataChoice, quiet: bool = False, splits: Sequence[str] = ("train", "test")) -> Any:
+    """Load the data set through the trainer's loader (the same decoding and split as in training).
+
+    `splits` names what the caller needs ("train" for calibration, "test" for the report); a
+    train/ + test/ image tree then decodes only those files.
+    """
     from trainer.data import Progress as LoadProgress
     from trainer.data import load_dataset
 
-    kwargs: dict[str, Any] = {"seed": choice.split_seed, "progress": LoadProgress(quiet=quiet)}
+    kwargs: dict[str, Any] = {"seed": choice.split_seed, "progress": LoadProgress(quiet=quiet), "splits": splits}
     if choice.test_fraction is not None:
         kwargs["test_fraction"] = choice.test_fraction
     return load_dataset(choice.source, **kwargs)

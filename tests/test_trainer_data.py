@@ -69,6 +69,31 @@ def test_paths_are_in_array_order(split_dataset: Path) -> None:
     assert Path(dataset.test_paths[-1]).parent.parent.name == "test"
 
 
+@pytest.mark.parametrize("wanted,unread", [(("test",), "train"), (("train",), "test")])
+def test_a_split_tree_decodes_only_the_splits_asked_for(split_dataset: Path, tmp_path: Path,
+                                                      wanted: tuple[str, ...], unread: str) -> None:
+    """The report needs only test/, calibration only train/: the other folder's files are never opened."""
+    root = copy_tree(split_dataset, tmp_path / "data")
+    damaged = write_damaged_files(root / unread / "cross")  # would be skipped with a warning if decoded
+    full = load_dataset(split_dataset, progress=QUIET)
+    dataset = load_dataset(root, progress=QUIET, splits=wanted)
+
+    assert dataset.skipped == [], f"{damaged[0].parent} was decoded"
+    assert dataset.loaded_splits == wanted
+    assert getattr(dataset, f"{unread}_images").shape == (0, 32, 32, 3)
+    assert getattr(dataset, f"{unread}_paths") == []
+    (split,) = wanted
+    np.testing.assert_array_equal(getattr(dataset, f"{split}_images"), getattr(full, f"{split}_images"))
+    np.testing.assert_array_equal(getattr(dataset, f"{split}_labels"), getattr(full, f"{split}_labels"))
+    assert dataset.class_names == full.class_names
+    assert f"({'training' if unread == 'train' else 'test'} images not read)" in dataset.summary()
+
+
+def test_splits_must_name_one_of_train_and_test(split_dataset: Path) -> None:
+    with pytest.raises(ValueError, match="splits must name at least one of train, test"):
+        load_dataset(split_dataset, progress=QUIET, splits=("validation",))
+
+
 def test_images_of_any_size_and_mode_go_through_the_shared_preprocessing(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "data", per_class=3)
     odd = {

@@ -35,6 +35,7 @@ DEFAULT_SEED = 0
 DEFAULT_TEST_FRACTION = 0.2
 TRAIN_FOLDER = "train"
 TEST_FOLDER = "test"
+SPLITS = (TRAIN_FOLDER, TEST_FOLDER)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_SIDE = 32
@@ -102,6 +103,7 @@ class Dataset:
     train_paths: list[str] | None = None
     test_paths: list[str] | None = None
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    loaded_splits: tuple[str, ...] = SPLITS  # a split not named here was not read (its arrays are empty)
 
     @property
     def num_classes(self) -> int:
@@ -133,8 +135,13 @@ class Dataset:
 
     def summary(self) -> str:
         """One line for the person: how much was loaded from where."""
-        line = (f"{self.train_count:,} training and {self.test_count:,} test images in "
-                f"{self.num_classes} classes from {self.source}")
+        if TRAIN_FOLDER not in self.loaded_splits:
+            counted = f"{self.test_count:,} test images (training images not read)"
+        elif TEST_FOLDER not in self.loaded_splits:
+            counted = f"{self.train_count:,} training images (test images not read)"
+        else:
+            counted = f"{self.train_count:,} training and {self.test_count:,} test images"
+        line = f"{counted} in {self.num_classes} classes from {self.source}"
         if self.skipped:
             line += f" ({self.skipped_count:,} unreadable file{'s' if self.skipped_count != 1 else ''} skipped)"
         return line
@@ -142,14 +149,21 @@ class Dataset:
 
 def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
                  test_fraction: float = DEFAULT_TEST_FRACTION, progress: Progress | None = None,
-                 workers: int | None = None) -> Dataset:
+                 workers: int | None = None, splits: Sequence[str] = SPLITS) -> Dataset:
     """Load a data set into memory.
 
     `source` None is CIFAR-10 through Keras' download. Otherwise a path to: a folder with `train/`
     and `test/` class-folder trees; a single class-folder tree (split per class into train and
     test by `test_fraction` with `seed`); `cifar-10-python.tar.gz`; or its `cifar-10-batches-py`
     folder. Raises DataError naming the path for anything that is not a usable data set.
+
+    `splits` names the splits the caller needs. A `train/` + `test/` tree decodes only those files
+    (the other split comes back empty, see `Dataset.loaded_splits`); the other sources read both,
+    since a single tree's split depends on which of its files decode.
     """
+    splits = tuple(split for split in SPLITS if split in splits)
+    if not splits:
+        raise ValueError(f"splits must name at least one of {', '.join(SPLITS)}")
     progress = progress if progress is not None else Progress()
     if source is None:
         return load_keras_cifar10(progress)
@@ -168,7 +182,7 @@ def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
         return load_cifar_folder(path / CIFAR_FOLDER, progress)
     has_train, has_test = (path / TRAIN_FOLDER).is_dir(), (path / TEST_FOLDER).is_dir()
     if has_train and has_test:
-        return load_split_tree(path, progress, workers)
+        return load_split_tree(path, progress, workers, splits)
     if has_train or has_test:
         present, missing = (TRAIN_FOLDER, TEST_FOLDER) if has_train else (TEST_FOLDER, TRAIN_FOLDER)
         raise DataError(f"{path}: has a {present}/ folder but no {missing}/ folder "
@@ -211,8 +225,12 @@ def _list_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_split_tree(root: Path, progress: Progress, workers: int | None = None) -> Dataset:
-    """Load `root/train/<class>/...` and `root/test/<class>/...`; both must have the same classes."""
+def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
+                    splits: Sequence[str] = SPLITS) -> Dataset:
+    """Load `root/train/<class>/...` and `root/test/<class>/...`; both must have the same classes.
+
+    Only the files of `splits` are decoded; a split left out comes back with no images.
+    """
     train_classes = find_class_folders(root / TRAIN_FOLDER)
     test_classes = find_class_folders(root / TEST_FOLDER)
     train_names = [name for name, _ in train_classes]
@@ -229,12 +247,18 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None) 
                         + "; ".join(details) + ")")
     train_files, train_labels = _flatten(train_classes)
     test_files, test_labels = _flatten(test_classes)
-    progress.message(f"loading {len(train_files) + len(test_files):,} images from {root}")
+    if TRAIN_FOLDER not in splits:
+        train_files, train_labels = [], train_labels[:0]
+    if TEST_FOLDER not in splits:
+        test_files, test_labels = [], test_labels[:0]
+    read = " and ".join(f"{split}/" for split in splits)
+    progress.message(f"loading {len(train_files) + len(test_files):,} images from {root} ({read})")
     images, kept, skipped = decode_images(train_files + test_files, progress, workers)
     n_train = len(train_files)
     train_kept, test_kept = kept[:n_train], kept[n_train:]
-    _check_every_class_readable(root / TRAIN_FOLDER, train_names, train_labels, train_kept)
-    _check_every_class_readable(root / TEST_FOLDER, test_names, test_labels, test_kept)
+    for split, labels, split_kept in ((TRAIN_FOLDER, train_labels, train_kept), (TEST_FOLDER, test_labels, test_kept)):
+        if split in splits:
+            _check_every_class_readable(root / split, train_names, labels, split_kept)
     return Dataset(
         train_images=images[:n_train][train_kept],
         train_labels=train_labels[train_kept],
@@ -245,6 +269,7 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None) 
         train_paths=[str(p) for p, keep in zip(train_files, train_kept) if keep],
         test_paths=[str(p) for p, keep in zip(test_files, test_kept) if keep],
         skipped=skipped,
+        loaded_splits=tuple(splits),
     )
 
 
