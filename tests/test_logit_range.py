@@ -13,7 +13,7 @@ import pytest
 
 pytest_plugins = ("converter_fixtures",)
 
-from converter.logit_range import BOUND_GRID, OUTPUT_STEP_MARGIN, logit_range
+from converter.logit_range import BOUND_GRID, OUTPUT_STEP_MARGIN, logit_range  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INT8_STEPS = 255
