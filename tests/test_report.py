@@ -221,6 +221,14 @@ def test_report_says_how_int8_was_calibrated(report_run) -> None:
     assert f"from {manifest['logit_range']['low']:g} up to at most {manifest['logit_range']['high']:g}" in line
 
 
+@pytest.mark.slow
+def test_report_decodes_only_the_test_images(report_run) -> None:
+    converted, result = report_run
+    dataset = converted.trained.dataset
+    loading = [line for line in result.stderr.splitlines() if line.startswith("loading ")]
+    assert loading == [f"loading {dataset.test_count:,} images from {converted.trained.data_root} (test/)"]
+
+
 def test_calibration_line_for_plain_min_max_and_for_unknown_files() -> None:
     from edge_runtime.info import describe_calibration
 
