@@ -15,13 +15,14 @@ import click
 from edge_runtime.errors import EdgeError
 
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Progress
+from .keep import KEEP_BEST, KEEP_CHOICES, KEEP_LAST, RULE_BEST
 from .train import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_OUT, DEFAULT_VALIDATION_FRACTION, TrainConfig,
-                    TrainingInterrupted, read_checkpoint, train)
+                    TrainingInterrupted, TrainResult, read_checkpoint, train)
 
 EXIT_DATA_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for a program stopped by SIGINT
 # Options that --resume takes from the checkpoint when they are not given on the command line.
-RESUMABLE_OPTIONS = ("data", "epochs", "batch_size", "validation_fraction", "seed", "test_fraction")
+RESUMABLE_OPTIONS = ("data", "epochs", "batch_size", "validation_fraction", "seed", "test_fraction", "keep")
 
 
 def resume_command(out: Path) -> str:
@@ -48,23 +49,36 @@ def resume_command(out: Path) -> str:
               help="Share of each class held out for testing when --data is a single class-folder tree.")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
               help="Seed for the shuffle, the splits and the weights.")
+@click.option("--keep", type=click.Choice(KEEP_CHOICES), default=KEEP_BEST, show_default=True,
+              help=f"Which epoch's weights model.keras holds: '{KEEP_BEST}', the epoch with the highest validation "
+                   f"accuracy (every epoch still runs; the test set plays no part), or '{KEEP_LAST}', the final "
+                   f"epoch, as the documented script does.")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run in --out from its last completed epoch "
-                   "(options not given are taken from the checkpoint).")
+                   "(options not given are taken from the checkpoint). On a finished run it says so and exits 0.")
+@click.option("--force", is_flag=True,
+              help="Start afresh even if --out holds a finished or unfinished run (it is replaced).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes decoding image files. Default: one per CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the final result.")
 @click.pass_context
 def main(ctx: click.Context, data: Path | None, out: Path, epochs: int, batch_size: int,
-         validation_fraction: float, test_fraction: float, seed: int, resume: bool, workers: int | None,
-         quiet: bool) -> None:
-    """Train the documented CIFAR-10 CNN (15 epochs, batch 64, Adam) and write its outputs to --out."""
+         validation_fraction: float, test_fraction: float, seed: int, keep: str, resume: bool, force: bool,
+         workers: int | None, quiet: bool) -> None:
+    """Train the documented CIFAR-10 CNN (15 epochs, batch 64, Adam) and write its outputs to --out.
+
+    model.keras keeps the epoch with the best validation accuracy unless --keep last is given.
+    A folder that already holds a run is never overwritten silently: use --resume or --force.
+    """
+    if resume and force:
+        raise click.UsageError("--resume continues the run in --out and --force replaces it; give one of them")
     options = {"data": data, "epochs": epochs, "batch_size": batch_size,
-               "validation_fraction": validation_fraction, "seed": seed, "test_fraction": test_fraction}
+               "validation_fraction": validation_fraction, "seed": seed, "test_fraction": test_fraction,
+               "keep": keep}
     try:
         if resume:
             options.update(_options_from_checkpoint(ctx, out))
-        config = TrainConfig(out=out, resume=resume, workers=workers, **options)
+        config = TrainConfig(out=out, resume=resume, force=force, workers=workers, **options)
         result = train(config, Progress(quiet=quiet))
     except TrainingInterrupted as interrupt:
         click.echo(f"Interrupted after epoch {interrupt.epochs_completed} of {interrupt.epochs}; "
@@ -75,8 +89,17 @@ def main(ctx: click.Context, data: Path | None, out: Path, epochs: int, batch_si
         sys.exit(EXIT_INTERRUPTED)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"test accuracy {result.test_accuracy:.4f} after {result.epochs_completed} epochs; "
-               f"model in {result.model_path}")
+    click.echo(final_line(result))
+
+
+def final_line(result: TrainResult) -> str:
+    """The last line of a run: which epoch was kept and why, its validation and test accuracy, where it is."""
+    kept = result.kept
+    validation = "" if kept.val_accuracy is None else f", validation accuracy {kept.val_accuracy:.4f}"
+    why = "best validation accuracy" if kept.rule == RULE_BEST else "the last epoch"
+    head = "the run is already complete; nothing to do. " if result.already_complete else ""
+    return (f"{head}kept epoch {kept.epoch} of {result.epochs_completed} ({why}{validation}): "
+            f"test accuracy {result.test_accuracy:.4f}; model in {result.model_path}")
 
 
 def _interrupted_message(out: Path) -> str:
