@@ -17,7 +17,7 @@ from edge_runtime.manifest import sha256_file
 
 from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MODEL_NAME, LABELS_NAME,
                       check_calibration_size, convert_model, load_data, load_keras_model, load_labels_for,
-                      parse_variants, read_training_info, resolve_data)
+                      parse_variants, resolve_data)
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME
@@ -156,8 +156,7 @@ def report_main(out_dir: Path | None, model_path: Path | None, data: str | None,
                               dataset.class_names, test_paths=paths, data_source=dataset.source,
                               seed=choice.seed, keras_sha256=sha256_file(model_path), progress=say)
         failures = threshold_failures(report, max_drop, min_agreement)
-        history = read_training_info(model_path).get("history")
-        files = write_report(report, out_dir, history=history, failures=failures)
+        files = write_report(report, out_dir, failures=failures)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:  # e.g. an output folder that cannot be written

@@ -71,6 +71,15 @@ def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes:
     return result
 
 
+def per_class_change_pp(accuracies: Sequence[float | None],
+                        reference: Sequence[float | None]) -> list[float | None]:
+    """Each class's accuracy minus the reference's, in percentage points; None where either is missing."""
+    if len(accuracies) != len(reference):
+        raise ValueError(f"{len(accuracies)} per-class accuracies against {len(reference)} reference ones")
+    return [None if value is None or base is None else (value - base) * PERCENT
+            for value, base in zip(accuracies, reference)]
+
+
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts [true class, predicted class] (int64)."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

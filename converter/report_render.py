@@ -20,7 +20,7 @@ from edge_runtime.atomic import atomic_path, write_text
 from edge_runtime.info import describe_calibration
 
 from .convert import FLOAT32, INT8
-from .report import KERAS, PERCENT, FormatResult, Report, is_finite_number
+from .report import KERAS, PERCENT, FormatResult, Report, is_finite_number, per_class_change_pp
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 CONFUSION_PNG = "confusion_int8.png"
 PER_CLASS_PNG = "per_class_accuracy.png"
-TRAINING_CURVES_PNG = "training_curves.png"
+TRAINING_PLOT = "accuracy.png"  # edge-train's own picture (trainer.train.PLOT_FILE), linked when beside the report
 DASH = "—"
 FIGURE_DPI = 120
 KIB = 1024
@@ -36,6 +36,11 @@ MIB = 1024 * 1024
 # Confusion-matrix cells darker than this share of the largest count get white text.
 DARK_CELL_FRACTION = 0.5
 BAR_GROUP_WIDTH = 0.8
+# The per-class change chart's y axis spans at least this many points either side of zero, so that a
+# format equal to Keras shows as a flat line, not as noise blown up to fill the axes.
+MIN_CHANGE_AXIS_PP = 1.0
+CHANGE_AXIS_MARGIN = 1.2  # room above and below the longest bar for its value
+FORMAT_COLOURS = {INT8: "tab:red", FLOAT32: "tab:blue"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +51,6 @@ class ReportFiles:
     json: Path
     confusion: Path | None
     per_class: Path | None
-    training_curves: Path | None
 
 
 # --- numbers to text ------------------------------------------------------------------------------
@@ -147,14 +151,37 @@ def terminal_summary(report: Report) -> str:
     return text
 
 
+def per_class_changes(report: Report) -> list[tuple[str, list[float | None]]]:
+    """(format, per-class accuracy minus Keras' in percentage points) for every format but Keras.
+
+    What the per-class chart plots: equal bars would hide what quantization cost, the differences show it.
+    """
+    keras = report.format(KERAS)
+    if keras is None:
+        return []
+    return [(result.name, per_class_change_pp(result.per_class_accuracy, keras.per_class_accuracy))
+            for result in report.formats if result.name != KERAS]
+
+
+def per_class_headers(report: Report) -> list[str]:
+    headers = ["Class", "Test images"] + [result.name for result in report.formats]
+    if report.format(INT8) is not None and report.format(KERAS) is not None:
+        headers.append(f"{INT8} − Keras")
+    return headers
+
+
 def per_class_rows(report: Report) -> list[list[str]]:
-    """One row per class: its number of test images, then each format's accuracy on it."""
+    """One row per class: its number of test images, each format's accuracy on it, then int8's change."""
     reference = report.format(KERAS) or report.formats[0]
     counts = np.sum(np.asarray(reference.confusion), axis=1)
+    int8_change = dict(per_class_changes(report)).get(INT8)
     rows = []
     for index, label in enumerate(report.labels):
-        rows.append([label, str(int(counts[index]))]
-                    + [format_percent(result.per_class_accuracy[index], 1) for result in report.formats])
+        row = [label, str(int(counts[index]))]
+        row += [format_percent(result.per_class_accuracy[index], 1) for result in report.formats]
+        if int8_change is not None:
+            row.append(format_points(int8_change[index]))
+        rows.append(row)
     return rows
 
 
@@ -162,20 +189,29 @@ def confusion_rows(result: FormatResult, labels: Sequence[str]) -> list[list[str
     return [[label] + [str(count) for count in row] for label, row in zip(labels, result.confusion)]
 
 
-def render_markdown(report: Report, pictures: dict[str, str | None], training_note: str | None = None,
-                    failures: Sequence[str] = ()) -> str:
+PROBABILITY_DIFFERENCE_TEXT = (
+    "|Δp| is the absolute difference between a format's probability and Keras' probability for the same "
+    "class and image. Mean |Δp| is its mean over all classes and images; Max |Δp| is the single worst one. "
+    "A large max on a few images is expected for int8 where two classes are close (a small shift moves "
+    "probability from one to the other); agreement and accuracy are what matter for the answers.")
+
+
+def render_markdown(report: Report, pictures: dict[str, str | None], failures: Sequence[str] = ()) -> str:
     """report.md: what was measured, the main table, per-class accuracy, the int8 confusion, training."""
     lines = ["# Quantization accuracy report", ""]
-    input_text = ("each test image file read through `Classifier.load`, as on a device"
-                  if report.image_path == "files" else "the decoded uint8 test arrays")
+    threads = f"{report.threads} thread{'s' if report.threads != 1 else ''}"
+    runtime = f"the device runtime ({report.backend or 'no'} interpreter, {threads})"
+    tflite_input = (f"each test image file read and preprocessed by {runtime} from the model's embedded "
+                    "settings, as on a device" if report.image_path == "files" else
+                    f"the decoded test images (no image files in this data set) classified by {runtime}")
     lines += [f"- Test set: {report.data_source} — {report.num_images:,} images, {len(report.labels)} classes",
-              f"- Keras: `model.predict` on `scale_pixels` of the test images (the training preprocessing)",
-              f"- TFLite: `edge_runtime.classify.Classifier` ({report.backend or 'no'} backend, "
-              f"{report.threads} thread), fed {input_text}",
-              "- Agreement: share of test images whose top-1 class equals Keras'; |Δp|: absolute difference "
-              "of class probabilities against Keras, over all images and classes",
-              "- Latency: mean time of one `Classifier.scores` call (input quantization, invoke, output) "
-              "per image over the evaluation loop"]
+              "- Keras: the trained model on the test images, preprocessed exactly as in training "
+              "(pixels scaled to 0–1)",
+              f"- TFLite: {tflite_input}",
+              "- Agreement: the share of test images whose top class is the same as Keras'",
+              f"- {PROBABILITY_DIFFERENCE_TEXT}",
+              "- Latency: mean time to classify one decoded image on the device runtime (converting the "
+              "input, running the model, reading the probabilities), not counting reading the file"]
     calibration_line = describe_calibration(report.int8_calibration)
     lines += [f"- int8 calibration: {calibration_line}"] if calibration_line else []
     lines += [""]
@@ -192,10 +228,11 @@ def render_markdown(report: Report, pictures: dict[str, str | None], training_no
         lines += ["## Thresholds failed", ""] + [f"- {failure}" for failure in failures] + [""]
 
     lines += ["## Per-class accuracy", ""]
-    headers = ["Class", "Test images"] + [result.name for result in report.formats]
-    lines += [markdown_table(headers, per_class_rows(report))]
+    lines += [markdown_table(per_class_headers(report), per_class_rows(report))]
     if pictures.get("per_class"):
-        lines += [f"![Per-class accuracy of every format]({pictures['per_class']})", ""]
+        lines += ["The chart shows each class's accuracy change against Keras, in percentage points "
+                  "(below zero: the format gets more of that class wrong than Keras).", "",
+                  f"![Per-class accuracy change against Keras]({pictures['per_class']})", ""]
 
     if int8 is not None:
         lines += ["## int8 confusion matrix", "", "Rows: true class; columns: int8's prediction.", ""]
@@ -203,11 +240,8 @@ def render_markdown(report: Report, pictures: dict[str, str | None], training_no
         if pictures.get("confusion"):
             lines += [f"![int8 confusion matrix]({pictures['confusion']})", ""]
 
-    lines += ["## Training", ""]
-    if pictures.get("training_curves"):
-        lines += [f"![Training and validation accuracy]({pictures['training_curves']})", ""]
-    if training_note:
-        lines += [training_note, ""]
+    if pictures.get("training"):
+        lines += ["## Training", "", f"![Accuracy and loss per epoch, from edge-train]({pictures['training']})", ""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in report.notes] + [""]
     return "\n".join(lines).rstrip() + "\n"
@@ -246,26 +280,40 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str | os.Pat
     _save(figure, path)
 
 
-def plot_per_class(report: Report, path: str | os.PathLike) -> None:
-    """Grouped bars: each class's accuracy in every format, side by side, saved atomically as PNG."""
-    labels = report.labels
-    formats = report.formats
+def plot_per_class_change(changes: Sequence[tuple[str, Sequence[float | None]]], labels: Sequence[str],
+                          path: str | os.PathLike, title: str) -> Any:
+    """Grouped bars: each format's per-class accuracy change against Keras (points), around a zero line.
+
+    `changes` is `per_class_changes(report)`. int8's bars are red and carry their values. Saved
+    atomically as PNG; the figure is returned so tests can read back what was drawn.
+    """
     figure = _new_figure(max(7.5, 0.9 * len(labels) + 3.5), 4.5)
     axes = figure.add_subplot()
     positions = np.arange(len(labels))
-    width = BAR_GROUP_WIDTH / max(1, len(formats))
-    for offset, result in enumerate(formats):
-        values = [PERCENT * v if v is not None else np.nan for v in result.per_class_accuracy]
-        axes.bar(positions + (offset - (len(formats) - 1) / 2) * width, values, width,
-                 label=f"{result.name} ({format_percent(result.accuracy, 1)})")
+    width = BAR_GROUP_WIDTH / max(1, len(changes))
+    largest = 0.0
+    for offset, (name, values) in enumerate(changes):
+        heights = np.array([np.nan if value is None else value for value in values], dtype=np.float64)
+        unchanged = not np.any(np.nan_to_num(heights))  # bars of height 0 are invisible: say so in the legend
+        bars = axes.bar(positions + (offset - (len(changes) - 1) / 2) * width, heights, width,
+                        label=f"{name} (no change on any class)" if unchanged else name,
+                        color=FORMAT_COLOURS.get(name), gid=name)
+        if name == INT8:
+            axes.bar_label(bars, labels=[format_points(value).removesuffix(" pp") if value is not None else ""
+                                         for value in values], fontsize=7, padding=2)
+        if np.isfinite(heights).any():
+            largest = max(largest, float(np.nanmax(np.abs(heights))))
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    limit = max(MIN_CHANGE_AXIS_PP, largest * CHANGE_AXIS_MARGIN)
+    axes.set_ylim(-limit, limit)
     axes.set_xticks(positions, labels=list(labels), rotation=45, ha="right")
-    axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_ylim(0, PERCENT)
-    axes.set_title(f"Per-class accuracy on {report.num_images:,} test images")
-    # Outside the axes: bars near 100% would hide a legend drawn inside.
+    axes.set_xlabel("true class")
+    axes.set_ylabel("accuracy minus Keras' (percentage points)")
+    axes.set_title(title)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
+    return figure
 
 
 def _save(figure: Any, path: str | os.PathLike) -> None:
@@ -273,43 +321,33 @@ def _save(figure: Any, path: str | os.PathLike) -> None:
         figure.savefig(tmp, format="png")
 
 
-def write_training_curves(history: dict[str, Any] | None, path: Path) -> tuple[Path | None, str | None]:
-    """Draw the training curves with the trainer's own plot; (path, None) or (None, why it was skipped)."""
-    if not history or not any(history.values()):
-        return None, "No training history was found (training.json is missing or has none): curves skipped."
-    try:
-        from trainer.plots import plot_training_curves
-    except ImportError as error:
-        return None, f"Training curves skipped: the trainer's plotting module is not available ({error})."
-    try:
-        plot_training_curves(history, path)  # writes atomically itself
-    except ValueError as error:
-        return None, f"Training curves skipped: {error}."
-    return path, None
+def write_report(report: Report, out_dir: str | os.PathLike, failures: Sequence[str] = ()) -> ReportFiles:
+    """Write the pictures, report.json and report.md into `out_dir`, each atomically.
 
-
-def write_report(report: Report, out_dir: str | os.PathLike, history: dict[str, Any] | None = None,
-                 failures: Sequence[str] = ()) -> ReportFiles:
-    """Write the pictures, report.json and report.md into `out_dir`, each atomically."""
+    The training curves are edge-train's own accuracy.png: linked when it is in `out_dir`, not redrawn.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_class = out / PER_CLASS_PNG
-    plot_per_class(report, per_class)
+    per_class = None
+    changes = per_class_changes(report)
+    if changes:
+        per_class = out / PER_CLASS_PNG
+        plot_per_class_change(changes, report.labels, per_class,
+                              f"Per-class accuracy change against Keras on {report.num_images:,} test images")
     confusion = None
     int8 = report.format(INT8)
     if int8 is not None:
         confusion = out / CONFUSION_PNG
         plot_confusion(np.asarray(int8.confusion), report.labels, confusion,
                        f"int8 TFLite on {report.num_images:,} test images ({format_percent(int8.accuracy)})")
-    curves, training_note = write_training_curves(history, out / TRAINING_CURVES_PNG)
-    pictures = {"per_class": per_class.name, "confusion": confusion.name if confusion else None,
-                "training_curves": curves.name if curves else None}
+    training_plot = out / TRAINING_PLOT
+    pictures = {"per_class": per_class.name if per_class else None, "confusion": confusion.name if confusion else None,
+                "training": training_plot.name if training_plot.is_file() else None}
     data = report.to_dict()
     data["pictures"] = pictures
     data["threshold_failures"] = list(failures)
     json_path = out / REPORT_JSON
     write_text(json_path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     markdown = out / REPORT_MD
-    write_text(markdown, render_markdown(report, pictures, training_note, failures))
-    return ReportFiles(markdown=markdown, json=json_path, confusion=confusion, per_class=per_class,
-                       training_curves=curves)
+    write_text(markdown, render_markdown(report, pictures, failures))
+    return ReportFiles(markdown=markdown, json=json_path, confusion=confusion, per_class=per_class)

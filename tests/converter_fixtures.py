@@ -68,6 +68,7 @@ def write_trainer_outputs(folder: Path, model, dataset, history: dict, data_root
                           test_accuracy: float, test_fraction: float | None = None) -> None:
     """model.keras, labels.txt and training.json as the trainer writes them."""
     from edge_runtime.labels import write_labels
+    from trainer.keep import KEEP_BEST, choose_epoch
     from trainer.train import TrainConfig, training_report
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,8 @@ def write_trainer_outputs(folder: Path, model, dataset, history: dict, data_root
     report = training_report(config,
                              dataset, history, test_loss=0.0, test_accuracy=test_accuracy, durations={},
                              resumed_from_epoch=0, validation_count=0, train_count=dataset.train_count,
-                             parameters=int(model.count_params()))
+                             parameters=int(model.count_params()), kept=choose_epoch(history, KEEP_BEST),
+                             last_epoch_test={"loss": 0.0, "accuracy": test_accuracy})
     (folder / "training.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 

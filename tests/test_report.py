@@ -106,6 +106,98 @@ def test_models_are_found_in_a_fixed_order(tmp_path: Path) -> None:
         tflite_models(empty)
 
 
+def _three_class_report():
+    """Keras, float32 (equal to Keras) and int8 (-10 points on "a", +5 on "b"); class "c" has no test images."""
+    from converter.report import FormatResult, Report
+
+    def result(name: str, per_class: list, confusion: list, accuracy: float, change: float) -> FormatResult:
+        return FormatResult(name=name, file=None if name == "keras" else f"model_{name}.tflite", size_bytes=None,
+                            accuracy=accuracy, correct=int(accuracy * 30), accuracy_change_pp=change,
+                            agreement=0.9, mean_abs_prob_diff=0.01, max_abs_prob_diff=0.47,
+                            per_class_accuracy=per_class, confusion=confusion, latency_ms=None)
+
+    keras_confusion = [[9, 1, 0], [10, 10, 0], [0, 0, 0]]
+    int8_confusion = [[8, 2, 0], [9, 11, 0], [0, 0, 0]]
+    return Report(labels=["a", "b", "c"], num_images=30, data_source="tiny", seed=0, backend="ai_edge_litert",
+                  image_path="files",
+                  formats=[result("keras", [0.9, 0.5, None], keras_confusion, 19 / 30, 0.0),
+                           result("float32", [0.9, 0.5, None], keras_confusion, 19 / 30, 0.0),
+                           result("int8", [0.8, 0.55, None], int8_confusion, 19 / 30, 0.0)])
+
+
+def test_per_class_changes_are_points_against_keras() -> None:
+    from converter.report_render import per_class_changes
+
+    changes = per_class_changes(_three_class_report())
+    assert [name for name, _ in changes] == ["float32", "int8"]
+    assert changes[0][1] == [0.0, 0.0, None]
+    assert changes[1][1] == [pytest.approx(-10.0), pytest.approx(5.0), None]
+
+
+def test_per_class_chart_draws_the_changes_around_zero(tmp_path: Path) -> None:
+    from converter.report_render import per_class_changes, plot_per_class_change
+
+    path = tmp_path / "per_class_accuracy.png"
+    figure = plot_per_class_change(per_class_changes(_three_class_report()), ["a", "b", "c"], path, "the title")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    (axes,) = figure.axes
+    heights = {name: [bar.get_height() for bar in axes.patches if bar.get_gid() == name]
+               for name in ("float32", "int8")}
+    assert heights["float32"][:2] == [0.0, 0.0]
+    assert heights["int8"][:2] == [pytest.approx(-10.0), pytest.approx(5.0)]
+    assert np.isnan(heights["int8"][2])  # no test images of "c": no bar
+    assert [tuple(line.get_ydata()) for line in axes.lines] == [(0.0, 0.0)]  # the zero line
+    assert axes.get_ylim()[0] < -10.0 and axes.get_ylim()[1] > 5.0
+    assert axes.get_ylabel() == "accuracy minus Keras' (percentage points)"
+    assert axes.get_title() == "the title"
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == [
+        "float32 (no change on any class)", "int8"]
+
+
+def test_report_markdown_speaks_in_users_words() -> None:
+    from converter.report_render import PROBABILITY_DIFFERENCE_TEXT, render_markdown
+
+    markdown = render_markdown(_three_class_report(), {"per_class": "per_class_accuracy.png"})
+    for internal in ("scale_pixels", "Classifier", "model.predict", "`"):
+        assert internal not in markdown
+    assert ("- Keras: the trained model on the test images, preprocessed exactly as in training "
+            "(pixels scaled to 0–1)") in markdown
+    assert ("- TFLite: each test image file read and preprocessed by the device runtime (ai_edge_litert "
+            "interpreter, 1 thread) from the model's embedded settings, as on a device") in markdown
+    assert f"- {PROBABILITY_DIFFERENCE_TEXT}" in markdown
+    assert PROBABILITY_DIFFERENCE_TEXT.startswith(
+        "|Δp| is the absolute difference between a format's probability and Keras' probability for the same "
+        "class and image. Mean |Δp| is its mean over all classes and images; Max |Δp| is the single worst one.")
+    assert "| Class | Test images | keras | float32 | int8 | int8 − Keras |" in markdown
+    assert "| a | 10 | 90.0% | 90.0% | 80.0% | -10.00 pp |" in markdown
+    assert "| c | 0 | — | — | — | — |" in markdown
+    assert "](per_class_accuracy.png)" in markdown
+
+
+def test_report_links_the_trainers_accuracy_png_only_when_it_is_there(tmp_path: Path) -> None:
+    from converter.report_render import TRAINING_PLOT, write_report
+    from trainer.train import PLOT_FILE
+
+    assert TRAINING_PLOT == PLOT_FILE
+    report = _three_class_report()
+    files = write_report(report, tmp_path)
+    markdown = files.markdown.read_text(encoding="utf-8")
+    assert "## Training" not in markdown and "accuracy.png)" not in markdown.replace("per_class_accuracy.png)", "")
+    assert json.loads(files.json.read_text(encoding="utf-8"))["pictures"] == {
+        "per_class": "per_class_accuracy.png", "confusion": "confusion_int8.png", "training": None}
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "confusion_int8.png", "per_class_accuracy.png", "report.json", "report.md"]
+
+    trainer_picture = PNG_SIGNATURE + b"the trainer's own picture"
+    (tmp_path / "accuracy.png").write_bytes(trainer_picture)
+    files = write_report(report, tmp_path)
+    markdown = files.markdown.read_text(encoding="utf-8")
+    assert "## Training\n\n![Accuracy and loss per epoch, from edge-train](accuracy.png)\n" in markdown
+    assert (tmp_path / "accuracy.png").read_bytes() == trainer_picture  # linked, never redrawn
+    assert json.loads(files.json.read_text(encoding="utf-8"))["pictures"]["training"] == "accuracy.png"
+    assert not (tmp_path / "training_curves.png").exists()
+
+
 def test_text_tables_align_and_escape() -> None:
     from converter.report_render import format_points, markdown_table, text_table
 
@@ -190,7 +282,7 @@ def test_report_numbers_match_an_independent_computation(report_run) -> None:
 def test_report_files_and_pictures(report_run) -> None:
     converted, result = report_run
     markdown = (converted.out / "report.md").read_text(encoding="utf-8")
-    for picture in ("confusion_int8.png", "per_class_accuracy.png", "training_curves.png"):
+    for picture in ("confusion_int8.png", "per_class_accuracy.png"):
         path = converted.out / picture
         assert path.read_bytes()[:8] == PNG_SIGNATURE
         with Image.open(path) as image:
@@ -203,6 +295,7 @@ def test_report_files_and_pictures(report_run) -> None:
     assert f"{int8['agreement'] * 100:.2f}%" in row
     assert "| circle |" in markdown  # per-class table and confusion rows name the classes
     assert not list(converted.out.glob(".*.tmp*")), "a temporary file was left behind"
+    assert not (converted.out / "training_curves.png").exists()  # the trainer's accuracy.png is the one picture
 
 
 @pytest.mark.slow
@@ -285,9 +378,9 @@ def test_max_drop_fails_the_report_with_one_line(bad_int8_folder: Path, converte
              "(run edge-convert again)")
     assert data["notes"] == [stale]
     assert f"note: {stale}" in result.output
-    # No training.json beside this model: the curves are skipped with a note, not an error.
+    # No accuracy.png from the trainer in this folder: the report has no training section, and draws none.
     assert not (bad_int8_folder / "training_curves.png").exists()
-    assert "No training history was found" in (bad_int8_folder / "report.md").read_text(encoding="utf-8")
+    assert "## Training" not in (bad_int8_folder / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
