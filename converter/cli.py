@@ -16,8 +16,8 @@ from edge_runtime.errors import EdgeError
 from edge_runtime.manifest import sha256_file
 
 from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MODEL_NAME, LABELS_NAME,
-                      check_calibration_size, convert_model, load_data, load_keras_model, load_labels_for,
-                      parse_variants, resolve_data)
+                      check_calibration_size, check_keras_file, convert_model, load_data, load_keras_model,
+                      load_labels_for, parse_variants, resolve_data)
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME
@@ -144,7 +144,8 @@ def report_main(out_dir: Path | None, model_path: Path | None, data: str | None,
     if model_path is None:
         model_path = out_dir / KERAS_MODEL_NAME
     try:
-        models = tflite_models(out_dir)
+        check_keras_file(model_path)  # a missing model says "train first", before "convert first"
+        models = tflite_models(out_dir, model_path)
         say(f"Loading {model_path}")
         keras_model = load_keras_model(model_path)
         choice = resolve_data(model_path, data, seed)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import zipfile
@@ -52,6 +53,7 @@ KERAS_MODEL_NAME = "model.keras"
 LABELS_NAME = "labels.txt"
 TRAINING_INFO_NAME = "training.json"
 KERAS_SUFFIXES = (".keras",)
+MAKE_DEFAULT_OUT = Path("artifacts")  # the Makefile's OUT, named in the hints only when it differs
 IMAGE_INPUT_RANK = 4  # (batch, height, width, channels)
 CLASS_OUTPUT_RANK = 2  # (batch, classes)
 RGB_CHANNELS = 3
@@ -113,11 +115,30 @@ def parse_variants(names: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(variant for variant in VARIANTS if variant in requested)
 
 
-def load_keras_model(path: str | os.PathLike) -> Any:
-    """Load a `.keras` model for inference; ModelError names the file when it is missing or damaged."""
+def _make_out(folder: Path) -> str:
+    return "" if folder == MAKE_DEFAULT_OUT else f" OUT={shlex.quote(str(folder))}"
+
+
+def train_first_hint(model_path: str | os.PathLike) -> str:
+    """What to run when the Keras model is missing: the trainer, writing into the model's folder."""
+    folder = Path(model_path).parent
+    return f"train a model first (make train{_make_out(folder)}, or edge-train --out {shlex.quote(str(folder))})"
+
+
+def convert_first_hint(model_path: str | os.PathLike, out_dir: str | os.PathLike) -> str:
+    """What to run when the `.tflite` files are missing from `out_dir`: the converter, on `model_path`."""
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    model = shlex.quote(str(model_path))
+    if model_path == out_dir / KERAS_MODEL_NAME:  # what `make convert` and edge-convert's default --out do
+        return f"convert the model first (make convert{_make_out(out_dir)}, or edge-convert --model {model})"
+    return f"convert the model first (edge-convert --model {model} --out {shlex.quote(str(out_dir))})"
+
+
+def check_keras_file(path: str | os.PathLike) -> Path:
+    """Refuse a missing, empty or non-.keras file before TensorFlow is imported; ModelError says what to do."""
     path = Path(path)
     if not path.exists():
-        raise ModelError(f"{path}: Keras model file not found")
+        raise ModelError(f"{path}: no such file; {train_first_hint(path)}")
     if path.is_dir():
         raise ModelError(f"{path}: is a folder, not a Keras model file")
     if path.stat().st_size == 0:
@@ -126,6 +147,12 @@ def load_keras_model(path: str | os.PathLike) -> Any:
         raise ModelError(f"{path}: not a Keras model file (expected a {' or '.join(KERAS_SUFFIXES)} file)")
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path}: not a Keras model (the file is damaged or not a .keras archive)")
+    return path
+
+
+def load_keras_model(path: str | os.PathLike) -> Any:
+    """Load a `.keras` model for inference; ModelError names the file when it is missing or damaged."""
+    path = check_keras_file(path)
     import_tensorflow()
     import keras
 

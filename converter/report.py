@@ -24,7 +24,7 @@ from edge_runtime.manifest import MANIFEST_NAME, read_manifest, verify_file
 from edge_runtime.metadata import read_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
-from .convert import FLOAT32, INT8, VARIANTS
+from .convert import FLOAT32, INT8, KERAS_MODEL_NAME, VARIANTS, convert_first_hint
 
 logger = logging.getLogger(__name__)
 
@@ -190,11 +190,12 @@ class Report:
         }
 
 
-def tflite_models(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+def tflite_models(folder: str | os.PathLike, model_path: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
     """(variant, path) of the models to evaluate: those the manifest lists, else `model_<variant>.tflite`.
 
     Known variants come in VARIANTS order, any others after them by name, so the report's order
-    never depends on the file system.
+    never depends on the file system. `model_path` (default: model.keras in `folder`) is what the
+    error tells to convert when there is nothing to evaluate.
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST_NAME
@@ -213,7 +214,8 @@ def tflite_models(folder: str | os.PathLike) -> list[tuple[str, Path]]:
         if not path.is_file():
             raise ModelError(f"{path}: listed in {manifest_path} but not found")
     if not models:
-        raise ModelError(f"{folder}: no .tflite models to evaluate (run edge-convert first)")
+        source = model_path if model_path is not None else folder / KERAS_MODEL_NAME
+        raise ModelError(f"{folder}: no .tflite models to evaluate; {convert_first_hint(source, folder)}")
     return models
 
 

@@ -247,12 +247,26 @@ def _one_line_error(result) -> str:
     return lines[-1]
 
 
-def test_cli_missing_keras_file(tmp_path: Path) -> None:
+def test_cli_missing_keras_file_says_to_train_first(tmp_path: Path) -> None:
     missing = tmp_path / "nothing.keras"
     result = _convert(["--model", str(missing), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert _one_line_error(result) == f"Error: {missing}: Keras model file not found"
+    assert _one_line_error(result) == (f"Error: {missing}: no such file; train a model first "
+                                       f"(make train OUT={tmp_path}, or edge-train --out {tmp_path})")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_default_model_missing_names_make_train(tmp_path: Path) -> None:
+    """What `make convert` prints in a fresh checkout: the whole message, on one line."""
+    from converter.cli import main
+
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        result = runner.invoke(main, [])
+    assert result.exit_code == 1
+    assert result.output == ("Loading artifacts/model.keras\n"
+                             "Error: artifacts/model.keras: no such file; train a model first "
+                             "(make train, or edge-train --out artifacts)\n")
 
 
 def test_cli_corrupt_keras_file(tmp_path: Path) -> None:

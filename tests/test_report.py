@@ -102,7 +102,9 @@ def test_models_are_found_in_a_fixed_order(tmp_path: Path) -> None:
     assert [variant for variant, _ in tflite_models(tmp_path)] == ["float32", "int8", "float16", "zeta"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelError, match=re.escape(f"{empty}: no .tflite models to evaluate (run edge-convert first)")):
+    with pytest.raises(ModelError, match=re.escape(f"{empty}: no .tflite models to evaluate; convert the model first "
+                                                   f"(make convert OUT={empty}, or edge-convert --model "
+                                                   f"{empty / 'model.keras'})")):
         tflite_models(empty)
 
 
@@ -392,21 +394,52 @@ def test_min_agreement_fails_the_report(bad_int8_folder: Path, converted: Conver
                         result.output.strip().splitlines()[-1])
 
 
-def test_report_without_models_is_one_line(tmp_path: Path) -> None:
+def _fake_keras_file(path: Path) -> Path:
+    """A file that passes the checks made before TensorFlow is imported (a non-empty .keras zip)."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+    return path
+
+
+def test_report_without_a_keras_model_says_to_train_first(tmp_path: Path) -> None:
     result = _report(["--model", str(tmp_path / "model.keras")])
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {tmp_path}: no .tflite models to evaluate (run edge-convert first)"
+    assert result.output.strip() == (f"Error: {tmp_path / 'model.keras'}: no such file; train a model first "
+                                     f"(make train OUT={tmp_path}, or edge-train --out {tmp_path})")
+
+
+def test_report_without_tflite_models_says_to_convert_first(tmp_path: Path) -> None:
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        from converter.cli import report_main
+
+        _fake_keras_file(Path("artifacts/model.keras"))
+        result = runner.invoke(report_main, [])
+        assert result.exit_code == 1
+        assert result.output == ("Error: artifacts: no .tflite models to evaluate; convert the model first "
+                                 "(make convert, or edge-convert --model artifacts/model.keras)\n")
+        # A model outside the report's folder: only edge-convert can write there, with both paths.
+        _fake_keras_file(Path("elsewhere/model.keras"))
+        result = runner.invoke(report_main, ["--model", "elsewhere/model.keras", "--out", "artifacts"])
+        assert result.exit_code == 1
+        assert result.output == ("Error: artifacts: no .tflite models to evaluate; convert the model first "
+                                 "(edge-convert --model elsewhere/model.keras --out artifacts)\n")
 
 
 def test_module_entry_runs_the_report_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`python -m converter.cli report --out DIR` (what `make report` runs) reaches edge-report."""
     from converter.cli import module_main
 
+    _fake_keras_file(tmp_path / "model.keras")
     with pytest.raises(SystemExit) as exited:
         module_main(["report", "--out", str(tmp_path)])
     assert exited.value.code == 1
-    assert capsys.readouterr().err.strip() == (f"Error: {tmp_path}: no .tflite models to evaluate "
-                                               "(run edge-convert first)")
+    assert capsys.readouterr().err.strip() == (f"Error: {tmp_path}: no .tflite models to evaluate; convert the "
+                                               f"model first (make convert OUT={tmp_path}, or edge-convert "
+                                               f"--model {tmp_path / 'model.keras'})")
 
 
 @pytest.mark.slow
