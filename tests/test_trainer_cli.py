@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -117,9 +118,45 @@ def test_training_through_the_cli(split_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "artifacts"
     result = run("--data", split_dataset, "--out", out, "--epochs", "1", "--batch-size", "32")
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("test accuracy ")
-    assert result.stdout.endswith(f" after 1 epochs; model in {out / 'model.keras'}\n")
+    report = json.loads((out / "training.json").read_text())
+    assert result.stdout == (f"kept epoch 1 of 1 (best validation accuracy, validation accuracy "
+                             f"{report['history']['val_accuracy'][0]:.4f}): test accuracy "
+                             f"{report['test']['accuracy']:.4f}; model in {out / 'model.keras'}\n")
     progress = result.stderr.splitlines()
     assert "decoded images: 320/320" in progress
-    assert any(line.startswith("epoch 1/1  ") and "val_accuracy" in line for line in progress)
-    assert (out / "model.keras").is_file() and (out / "training.json").is_file()
+    # Not a terminal: one line per epoch, no status line redrawn with carriage returns.
+    assert [line for line in progress if line.startswith("epoch ")] == [
+        line for line in progress if line.startswith("epoch 1/1  ") and "val_accuracy" in line]
+    assert "\r" not in result.stderr
+    assert (out / "model.keras").is_file()
+
+    # A second fresh run into the same folder refuses, naming --resume and --force, and changes nothing.
+    model_bytes = (out / "model.keras").read_bytes()
+    checkpoint_files = sorted(p.name for p in (out / CHECKPOINT_DIR).iterdir())
+    again = run("--data", split_dataset, "--out", out, "--epochs", "1", "--batch-size", "32")
+    assert again.exit_code == 1
+    assert again.stderr == (f"Error: {out}: already holds a finished run (model.keras, training.json); finish or "
+                            f"check it with --resume, or replace it with --force (or choose another --out)\n")
+    assert (out / "model.keras").read_bytes() == model_bytes
+    assert sorted(p.name for p in (out / CHECKPOINT_DIR).iterdir()) == checkpoint_files
+
+    # --resume on the finished run: says so, exits 0, loads no data and trains nothing.
+    done = run("--out", out, "--resume")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith("the run is already complete; nothing to do. kept epoch 1 of 1 ")
+    assert "loading" not in done.stderr and "epoch 1/1" not in done.stderr
+    assert (out / "model.keras").read_bytes() == model_bytes
+
+
+def test_resume_and_force_together_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("--out", tmp_path, "--resume", "--force")
+    assert result.exit_code == EXIT_USAGE
+    assert "--resume continues the run in --out and --force replaces it; give one of them" in result.stderr
+
+
+def test_keep_option_is_checked_and_explained() -> None:
+    result = run("--keep", "first")
+    assert result.exit_code == EXIT_USAGE
+    assert "Invalid value for '--keep'" in result.stderr
+    helped = run("--help")
+    assert "--keep [best|last]" in helped.output and "--force" in helped.output

@@ -16,8 +16,8 @@ from edge_runtime.preprocess import scale_pixels
 from synthetic import CLASS_NAMES, write_image_folder
 from trainer import train as train_module
 from trainer.data import Progress, load_dataset
-from trainer.train import (CHECKPOINT_DIR, CheckpointError, TrainConfig, TrainingInterrupted, read_checkpoint,
-                           shuffled_split, train, write_outputs)
+from trainer.train import (CHECKPOINT_DIR, CheckpointError, RunExists, TrainConfig, TrainingInterrupted,
+                           read_checkpoint, shuffled_split, train, write_outputs)
 
 QUIET = Progress(quiet=True)
 HISTORY_KEYS = ["accuracy", "loss", "val_accuracy", "val_loss"]
@@ -125,7 +125,11 @@ def test_checkpoint_of_the_last_epoch_is_kept(trained) -> None:
     checkpoint = read_checkpoint(trained.out)
     assert checkpoint.epoch == 3
     assert checkpoint.model_path.name == "epoch-003.keras"
-    assert sorted(p.name for p in (trained.out / CHECKPOINT_DIR).iterdir()) == ["epoch-003.keras", "state.json"]
+    # The last epoch's model, and the best validation epoch's beside it when that is another one.
+    best = checkpoint.best_epoch
+    assert best == trained.kept.epoch and checkpoint.best_model_path.name == f"epoch-{best:03d}.keras"
+    assert sorted(p.name for p in (trained.out / CHECKPOINT_DIR).iterdir()) == sorted(
+        {"epoch-003.keras", f"epoch-{best:03d}.keras", "state.json"})
     assert checkpoint.history == trained.history
 
 
@@ -188,17 +192,31 @@ def test_resume_without_a_checkpoint_says_so(split_dataset: Path, tmp_path: Path
         train(TrainConfig(data=split_dataset, out=tmp_path, resume=True), QUIET)
 
 
-def test_fresh_start_warns_about_an_unfinished_run(small_model, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
-    recipe = TrainConfig(data=tmp_path, epochs=4).recipe()
+def test_fresh_start_refuses_to_replace_an_unfinished_run(small_model, split_dataset: Path, tmp_path: Path) -> None:
+    recipe = TrainConfig(data=split_dataset, epochs=4).recipe()
     train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
                                    sorted(CLASS_NAMES), 1.0)
-    with pytest.raises(DataError):  # stop right after the warning: the data is missing
-        train(TrainConfig(data=tmp_path / "missing", out=tmp_path), QUIET)
-    assert capsys.readouterr().err == (
-        f"warning: {tmp_path / CHECKPOINT_DIR} holds an unfinished run (epoch 2 of 4); this fresh run "
-        f"replaces it after its first epoch (use --resume to continue it instead)\n")
-    assert read_checkpoint(tmp_path).epoch == 2  # nothing replaced yet
+    before = sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir())
+    with pytest.raises(RunExists) as refused:
+        train(TrainConfig(data=split_dataset, out=tmp_path, epochs=1), QUIET)
+    assert str(refused.value) == (
+        f"{tmp_path}: already holds an unfinished run (epoch 2 of 4 in {tmp_path / CHECKPOINT_DIR}); continue it "
+        f"with --resume, or replace it with --force (or choose another --out)")
+    assert sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir()) == before
+    assert read_checkpoint(tmp_path).epoch == 2  # nothing replaced
+
+
+def test_force_replaces_a_run_and_says_so(small_model, split_dataset: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    recipe = TrainConfig(data=split_dataset, epochs=4).recipe()
+    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 3, {"loss": [1.0, 0.9, 0.8]}, recipe,
+                                   sorted(CLASS_NAMES), 1.0)
+    result = train(TrainConfig(data=split_dataset, out=tmp_path, epochs=1, batch_size=SMALL_BATCH, force=True),
+                   QUIET)
+    assert capsys.readouterr().err.startswith(
+        f"warning: {tmp_path}: replacing an unfinished run (epoch 3 of 4 in {tmp_path / CHECKPOINT_DIR}) (--force)\n")
+    assert result.epochs_completed == 1 and read_checkpoint(tmp_path).epoch == 1
+    assert sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir()) == ["epoch-001.keras", "state.json"]
 
 
 def test_too_few_images_for_a_validation_split(tmp_path: Path) -> None:

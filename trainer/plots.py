@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from edge_runtime.atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover - matplotlib is imported lazily
+    from matplotlib.figure import Figure
 
 FIGURE_SIZE_INCHES = (10.0, 4.2)
 FIGURE_DPI = 100
@@ -29,6 +32,16 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
                          title: str = "Training curves", kept_epoch: int | None = None) -> Path:
     """Draw accuracy and loss per epoch side by side and, when given, mark `kept_epoch` (1-based) on
     both; write `path` atomically. Needs at least `history["accuracy"]`."""
+    figure = training_figure(history, title, kept_epoch)
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        figure.savefig(tmp, format="png")
+    return final
+
+
+def training_figure(history: Mapping[str, Sequence[float]], title: str = "Training curves",
+                    kept_epoch: int | None = None) -> "Figure":
+    """The matplotlib Figure of `plot_training_curves`: an accuracy panel and a loss panel."""
     if not history.get("accuracy"):
         raise ValueError("history has no 'accuracy' values to plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -63,11 +76,9 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
         else:
             axes.set_ylim(bottom=0.0)
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower right" if name == "Accuracy" else "upper right", fontsize="small")
+        if axes.get_legend_handles_labels()[0]:  # a history without losses leaves that panel empty
+            axes.legend(loc="lower right" if name == "Accuracy" else "upper right", fontsize="small")
         axes.set_title(name)
     figure.suptitle(title)
     figure.tight_layout()
-    final = Path(path)
-    with atomic_path(final) as tmp:
-        figure.savefig(tmp, format="png")
-    return final
+    return figure
