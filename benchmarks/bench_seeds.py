@@ -16,7 +16,6 @@ meets every floor, 1 otherwise or when a run fails, 2 for bad options.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
@@ -28,18 +27,8 @@ from typing import Any
 
 import click
 
-from bench_train import DEFAULT_DATA, REPO_ROOT, RECIPE_EPOCHS, echo, machine, make_subset, run_streaming
-
-FLOORS_SCRIPT = REPO_ROOT / ".ci" / "check_floors.py"
-
-
-def load_floors() -> Any:
-    """The CI floor module, loaded from its file (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("check_floors", FLOORS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+from bench_train import (DEFAULT_DATA, REPO_ROOT, RECIPE_EPOCHS, echo, load_floors, machine, make_subset,
+                         run_streaming)
 
 
 def run_checked(command: list[str], env: dict[str, str], what: str) -> float:

@@ -7,13 +7,16 @@ evaluation and writing outputs are not counted), test accuracy and the ratio edg
     python benchmarks/bench_train.py [--data ../shared/datasets/cifar10-jpeg] [--epochs 15] [--json result.json]
     python benchmarks/bench_train.py --epochs 1 --limit 200      # a quick check on a subset
 
-With the full recipe (15 epochs, all images) the targets are checked: edge-train's test accuracy
-at least 0.66 and its training time at most 1.1x the plain script's. Exit status 0 when they are met
+edge-train keeps its best validation epoch; its last epoch's test accuracy (also in training.json)
+is the one to compare with the plain script, which ends on its last epoch. With the full recipe
+(15 epochs, all images) the targets are checked: edge-train's kept-epoch test accuracy at least the
+CI floor (.ci/check_floors.py) and its training time at most 1.1x the plain script's. Exit status 0 when they are met
 (or not checked), 1 when one is missed or a run fails, 2 for bad options.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -31,11 +34,20 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 PLAIN_SCRIPT = REPO_ROOT / "benchmarks" / "plain_recipe.py"
 RECIPE_EPOCHS = 15
 DEFAULT_SEED = 0
-MIN_TEST_ACCURACY = 0.66
+FLOORS_SCRIPT = REPO_ROOT / ".ci" / "check_floors.py"
 MAX_TIME_RATIO = 1.1
 # A subset keeps this share of each class's test images relative to --limit (CIFAR-10's own 1:5).
 TEST_SHARE_OF_LIMIT = 0.2
 SPLITS = ("train", "test")
+
+
+def load_floors() -> Any:
+    """The CI floor module, loaded from its file (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("check_floors", FLOORS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
 
 
 def echo(message: str) -> None:
@@ -80,12 +92,13 @@ def run_plain(data: Path, epochs: int, seed: int, env: dict[str, str]) -> dict[s
 
 def run_edge_train(data: Path, epochs: int, seed: int, out: Path, env: dict[str, str]) -> dict[str, Any]:
     command = [sys.executable, "-m", "trainer.cli", "--data", str(data), "--out", str(out),
-               "--epochs", str(epochs), "--seed", str(seed)]
+               "--epochs", str(epochs), "--seed", str(seed), "--force"]
     code, _, wall = run_streaming(command, env)
     if code != 0:
         raise click.ClickException(f"edge-train failed (exit status {code})")
     report = json.loads((out / "training.json").read_text(encoding="utf-8"))
     return {"test_accuracy": report["test"]["accuracy"], "test_loss": report["test"]["loss"],
+            "last_epoch_test_accuracy": report["test_last_epoch"]["accuracy"], "kept_epoch": report["kept"]["epoch"],
             "training_seconds": report["durations"]["training_seconds"],
             "loading_seconds": report["durations"]["loading_seconds"], "epochs": report["epochs"],
             "checkpoint_seconds": report["durations"].get("checkpoint_seconds_this_session", 0.0),
@@ -122,7 +135,9 @@ def table(plain: dict[str, Any], ours: dict[str, Any], ratio: float) -> str:
     rows = [("", "plain recipe", "edge-train", "edge-train / plain"),
             ("training seconds", f"{plain['training_seconds']:.1f}", f"{ours['training_seconds']:.1f}",
              f"{ratio:.3f}"),
-            ("test accuracy", f"{plain['test_accuracy']:.4f}", f"{ours['test_accuracy']:.4f}", ""),
+            ("test accuracy, last epoch", f"{plain['test_accuracy']:.4f}", f"{ours['last_epoch_test_accuracy']:.4f}",
+             ""),
+            (f"test accuracy, kept epoch ({ours['kept_epoch']})", "", f"{ours['test_accuracy']:.4f}", ""),
             ("  of which checkpoints", "", f"{ours['checkpoint_seconds']:.1f}", ""),
             ("loading seconds", f"{plain['loading_seconds']:.1f}", f"{ours['loading_seconds']:.1f}", ""),
             ("process wall seconds", f"{plain['wall_seconds']:.1f}", f"{ours['wall_seconds']:.1f}", "")]
@@ -160,13 +175,14 @@ def main(data: Path | None, epochs: int, limit: int | None, seed: int, json_path
     click.echo(table(plain, ours, ratio))
 
     failures = []
+    min_test_accuracy = load_floors().MIN_TEST_ACCURACY
     if full_recipe:
-        if ours["test_accuracy"] < MIN_TEST_ACCURACY:
-            failures.append(f"test accuracy {ours['test_accuracy']:.4f} is below {MIN_TEST_ACCURACY}")
+        if ours["test_accuracy"] < min_test_accuracy:
+            failures.append(f"kept-epoch test accuracy {ours['test_accuracy']:.4f} is below {min_test_accuracy}")
         if ratio > MAX_TIME_RATIO:
             failures.append(f"training took {ratio:.3f}x the plain recipe's time, more than {MAX_TIME_RATIO}x")
         click.echo("targets: " + ("; ".join(failures) if failures else
-                                  f"met (accuracy >= {MIN_TEST_ACCURACY}, time ratio <= {MAX_TIME_RATIO})"))
+                                  f"met (accuracy >= {min_test_accuracy}, time ratio <= {MAX_TIME_RATIO})"))
     else:
         click.echo("targets not checked: not the full recipe (15 epochs on all images)")
 
@@ -174,7 +190,7 @@ def main(data: Path | None, epochs: int, limit: int | None, seed: int, json_path
         result = {"date": started, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                   "machine": machine(), "data": str(data), "epochs": epochs, "limit": limit, "seed": seed,
                   "plain": plain, "edge_train": ours, "time_ratio": ratio, "full_recipe": full_recipe,
-                  "targets": {"min_test_accuracy": MIN_TEST_ACCURACY, "max_time_ratio": MAX_TIME_RATIO},
+                  "targets": {"min_test_accuracy": min_test_accuracy, "max_time_ratio": MAX_TIME_RATIO},
                   "passed": (not failures) if full_recipe else None, "failures": failures}
         sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the toolkit is not installed
         from edge_runtime.atomic import write_text

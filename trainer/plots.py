@@ -19,6 +19,7 @@ FIGURE_SIZE_INCHES = (10.0, 4.2)
 FIGURE_DPI = 100
 # A little above 1 so that a curve at 100% is not hidden by the frame.
 ACCURACY_AXIS_TOP = 1.02
+LOSS_AXIS_HEADROOM = 1.1
 # Up to this many epochs every epoch gets a tick; beyond, matplotlib picks integer ticks.
 MAX_LABELLED_EPOCHS = 20
 KEPT_COLOUR = "tab:red"
@@ -74,7 +75,8 @@ def training_figure(history: Mapping[str, Sequence[float]], title: str = "Traini
         if name == "Accuracy":
             axes.set_ylim(0.0, ACCURACY_AXIS_TOP)
         else:
-            axes.set_ylim(bottom=0.0)
+            losses = [v for key, _ in curves for v in (history.get(key) or []) if v == v]  # v == v drops NaN
+            axes.set_ylim(0.0, LOSS_AXIS_HEADROOM * max(losses) if losses and max(losses) > 0 else None)
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:  # a history without losses leaves that panel empty
             axes.legend(loc="lower right" if name == "Accuracy" else "upper right", fontsize="small")
