@@ -1,7 +1,8 @@
 """`edge-convert` and `edge-report`: thin shells over `converter.convert` and `converter.report`.
 
 Options are parsed here; every error the library raises becomes one `Error: ...` line and exit 1
-(click's usage errors exit 2). TensorFlow and matplotlib load only after the options are valid.
+(click's usage errors exit 2). TensorFlow and matplotlib load only after the options are valid; an
+install without them (the device's `[edge]` extra) gets one line naming the extra to install.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import click
 
 from edge_runtime.errors import EdgeError
 from edge_runtime.manifest import sha256_file
+from trainer.tensorflow_env import CONVERT_PACKAGES, TRAIN_EXTRA_PACKAGES, require_packages
 
 from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MODEL_NAME, LABELS_NAME,
                       check_calibration_size, check_keras_file, convert_model, load_data, load_keras_model,
@@ -85,6 +87,7 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
     labels_path = labels_path if labels_path is not None else model_path.parent / LABELS_NAME
     out_dir = out_dir if out_dir is not None else model_path.parent
     try:
+        require_packages("edge-convert", CONVERT_PACKAGES)  # a device install: say so before any work
         if INT8 in variants:
             check_calibration_size(calibration_size)
         say(f"Loading {model_path}")
@@ -144,6 +147,7 @@ def report_main(out_dir: Path | None, model_path: Path | None, data: str | None,
     if model_path is None:
         model_path = out_dir / KERAS_MODEL_NAME
     try:
+        require_packages("edge-report", TRAIN_EXTRA_PACKAGES)
         check_keras_file(model_path)  # a missing model says "train first", before "convert first"
         models = tflite_models(out_dir, model_path)
         say(f"Loading {model_path}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_runtime.atomic import atomic_path, write_text
 from edge_runtime.info import describe_calibration
+from trainer.tensorflow_env import MATPLOTLIB, missing_package_error
 
 from .convert import FLOAT32, INT8
 from .report import KERAS, PERCENT, FormatResult, Report, is_finite_number, per_class_change_pp
@@ -251,8 +252,13 @@ def render_markdown(report: Report, pictures: dict[str, str | None], failures: S
 
 def _new_figure(width: float, height: float) -> Any:
     # Lazy: the report's text needs no matplotlib. Agg canvas, no pyplot: no global backend state.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as error:
+        if error.name != MATPLOTLIB:
+            raise
+        raise missing_package_error([MATPLOTLIB], "drawing the report's pictures") from error
 
     figure = Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
     FigureCanvasAgg(figure)

@@ -21,3 +21,7 @@ class BackendError(EdgeError):
 
 class DataError(EdgeError):
     """A training or calibration data set is missing, empty or inconsistent."""
+
+
+class MissingPackageError(EdgeError):
+    """A command needs a package this install lacks (TensorFlow on a device); the message names the extra."""
