@@ -1,32 +1,57 @@
-# Edge image toolkit: train, convert, report, test, deploy. `make` alone lists the targets.
-PYTHON ?= python3
-VENV ?= .venv
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Edge image toolkit: train, convert, report, test, deploy. `make` alone lists the targets and variables.
+# Each variable has its meaning on the line above, after "## ": `make help` lists them from here.
+# (Never a comment after a value: make would keep the spaces before it in the value.)
 
+## Python that creates the virtual environment
+PYTHON ?= python3
+## Folder of the virtual environment
+VENV ?= .venv
+## Data set: an image-folder tree or cifar-10-python.tar.gz (empty: training.json's, else CIFAR-10 via Keras)
 DATA ?=
+## Folder for model.keras, the .tflite files and the report
 OUT ?= artifacts
+## train: number of epochs
 EPOCHS ?= 15
+## train: seed of the shuffle, the splits and the weights (convert and report reuse training.json's)
 SEED ?= 0
+## train: which epoch model.keras keeps: best (validation accuracy) or last
+KEEP ?= best
+## train: non-empty (e.g. FORCE=1) replaces an earlier run in OUT instead of refusing
+FORCE ?=
+## convert: training images that calibrate the int8 model
 CALIBRATION ?= 500
+## report: fail when int8 loses more accuracy points than this against Keras (empty: no check)
 MAX_DROP ?=
+## test: extra pytest arguments (e.g. -m 'not slow')
 PYTEST_ARGS ?=
+## deploy: the device, as user@host
 DEVICE ?=
+## deploy: the model file to copy
 MODEL ?= $(OUT)/model_int8.tflite
+## deploy: the folder on the device
 DEST ?= edge-models
 
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
 DATA_ARG := $(if $(DATA),--data "$(DATA)")
+FORCE_ARG := $(if $(FORCE),--force)
 MAX_DROP_ARG := $(if $(MAX_DROP),--max-drop $(MAX_DROP))
 
+THIS_MAKEFILE := $(firstword $(MAKEFILE_LIST))
 .DEFAULT_GOAL := help
 .PHONY: help install train convert report test bench wheel deploy clean
 
 help: ## Show this list
-	@echo "Usage: make [target] [DATA=path] [OUT=$(OUT)] [EPOCHS=$(EPOCHS)] [SEED=$(SEED)]"
+	@echo "Usage: make [target ...] [VARIABLE=value ...]"
 	@echo
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-9s %s\n", $$1, $$2}'
+	@echo "Targets:"
+	@grep -E '^[a-z]+:.*## ' $(THIS_MAKEFILE) | awk 'BEGIN {FS = ":.*## "} {printf "  %-9s %s\n", $$1, $$2}'
 	@echo
-	@echo "DATA: an image-folder tree or cifar-10-python.tar.gz (default: CIFAR-10 downloaded by Keras)."
+	@echo "Variables, with their defaults:"
+	@awk '/^## / {doc = substr($$0, 4); next} \
+	     /^[A-Z_]+ \?=/ {value = $$0; sub(/^[A-Z_]+ \?= ?/, "", value); \
+	                      printf "  %-31s %s\n", $$1 "=" value, doc} {doc = ""}' $(THIS_MAKEFILE)
+	@echo
 	@echo "Example: make train convert report DATA=~/datasets/cifar10-jpeg"
 
 install: $(STAMP) ## Create the .venv virtual environment with everything (TensorFlow, ai-edge-litert, OpenCV, pytest)
@@ -38,7 +63,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 train: $(STAMP) ## Train the CNN: writes OUT/model.keras, labels.txt, training.json, accuracy.png
-	$(PY) -m trainer.cli --out "$(OUT)" --epochs $(EPOCHS) --seed $(SEED) $(DATA_ARG)
+	$(PY) -m trainer.cli --out "$(OUT)" --epochs $(EPOCHS) --seed $(SEED) --keep "$(KEEP)" $(FORCE_ARG) $(DATA_ARG)
 
 convert: $(STAMP) ## Export OUT/model_float32.tflite and model_int8.tflite with manifest.json
 	$(PY) -m converter.cli --model "$(OUT)/model.keras" --out "$(OUT)" --calibration-size $(CALIBRATION) $(DATA_ARG)
