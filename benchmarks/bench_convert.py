@@ -76,7 +76,7 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
                   compare_seeds: int = DEFAULT_COMPARE_SEEDS) -> dict[str, Any]:
     """Convert twice, report once, compare logit ranges; return the summary (numbers, timings, checks)."""
     from converter.convert import (INT8, FLOAT32, KERAS_MODEL_NAME, convert_model, load_data, load_keras_model,
-                                   read_training_info, resolve_data)
+                                   resolve_data)
     from converter.report import build_report, threshold_failures, tflite_models
     from converter.report_render import terminal_summary, write_report
 
@@ -109,7 +109,7 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
                           keras_sha256=first.source_sha256, progress=say)
     timings["report_seconds"] = time.perf_counter() - started
     failures = threshold_failures(report, INT8_MAX_DROP_POINTS, INT8_MIN_AGREEMENT_PERCENT)
-    files = write_report(report, out, history=read_training_info(model_path).get("history"), failures=failures)
+    files = write_report(report, out, failures=failures)
     click.echo(terminal_summary(report), nl=False)
 
     keras, float32, int8 = report.format("keras"), report.format(FLOAT32), report.format(INT8)

@@ -99,19 +99,6 @@ def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("tiny") / "images", per_class=5)
 
 
-def test_edge_train_ends_with_one_line_naming_the_extra(tiny_image_folder: Path, tmp_path: Path) -> None:
-    """Training data given: the first TensorFlow import stops the run with the hint, never a traceback."""
-    completed = run_without_training_extra(
-        "edge-train", ["--data", str(tiny_image_folder), "--out", str(tmp_path / "out"), "--workers", "1"], tmp_path)
-    assert completed.returncode == 1
-    assert "Traceback" not in completed.stderr
-    last = completed.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and last.endswith(f"needs TensorFlow, which is not installed here; {HINT}")
-    assert not (tmp_path / "out" / "model.keras").exists()
-
-
-@pytest.mark.xfail(strict=True, reason="needs trainer/cli.py to call require_packages('edge-train') before "
-                                       "train(): remove this marker once it does")
 @pytest.mark.parametrize("with_data", [True, False], ids=["--data", "cifar-through-keras"])
 def test_edge_train_says_what_to_install_before_any_work(with_data: bool, tiny_image_folder: Path,
                                                          tmp_path: Path) -> None:

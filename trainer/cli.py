@@ -15,6 +15,7 @@ import click
 from edge_runtime.errors import EdgeError
 
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Progress
+from .tensorflow_env import require_packages
 from .keep import KEEP_BEST, KEEP_CHOICES, KEEP_LAST, RULE_BEST
 from .train import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_OUT, DEFAULT_VALIDATION_FRACTION, TrainConfig,
                     TrainingInterrupted, TrainResult, read_checkpoint, train)
@@ -76,6 +77,7 @@ def main(ctx: click.Context, data: Path | None, out: Path, epochs: int, batch_si
                "validation_fraction": validation_fraction, "seed": seed, "test_fraction": test_fraction,
                "keep": keep}
     try:
+        require_packages("edge-train")  # a device install (no [train] extra) hears what to install, first
         if resume:
             options.update(_options_from_checkpoint(ctx, out))
         config = TrainConfig(out=out, resume=resume, force=force, workers=workers, **options)

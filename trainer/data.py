@@ -465,6 +465,9 @@ def load_keras_cifar10(progress: Progress) -> Dataset:
     """CIFAR-10 through `keras.datasets.cifar10.load_data()` (downloads about 170 MB once, then cached)."""
     progress.message("loading CIFAR-10 through Keras (downloads about 170 MB on first use; "
                      "use --data PATH for a local copy)")
+    from .tensorflow_env import import_tensorflow
+
+    import_tensorflow("edge-train")  # one line naming the extra to install when TensorFlow is missing
     import keras  # lazy: TensorFlow only where it is needed
 
     try:
