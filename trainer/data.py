@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import logging
 import multiprocessing
@@ -26,7 +27,7 @@ import click
 import numpy as np
 
 from edge_runtime.errors import DataError, ImageError
-from edge_runtime.preprocess import DEFAULT_SPEC, load_image
+from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, array_to_input, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Progress:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A data set in memory: uint8 images [N, 32, 32, 3] and int64 class indices [N].
+    """A data set in memory: uint8 images [N, height, width, 3] and int64 class indices [N].
 
     `train_paths` / `test_paths` list the image files in array order (None for archives);
     `skipped` holds (path, reason) for every file that could not be read.
@@ -180,8 +181,9 @@ class Dataset:
 
 def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
                  test_fraction: float = DEFAULT_TEST_FRACTION, progress: Progress | None = None,
-                 workers: int | None = None, splits: Sequence[str] = SPLITS) -> Dataset:
-    """Load a data set into memory.
+                 workers: int | None = None, splits: Sequence[str] = SPLITS,
+                 spec: PreprocessSpec = DEFAULT_SPEC) -> Dataset:
+    """Load a data set into memory as uint8 images of `spec`'s size (default 32x32).
 
     `source` None is CIFAR-10 through Keras' download. Otherwise a path to: a folder with `train/`
     and `test/` class-folder trees; a single class-folder tree (split per class into train and
@@ -190,35 +192,36 @@ def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
 
     `splits` names the splits the caller needs. A `train/` + `test/` tree decodes only those files
     (the other split comes back empty, see `Dataset.loaded_splits`); the other sources read both,
-    since a single tree's split depends on which of its files decode.
+    since a single tree's split depends on which of its files decode. Image files are decoded by
+    `edge_runtime.preprocess.load_image` with `spec`; CIFAR-10's 32x32 arrays are resized to it.
     """
     splits = tuple(split for split in SPLITS if split in splits)
     if not splits:
         raise ValueError(f"splits must name at least one of {', '.join(SPLITS)}")
     progress = progress if progress is not None else Progress()
     if source is None:
-        return load_keras_cifar10(progress)
+        return resize_dataset(load_keras_cifar10(progress), spec, progress)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_file():
         if _is_tar_archive(path):
-            return load_cifar_archive(path, progress)
+            return resize_dataset(load_cifar_archive(path, progress), spec, progress)
         raise DataError(f"{path}: not a data folder or a CIFAR-10 python archive (cifar-10-python.tar.gz)")
     if not path.is_dir():
         raise DataError(f"{path}: not a file or folder")
     if _is_cifar_folder(path):
-        return load_cifar_folder(path, progress)
+        return resize_dataset(load_cifar_folder(path, progress), spec, progress)
     if _is_cifar_folder(path / CIFAR_FOLDER):
-        return load_cifar_folder(path / CIFAR_FOLDER, progress)
+        return resize_dataset(load_cifar_folder(path / CIFAR_FOLDER, progress), spec, progress)
     has_train, has_test = (path / TRAIN_FOLDER).is_dir(), (path / TEST_FOLDER).is_dir()
     if has_train and has_test:
-        return load_split_tree(path, progress, workers, splits)
+        return load_split_tree(path, progress, workers, splits, spec)
     if has_train or has_test:
         present, missing = (TRAIN_FOLDER, TEST_FOLDER) if has_train else (TEST_FOLDER, TRAIN_FOLDER)
         raise DataError(f"{path}: has a {present}/ folder but no {missing}/ folder "
                         f"(give both, or one sub-folder per class to split automatically)")
-    return load_single_tree(path, seed, test_fraction, progress, workers)
+    return load_single_tree(path, seed, test_fraction, progress, workers, spec)
 
 
 # --- image-folder trees -------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def _list_files(folder: Path) -> list[Path]:
 
 
 def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
-                    splits: Sequence[str] = SPLITS) -> Dataset:
+                    splits: Sequence[str] = SPLITS, spec: PreprocessSpec = DEFAULT_SPEC) -> Dataset:
     """Load `root/train/<class>/...` and `root/test/<class>/...`; both must have the same classes.
 
     Only the files of `splits` are decoded; a split left out comes back with no images.
@@ -284,7 +287,7 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
         test_files, test_labels = [], test_labels[:0]
     read = " and ".join(f"{split}/" for split in splits)
     progress.message(f"loading {len(train_files) + len(test_files):,} images from {root} ({read})")
-    images, kept, skipped = decode_images(train_files + test_files, progress, workers)
+    images, kept, skipped = decode_images(train_files + test_files, progress, workers, spec)
     n_train = len(train_files)
     train_kept, test_kept = kept[:n_train], kept[n_train:]
     for split, labels, split_kept in ((TRAIN_FOLDER, train_labels, train_kept), (TEST_FOLDER, test_labels, test_kept)):
@@ -305,7 +308,7 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
 
 
 def load_single_tree(root: Path, seed: int, test_fraction: float, progress: Progress,
-                     workers: int | None = None) -> Dataset:
+                     workers: int | None = None, spec: PreprocessSpec = DEFAULT_SPEC) -> Dataset:
     """Load `root/<class>/...` and split each class into train and test with `seed`."""
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test fraction {test_fraction} must be between 0 and 1 (exclusive)")
@@ -314,7 +317,7 @@ def load_single_tree(root: Path, seed: int, test_fraction: float, progress: Prog
     files, labels = _flatten(classes)
     progress.message(f"loading {len(files):,} images from {root} "
                      f"(one tree: holding out {test_fraction:.0%} of each class for testing, seed {seed})")
-    images, kept, skipped = decode_images(files, progress, workers)
+    images, kept, skipped = decode_images(files, progress, workers, spec)
     _check_every_class_readable(root, names, labels, kept)
     is_test = stratified_test_mask(labels[kept], len(names), test_fraction, seed)
     kept_files = [path for path, keep in zip(files, kept) if keep]
@@ -365,23 +368,23 @@ def _check_every_class_readable(root: Path, names: Sequence[str], labels: np.nda
 
 # --- decoding ------------------------------------------------------------------------------------
 
-def decode_images(paths: Sequence[Path], progress: Progress, workers: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """Decode every file with the shared preprocessing, in order.
+def decode_images(paths: Sequence[Path], progress: Progress, workers: int | None = None,
+                  spec: PreprocessSpec = DEFAULT_SPEC) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode every file with the shared preprocessing at `spec`'s size, in order.
 
     Returns (images uint8 [len(paths), H, W, 3], kept bool [len(paths)], skipped (path, reason)).
     Unreadable files keep a zero image and `kept` False; each gets one warning. Large sets are
     decoded by a pool of processes: the result is the same array, only sooner.
     """
     total = len(paths)
-    images = np.zeros((total, DEFAULT_SPEC.height, DEFAULT_SPEC.width, 3), dtype=np.uint8)
+    images = np.zeros((total, spec.height, spec.width, 3), dtype=np.uint8)
     kept = np.ones(total, dtype=bool)
     skipped: list[tuple[str, str]] = []
     chunks = [[str(p) for p in paths[start:start + FILES_PER_TASK]] for start in range(0, total, FILES_PER_TASK)]
     processes = _worker_count(workers) if total >= PARALLEL_MIN_FILES else 1
     logger.debug("decoding %d files in %d chunks with up to %d processes", total, len(chunks), processes)
     done = 0
-    for chunk_index, (chunk_images, failures) in enumerate(_decode_chunks(chunks, processes)):
+    for chunk_index, (chunk_images, failures) in enumerate(_decode_chunks(chunks, processes, spec)):
         start = chunk_index * FILES_PER_TASK
         images[start:start + len(chunk_images)] = chunk_images
         for offset, reason in failures:
@@ -403,18 +406,19 @@ def _worker_count(workers: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _decode_chunks(chunks: list[list[str]], worker_count: int
+def _decode_chunks(chunks: list[list[str]], worker_count: int, spec: PreprocessSpec = DEFAULT_SPEC
                    ) -> Iterator[tuple[np.ndarray, list[tuple[int, str]]]]:
     """Yield `_decode_chunk` results in chunk order, serially or from a process pool."""
     context = _pool_context()
+    decode = functools.partial(_decode_chunk, spec=spec)
     if worker_count <= 1 or len(chunks) <= 1 or context is None:
         for chunk in chunks:
-            yield _decode_chunk(chunk)
+            yield decode(chunk)
         return
     with concurrent.futures.ProcessPoolExecutor(max_workers=min(worker_count, len(chunks)), mp_context=context,
                                                 initializer=_ignore_interrupts) as pool:
         try:
-            yield from pool.map(_decode_chunk, chunks)
+            yield from pool.map(decode, chunks)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -439,13 +443,13 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _decode_chunk(paths: list[str], spec: PreprocessSpec = DEFAULT_SPEC) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode `paths` into one array; unreadable files give (position, reason) and a zero image."""
-    images = np.zeros((len(paths), DEFAULT_SPEC.height, DEFAULT_SPEC.width, 3), dtype=np.uint8)
+    images = np.zeros((len(paths), spec.height, spec.width, 3), dtype=np.uint8)
     failures = []
     for index, path in enumerate(paths):
         try:
-            images[index] = load_image(path, DEFAULT_SPEC)
+            images[index] = load_image(path, spec)
         except ImageError as error:
             failures.append((index, _reason(str(error), path)))
         except OSError as error:  # e.g. a file removed while loading
@@ -457,6 +461,27 @@ def _reason(message: str, path: str) -> str:
     """The reason part of an ImageError message, which starts with the path."""
     prefix = f"{path}: "
     return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def resize_dataset(dataset: Dataset, spec: PreprocessSpec, progress: Progress) -> Dataset:
+    """The data set with its arrays brought to `spec`'s size (unchanged when they already are).
+
+    CIFAR-10 comes as 32x32 arrays; a network with larger inputs gets them resized by
+    `edge_runtime.preprocess.array_to_input`, as a camera frame would be.
+    """
+    if dataset.train_images.shape[1:3] == (spec.height, spec.width):
+        return dataset
+    progress.message(f"resizing {dataset.train_count + dataset.test_count:,} images to {spec.width}x{spec.height}")
+    return dataclasses.replace(dataset, train_images=resize_images(dataset.train_images, spec),
+                               test_images=resize_images(dataset.test_images, spec))
+
+
+def resize_images(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 images [N, h, w, 3] resized to [N, spec.height, spec.width, 3], one at a time (no float copy)."""
+    resized = np.zeros((len(images), spec.height, spec.width, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        resized[index] = array_to_input(image, spec)
+    return resized
 
 
 # --- CIFAR-10 through Keras ----------------------------------------------------------------------

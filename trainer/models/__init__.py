@@ -1,0 +1,98 @@
+"""The networks `edge-train --arch` can train: one module per family, one row per network here.
+
+Each module has a `build(num_classes, image_size, **options)` returning an uncompiled (or, for the
+documented CNN, compiled) Keras model; each row names that builder and the defaults that suit it:
+input size, how pixels become inputs, optimizer, learning rate and schedule, epochs, batch size,
+augmentation. Adding a network is adding a module and a row. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from edge_runtime.preprocess import PIXEL_SCALE, PreprocessSpec
+
+from . import cnn, mobilenetv2, resnet8
+
+ADAM = "adam"
+CONSTANT = "constant"  # the learning rate never changes
+WARMUP_COSINE = "warmup_cosine"  # linear warm-up from 0, then cosine decay to 0 at the last step
+SCHEDULES = (CONSTANT, WARMUP_COSINE)
+DEFAULT_ARCH = "cnn"
+MIN_IMAGE_SIZE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """A network and the training defaults that suit it."""
+
+    name: str
+    build: Callable[..., Any]
+    summary: str
+    image_size: int
+    # Model input = pixel * scale + offset (see edge_runtime.preprocess.PreprocessSpec).
+    scale: float
+    offset: float
+    optimizer: str
+    learning_rate: float
+    schedule: str
+    epochs: int
+    batch_size: int
+    augment: bool
+    warmup_epochs: int = 0
+    min_image_size: int = MIN_IMAGE_SIZE
+    # Options of `build` beyond the class count and image size, with their defaults.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # With pretrained weights: the layer frozen for the first `freeze_epochs` epochs, then trained at
+    # the learning rate times `fine_tune_factor`.
+    backbone: str | None = None
+    freeze_epochs: int = 0
+    fine_tune_factor: float = 1.0
+
+    def spec(self, image_size: int | None = None) -> PreprocessSpec:
+        """The preprocessing of this network at `image_size` (default: its own)."""
+        size = self.image_size if image_size is None else image_size
+        return PreprocessSpec(height=size, width=size, scale=self.scale, offset=self.offset)
+
+    def defaults(self) -> dict[str, Any]:
+        """The defaults as training.json records them."""
+        data = {"image_size": self.image_size, "scale": self.scale, "offset": self.offset,
+                "optimizer": self.optimizer, "learning_rate": self.learning_rate, "schedule": self.schedule,
+                "warmup_epochs": self.warmup_epochs, "epochs": self.epochs, "batch_size": self.batch_size,
+                "augment": self.augment, **self.options}
+        if self.backbone is not None:
+            data.update(freeze_epochs=self.freeze_epochs, fine_tune_factor=self.fine_tune_factor)
+        return data
+
+    def help_line(self) -> str:
+        """One line for `edge-train --help`."""
+        schedule = "constant" if self.schedule == CONSTANT else f"{self.warmup_epochs} warm-up epochs + cosine"
+        inputs = {1.0 / PIXEL_SCALE: "x/255", 1.0: "raw 0-255", 2.0 / PIXEL_SCALE: "[-1,1]"}.get(self.scale, "")
+        extra = "".join(f", {key} {value}" for key, value in self.options.items() if value is not None)
+        return (f"{self.name}: {self.summary}; {self.image_size}px {inputs}, {self.optimizer} lr "
+                f"{self.learning_rate:g} {schedule}, {self.epochs} epochs, batch {self.batch_size}, "
+                f"augment {'on' if self.augment else 'off'}{extra}")
+
+
+ARCHS: dict[str, Arch] = {arch.name: arch for arch in (
+    Arch("cnn", cnn.build, "the documented CNN", image_size=32, scale=1.0 / PIXEL_SCALE, offset=0.0,
+         optimizer=ADAM, learning_rate=1e-3, schedule=CONSTANT, epochs=15, batch_size=64, augment=False),
+    Arch("resnet8", resnet8.build, "MLPerf Tiny ResNet-8", image_size=32, scale=1.0, offset=0.0,
+         optimizer=ADAM, learning_rate=1e-3, schedule=WARMUP_COSINE, warmup_epochs=3, epochs=60, batch_size=32,
+         augment=True),
+    Arch("mobilenetv2", mobilenetv2.build, "Keras MobileNetV2", image_size=96, scale=2.0 / PIXEL_SCALE,
+         offset=-1.0, optimizer=ADAM, learning_rate=1e-3, schedule=WARMUP_COSINE, warmup_epochs=2, epochs=30,
+         batch_size=32, augment=True, min_image_size=32,
+         options={"alpha": mobilenetv2.DEFAULT_ALPHA, "weights": None},
+         backbone=mobilenetv2.BACKBONE_NAME, freeze_epochs=5, fine_tune_factor=0.1),
+)}
+ARCH_NAMES = tuple(ARCHS)
+
+
+def get_arch(name: str) -> Arch:
+    """The registry row of `name`; ValueError lists the choices."""
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ValueError(f"unknown arch {name!r}; choose from {', '.join(ARCH_NAMES)}") from None
