@@ -14,11 +14,12 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from .conventions import EMBEDDED, QUANTIZED_PIXELS, TFLITE_METADATA, InputRule, resolve_input, resolve_labels
 from .errors import ModelError
 from .interpreter import make_interpreter
-from .labels import read_labels
 from .metadata import ModelMetadata, read_metadata
-from .preprocess import DEFAULT_SPEC, PIXEL_SCALE, PreprocessSpec, load_image, scale_pixels
+from .official_metadata import OfficialMetadata, read_official_metadata
+from .preprocess import PIXEL_SCALE, PreprocessSpec, load_image, scale_pixels
 
 # uint8 pixel p maps exactly to int8 p - 128 when the input scale is 1/255 and zero point -128,
 # which is what post-training quantization of x / 255 inputs produces.
@@ -81,21 +82,33 @@ def _tensor_info(details: dict[str, Any]) -> TensorInfo:
                       dtype=np.dtype(details["dtype"]), scale=float(scale), zero_point=int(zero_point))
 
 
-def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec) -> Callable[[np.ndarray], np.ndarray]:
+def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec,
+                         rule: InputRule | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The fastest exact mapping from uint8 pixels to the values of an input tensor of this type.
 
-    Float inputs get `scale_pixels`. Quantized inputs get round(x / scale + zero_point) of those
-    floats, with the tensor's own scale and zero point, except where that is the identity in
-    disguise: scale 1/255 with zero point -128 (int8) or 0 (uint8) maps pixel p to p - 128 or p,
-    which integer operations give exactly without a float detour.
+    `rule` says how pixels become real values (see `conventions`); without one, as `spec` says.
+    Float inputs get those values. Quantized inputs get round(x / scale + zero_point) of them,
+    with the tensor's own scale and zero point, except where that is the identity in disguise:
+    scale 1/255 with zero point -128 (int8) or 0 (uint8) maps pixel p to p - 128 or p, which
+    integer operations give exactly without a float detour. A quantized input of a model with no
+    metadata takes the pixels so whatever its scale (the TFLite convention).
     """
+    kind = rule.kind if rule is not None else EMBEDDED
+    top_bit = np.uint8(0x80)
+    if kind == QUANTIZED_PIXELS and tensor.dtype == np.uint8:
+        return lambda pixels: pixels
+    if kind == QUANTIZED_PIXELS and tensor.dtype == np.int8:
+        return lambda pixels: (pixels ^ top_bit).view(np.int8)  # p - 128: flip the top bit
+    if kind == TFLITE_METADATA and rule is not None and rule.normalization is not None:
+        to_real = rule.normalization.apply
+    else:
+        def to_real(pixels: np.ndarray) -> np.ndarray:
+            return scale_pixels(pixels, spec)
     if tensor.dtype == np.float32:
-        return lambda pixels: scale_pixels(pixels, spec)
-    default_scaling = spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
+        return to_real
+    default_scaling = kind != TFLITE_METADATA and spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
     exact_scale = default_scaling and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE
     if tensor.dtype == np.int8 and exact_scale and tensor.zero_point == INT8_PIXEL_ZERO_POINT:
-        # p - 128 without touching float: flip the top bit and reinterpret as int8.
-        top_bit = np.uint8(0x80)
         return lambda pixels: (pixels ^ top_bit).view(np.int8)
     if tensor.dtype == np.uint8 and exact_scale and tensor.zero_point == UINT8_PIXEL_ZERO_POINT:
         return lambda pixels: pixels
@@ -107,7 +120,7 @@ def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec) -> Callable[[
     zero_point = np.float32(tensor.zero_point)
 
     def quantize(pixels: np.ndarray) -> np.ndarray:
-        values = scale_pixels(pixels, spec) / input_scale + zero_point
+        values = to_real(pixels) / input_scale + zero_point
         return np.clip(np.round(values), info.min, info.max).astype(tensor.dtype)
 
     return quantize
@@ -126,8 +139,9 @@ def _dequantization_table(tensor: TensorInfo) -> np.ndarray:
 class Classifier:
     """One TFLite image classifier: build once, call `scores` or `classify` for every image.
 
-    Labels come from the model's embedded metadata, else `labels_path`, else class indices;
-    preprocessing comes from the embedded metadata, else the recipe's default.
+    What the model's file says decides its preprocessing and labels (see `conventions`): our
+    embedded metadata, else the official TFLite metadata, else the TFLite conventions;
+    `labels_path` serves a model that carries no labels.
     """
 
     def __init__(self, model_path: str | os.PathLike, threads: int | None = 1,
@@ -137,9 +151,12 @@ class Classifier:
         self.threads = threads
         try:
             self.metadata: ModelMetadata | None = read_metadata(model_path)
+            # Our own metadata says everything classification needs; the official one is read
+            # (and its parser imported) only for models from elsewhere.
+            self.official: OfficialMetadata | None = None if self.metadata else read_official_metadata(
+                self.model_path.read_bytes(), str(model_path))
         except OSError as error:
             raise ModelError(f"{model_path}: cannot read the model file ({error.strerror or error})") from error
-        self.spec: PreprocessSpec = self.metadata.preprocess if self.metadata else DEFAULT_SPEC
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         if not inputs or not outputs:
             raise ModelError(f"{model_path}: the model has {len(inputs)} inputs and {len(outputs)} outputs, "
@@ -147,22 +164,37 @@ class Classifier:
         self.input = _tensor_info(inputs[0])
         self.output = _tensor_info(outputs[0])
         self._check_tensors()
-        if self.metadata and self.metadata.labels:
-            self.labels: list[str] | None = self.metadata.labels
-            self.labels_source = "embedded"
-        elif labels_path is not None:
-            self.labels = read_labels(labels_path)
-            self.labels_source = str(labels_path)
-        else:
-            self.labels = None
-            self.labels_source = "class indices"
+        height, width = self.input.shape[1], self.input.shape[2]
+        rule = resolve_input(self.metadata, self.official, self.input.dtype, height, width)
+        if (height, width) != (rule.spec.height, rule.spec.width):
+            # Embedded metadata that disagrees with the tensor: resize to what the tensor wants.
+            rule = dataclasses.replace(rule, spec=dataclasses.replace(rule.spec, height=height, width=width))
+        self.input_rule: InputRule = rule
+        self.spec: PreprocessSpec = rule.spec
+        choice = resolve_labels(self.metadata, self.official, labels_path)
+        self.labels: list[str] | None = choice.labels
+        self.labels_source = choice.source
+        self.labels_from_model = choice.from_model
         if self.labels is not None and len(self.labels) != self.num_classes:
-            raise ModelError(f"{self.labels_source if self.labels_source != 'embedded' else model_path}: "
-                             f"{len(self.labels)} labels for a model with {self.num_classes} classes")
+            where = model_path if choice.from_model else self.labels_source
+            raise ModelError(f"{where}: {len(self.labels)} labels for a model with {self.num_classes} classes")
         self._input_batch_shape = self.input.shape
-        self._quantize = make_input_quantizer(self.input, self.spec)
+        self._quantize = make_input_quantizer(self.input, self.spec, self.input_rule)
         self._input_values = self._make_input_writer()
         self._score_table = _dequantization_table(self.output) if self.output.quantized else None
+        calibration = self.official.score_calibration if self.official else None
+        if calibration is not None and len(calibration.parameters) != self.num_classes:
+            raise ModelError(f"{model_path}: the TFLite metadata calibrates {len(calibration.parameters)} scores "
+                             f"for a model with {self.num_classes} classes")
+        self._calibrate = calibration.apply if calibration is not None else None
+
+    @property
+    def notice(self) -> str | None:
+        """One line to tell the user when the input normalization was guessed; None otherwise."""
+        if not self.input_rule.guessed:
+            return None
+        return (f"{self.model_path} carries no normalization metadata: guessing pixel / 255 (inputs in [0, 1]) "
+                "for its float input; answers may be wrong if the model expects another range")
 
     def _check_tensors(self) -> None:
         shape = self.input.shape
@@ -171,9 +203,9 @@ class Classifier:
                              "not an image of shape [1, height, width, 3]")
         if self.input.dtype not in (np.float32, np.int8, np.uint8):
             raise ModelError(f"{self.model_path}: unsupported input type {self.input.dtype}")
-        if (shape[1], shape[2]) != (self.spec.height, self.spec.width):
-            # A model without metadata but another input size: resize to what the tensor wants.
-            self.spec = dataclasses.replace(self.spec, height=shape[1], width=shape[2])
+        if self.official is not None and self.official.color_space == "GRAYSCALE":
+            raise ModelError(f"{self.model_path}: the TFLite metadata says the input is GRAYSCALE; "
+                             "edge-classify feeds RGB images only")
         if self.output.dtype not in (np.float32, np.int8, np.uint8) or len(self.output.shape) != 2:
             raise ModelError(f"{self.model_path}: output tensor {list(self.output.shape)} of type "
                              f"{self.output.dtype} is not a vector of class scores")
@@ -194,10 +226,12 @@ class Classifier:
         values are written into one buffer reused for every image, saving an allocation and a
         reshape per call; set_tensor copies the buffer into the interpreter right away.
         """
-        tensor, spec = self.input, self.spec
-        default_scaling = spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
-        if (tensor.dtype == np.int8 and tensor.zero_point == INT8_PIXEL_ZERO_POINT and default_scaling
-                and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE):
+        tensor, spec, kind = self.input, self.spec, self.input_rule.kind
+        default_scaling = kind != TFLITE_METADATA and spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
+        pixel_codes = kind == QUANTIZED_PIXELS or (
+            tensor.zero_point == INT8_PIXEL_ZERO_POINT and default_scaling
+            and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE)
+        if tensor.dtype == np.int8 and pixel_codes:
             batch = np.empty(tensor.shape, dtype=np.uint8)
             image, values, top_bit = batch[0], batch.view(np.int8), np.uint8(0x80)
 
@@ -206,7 +240,7 @@ class Classifier:
                 return values
 
             return write_int8
-        if tensor.dtype == np.float32 and default_scaling:
+        if tensor.dtype == np.float32 and default_scaling and kind != QUANTIZED_PIXELS:
             batch = np.empty(tensor.shape, dtype=np.float32)
             image, pixel_scale = batch[0], np.float32(PIXEL_SCALE)
 
@@ -227,9 +261,8 @@ class Classifier:
         interpreter.set_tensor(self.input.index, self._input_values(pixels))
         interpreter.invoke()
         raw = interpreter.get_tensor(self.output.index)[0]
-        if self._score_table is not None:
-            return self._score_table.take(raw.view(np.uint8))
-        return raw
+        scores = self._score_table.take(raw.view(np.uint8)) if self._score_table is not None else raw
+        return self._calibrate(scores) if self._calibrate is not None else scores
 
     def classify(self, pixels: np.ndarray, top_k: int = 1, threshold: float = 0.0) -> list[Class]:
         """The best classes of one preprocessed uint8 image."""
@@ -258,4 +291,7 @@ class Classifier:
             "labels": self.labels,
             "labels_source": self.labels_source,
             "preprocess": self.spec.to_dict(),
+            "normalization": {"rule": self.input_rule.describe(self.input.dtype), "source": self.input_rule.source,
+                              "guessed": self.input_rule.guessed},
+            "tflite_metadata": self.official.summary() if self.official else None,
         }

@@ -68,8 +68,11 @@ def _make_classifier(model_option: str | None, threads: int, backend: str | None
     logger.debug("model %s: backend %s, %s thread(s), labels from %s, input %s %s", model_path,
                  classifier.backend, threads, classifier.labels_source, list(classifier.input.shape),
                  classifier.input.dtype.name)
-    if labels is not None and classifier.labels_source == "embedded":
-        click.echo(f"note: {model_path} carries its own labels; --labels {labels} is not used", err=True)
+    if labels is not None and classifier.labels_from_model:
+        where = "" if classifier.labels_source == "embedded" else f" ({classifier.labels_source})"
+        click.echo(f"note: {model_path} carries its own labels{where}; --labels {labels} is not used", err=True)
+    if classifier.notice:
+        click.echo(f"note: {classifier.notice}", err=True)
     return classifier
 
 

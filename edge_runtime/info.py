@@ -7,7 +7,9 @@ import os
 from typing import Any
 
 from .classify import Classifier
+from .errors import ModelError
 from .manifest import sha256_file
+from .official_metadata import read_official_metadata
 
 PREVIEW_LABELS = 10
 CALIBRATION_KEY = "calibration"
@@ -20,6 +22,14 @@ def model_facts(classifier: Classifier) -> dict[str, Any]:
     facts["size_bytes"] = os.path.getsize(path)
     facts["sha256"] = sha256_file(path)
     facts["info"] = dict(classifier.metadata.info) if classifier.metadata else {}
+    if facts["tflite_metadata"] is None and classifier.metadata is not None:
+        # The classifier skips the official metadata of our own files; --info shows it all the same.
+        try:
+            official = read_official_metadata(path.read_bytes(), str(path))
+        except ModelError as error:
+            facts["tflite_metadata_error"] = str(error)
+        else:
+            facts["tflite_metadata"] = official.summary() if official else None
     return facts
 
 
@@ -45,6 +55,29 @@ def describe_calibration(calibration: dict[str, Any] | None) -> str | None:
     return text
 
 
+def _official_line(facts: dict[str, Any]) -> str:
+    """The official TFLite metadata in one line: what a tool like MediaPipe or Netron reads."""
+    if facts.get("tflite_metadata_error"):
+        return f"official TFLite metadata unreadable ({facts['tflite_metadata_error']})"
+    official = facts.get("tflite_metadata")
+    if not official:
+        return "no official TFLite metadata"
+    parts = ["official TFLite metadata " + repr(official["name"]) + (f" version {official['version']}" if official["version"] else "")]
+    if official["normalization"]:
+        parts.append(f"mean {_values(official['normalization']['mean'])}, std {_values(official['normalization']['std'])}")
+    if official["color_space"]:
+        parts.append(official["color_space"])
+    parts.append(f"labels {official['labels_file']}" if official["labels_file"] else "no labels")
+    if official["score_calibration"]:
+        parts.append(f"score calibration ({official['score_calibration']})")
+    return ", ".join(parts)
+
+
+def _values(numbers: list[float]) -> str:
+    shown = [f"{number:g}" for number in numbers]
+    return shown[0] if len(set(shown)) == 1 else "[" + ", ".join(shown) + "]"
+
+
 def format_facts(facts: dict[str, Any]) -> list[str]:
     """The facts for people, one per line."""
     labels = facts["labels"]
@@ -54,6 +87,7 @@ def format_facts(facts: dict[str, Any]) -> list[str]:
     else:
         label_text = f"none ({facts['num_classes']} classes shown as indices)"
     spec = facts["preprocess"]
+    normalization = facts["normalization"]
     threads = facts["threads"]
     lines = [
         f"model:        {facts['model']}",
@@ -64,8 +98,9 @@ def format_facts(facts: dict[str, Any]) -> list[str]:
         f"output:       {_tensor_line(facts['output'])}",
         f"quantized:    {'yes' if facts['quantized'] else 'no'}",
         f"labels:       {label_text}",
-        f"preprocess:   {spec['width']}x{spec['height']} {spec['color_order']}, {spec['resize']}, "
-        f"{spec['resample']}, x * {spec['scale']:.6g} + {spec['offset']:g}",
+        f"preprocess:   {spec['width']}x{spec['height']} {spec['color_order']}, {spec['resize']}, {spec['resample']}",
+        f"input values: {normalization['rule']} ({normalization['source']})",
+        f"metadata:     {_official_line(facts)}",
     ]
     for key, value in sorted(facts["info"].items()):
         shown = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)

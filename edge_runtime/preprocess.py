@@ -80,6 +80,43 @@ class PreprocessSpec:
             raise ValueError(f"input size {self.width}x{self.height} is not positive")
 
 
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """real = (pixel - mean) / std, with one mean and std for all channels or one per channel.
+
+    The rule of the official TFLite metadata's NormalizationOptions, which models from elsewhere
+    carry (MobileNet's mean 127.5 and std 127.5 map pixels to [-1, 1]). Our own spec's
+    x * scale + offset is the same rule with mean -offset / scale and std 1 / scale.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def validate(self, channels: int = 3) -> None:
+        """Raise ValueError when the values cannot normalize an image of `channels` channels."""
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise ValueError(f"normalization {name} has {len(values)} values for {channels} channels")
+            if not all(np.isfinite(values)):
+                raise ValueError(f"normalization {name} {list(values)} is not finite")
+        if any(value == 0.0 for value in self.std):
+            raise ValueError(f"normalization std {list(self.std)} contains zero")
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (..., channels) to float32 (pixel - mean) / std."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return (pixels.astype(np.float32) - mean) / std
+
+    def describe(self) -> str:
+        """The rule as people write it, e.g. '(pixel - 127.5) / 127.5'."""
+        def values(numbers: tuple[float, ...]) -> str:
+            shown = [f"{number:g}" for number in numbers]
+            return shown[0] if len(set(shown)) == 1 else "[" + ", ".join(shown) + "]"
+
+        return f"(pixel - {values(self.mean)}) / {values(self.std)}"
+
+
 RESIZE_POLICIES = ("center_crop", "stretch")
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
