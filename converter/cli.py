@@ -17,9 +17,9 @@ from edge_runtime.errors import EdgeError
 from edge_runtime.manifest import sha256_file
 from trainer.tensorflow_env import CONVERT_PACKAGES, TRAIN_EXTRA_PACKAGES, require_packages
 
-from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, INT8, KERAS_MODEL_NAME, LABELS_NAME,
+from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, KERAS_MODEL_NAME, LABELS_NAME, VARIANTS,
                       check_calibration_size, check_keras_file, convert_model, load_data, load_keras_model,
-                      load_labels_for, parse_variants, resolve_data)
+                      load_labels_for, needs_calibration, parse_variants, resolve_data)
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME
@@ -70,7 +70,8 @@ def _variants_option(ctx: click.Context, param: click.Parameter, value: str) -> 
 @click.option("--calibration-size", type=click.IntRange(min=0), default=DEFAULT_CALIBRATION_SIZE,
               show_default=True, help="Training images used to calibrate int8.")
 @click.option("--variants", default=",".join(DEFAULT_VARIANTS), show_default=True, callback=_variants_option,
-              help="Comma-separated: float32, int8, dynamic, float16.")
+              help=f"Comma-separated: {', '.join(VARIANTS)} (uint8: full-integer with uint8 input and output, "
+                   "for tools that take no int8 tensors, such as MediaPipe).")
 @click.option("--minmax-logits", is_flag=True,
               help="int8: quantize the logits over their full calibrated min/max (plain post-training "
                    "quantization) instead of the range that decides the answer.")
@@ -88,13 +89,13 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
     out_dir = out_dir if out_dir is not None else model_path.parent
     try:
         require_packages("edge-convert", CONVERT_PACKAGES)  # a device install: say so before any work
-        if INT8 in variants:
+        if needs_calibration(variants):
             check_calibration_size(calibration_size)
         say(f"Loading {model_path}")
         model = load_keras_model(model_path)
         labels = load_labels_for(model, labels_path)
         train_images, data_source, chosen_seed = None, None, seed
-        if INT8 in variants:
+        if needs_calibration(variants):
             choice = resolve_data(model_path, data, seed)
             say(f"Loading calibration data: {choice.describe()}")
             dataset = load_data(choice, quiet=quiet, splits=("train",))

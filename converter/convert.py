@@ -10,7 +10,11 @@ the training images only and go through `edge_runtime.preprocess.scale_pixels`, 
 trainer feeds the network with, so the same seed always gives the same file. Its logits are
 quantized over the range that decides the answer rather than their full min/max (the int8 graph is
 softmax(clip(logits)); see `converter.logit_range`), which makes their int8 step about half as
-large (0.17 instead of 0.30 on the recipe's model).
+large (0.17 instead of 0.30 on the recipe's model). The optional uint8 variant is the same
+quantization with uint8 input and output tensors, for tools that take no int8 tensors (MediaPipe).
+
+Every file also carries the official TFLite metadata (`converter.official_metadata`): name,
+input normalization and colour space, labels, so tools of the TFLite ecosystem read it too.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from converter.logit_range import LogitRange, calibration_logits, clipped_model, logit_range, softmax_head
+from converter.official_metadata import (ModelDescription, attach_metadata_buffer, check_official_metadata,
+                                         metadata_flatbuffer, spec_normalization)
 from edge_runtime.atomic import write_bytes
 from edge_runtime.errors import DataError, ModelError
 from edge_runtime.interpreter import load_interpreter_class
@@ -43,9 +49,11 @@ logger = logging.getLogger(__name__)
 
 FLOAT32 = "float32"
 INT8 = "int8"
+UINT8 = "uint8"  # full-integer like int8, with uint8 input and output for tools that take no int8 tensors
 DYNAMIC = "dynamic"  # int8 weights, float activations and float input/output
 FLOAT16 = "float16"  # float16 weights, float32 input/output
-VARIANTS = (FLOAT32, INT8, DYNAMIC, FLOAT16)
+VARIANTS = (FLOAT32, INT8, UINT8, DYNAMIC, FLOAT16)
+FULL_INTEGER = (INT8, UINT8)  # calibrated, with quantized input and output tensors
 DEFAULT_VARIANTS = (FLOAT32, INT8)
 DEFAULT_CALIBRATION_SIZE = 500
 MODEL_FILE_TEMPLATE = "model_{variant}.tflite"
@@ -58,10 +66,13 @@ IMAGE_INPUT_RANK = 4  # (batch, height, width, channels)
 CLASS_OUTPUT_RANK = 2  # (batch, classes)
 RGB_CHANNELS = 3
 CONVERTER_NAME = "edge-image-toolkit converter"
+MODEL_NAME_TEMPLATE = "edge-image-toolkit image classifier ({variant})"  # the official metadata's name
+SHORT_HASH = 12  # hex digits of the source model's sha256 that name its version in the official metadata
 # What each variant's info says about its tensors, for people reading model_info.json.
 VARIANT_DESCRIPTIONS = {
     FLOAT32: "float32 weights and activations",
     INT8: "full-integer post-training quantization: int8 weights, activations, input and output",
+    UINT8: "full-integer post-training quantization: int8 weights and activations, uint8 input and output",
     DYNAMIC: "dynamic-range quantization: int8 weights, float32 activations, input and output",
     FLOAT16: "float16 weights, float32 activations, input and output",
 }
@@ -263,22 +274,29 @@ def export_saved_model(model: Any, folder: str | os.PathLike) -> None:
         model.export(os.fspath(folder), format="tf_saved_model", verbose=False)
 
 
+def needs_calibration(variants: Iterable[str]) -> bool:
+    """True when a full-integer variant (int8, uint8) is asked for: those need calibration images."""
+    return any(variant in FULL_INTEGER for variant in variants)
+
+
 def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
                     calibration: np.ndarray | None = None) -> bytes:
-    """Convert an exported SavedModel to one TFLite variant; int8 needs the calibration images."""
+    """Convert an exported SavedModel to one TFLite variant; int8 and uint8 need the calibration images."""
     tf = import_tensorflow()
     converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(saved_model_dir))
     if variant == FLOAT32:
         pass
-    elif variant == INT8:
+    elif variant in FULL_INTEGER:
         if calibration is None or len(calibration) == 0:
-            raise DataError("empty calibration set: int8 conversion needs calibration images")
+            raise DataError(f"empty calibration set: {variant} conversion needs calibration images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset(calibration)
         # Builtin int8 kernels only: conversion fails rather than fall back to a float op.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        # uint8 only changes the model's edges: a quantize op in, a dequantize-requantize op out.
+        io_type = tf.int8 if variant == INT8 else tf.uint8
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
     elif variant == DYNAMIC:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif variant == FLOAT16:
@@ -297,14 +315,15 @@ def convert_variant(saved_model_dir: str | os.PathLike, variant: str,
 
 
 
-def check_int8_tensors(model_bytes: bytes) -> None:
-    """Confirm a full-integer model really takes and returns int8 (what integer-only hardware needs)."""
+def check_int8_tensors(model_bytes: bytes, variant: str = INT8) -> None:
+    """Confirm a full-integer model really takes and returns int8 (or uint8 for the uint8 variant)."""
     _, interpreter_class = load_interpreter_class()
     interpreter = interpreter_class(model_content=model_bytes)
     for kind, details in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
         dtypes = {np.dtype(tensor["dtype"]).name for tensor in details}
-        if dtypes != {"int8"}:
-            raise ModelError(f"int8 conversion produced a {'/'.join(sorted(dtypes))} {kind} tensor, not int8")
+        if dtypes != {variant}:
+            raise ModelError(f"{variant} conversion produced a {'/'.join(sorted(dtypes))} {kind} tensor, "
+                             f"not {variant}")
 
 
 def bytes_sha256(data: bytes) -> str:
@@ -346,9 +365,9 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     source_sha256 = sha256_file(model_path)
 
     calibration, bounds = None, None
-    if INT8 in variants:
+    if needs_calibration(variants):
         if train_images is None:
-            raise DataError("empty calibration set: int8 needs training images to calibrate with")
+            raise DataError("empty calibration set: int8 and uint8 need training images to calibrate with")
         if seed is None:
             raise DataError("int8 calibration needs a seed (none given and none in training.json)")
         calibration = calibration_batch(train_images, calibration_size, seed, spec)
@@ -363,14 +382,19 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         for variant in variants:
             progress(f"Converting {variant}")
             source = saved_model
-            if variant == INT8 and bounds is not None:
-                source = Path(workdir) / "saved_model_int8"
-                export_saved_model(clipped_model(model, bounds), source)
-            tflite = convert_variant(source, variant, calibration if variant == INT8 else None)
-            if variant == INT8:
-                check_int8_tensors(tflite)
+            full_integer = variant in FULL_INTEGER
+            if full_integer and bounds is not None:
+                source = Path(workdir) / "saved_model_clipped"
+                if not source.exists():  # int8 and uint8 share the clipped graph
+                    export_saved_model(clipped_model(model, bounds), source)
+            tflite = convert_variant(source, variant, calibration if full_integer else None)
+            if full_integer:
+                check_int8_tensors(tflite, variant)
             info = _variant_info(variant, model_path.name, source_sha256, calibration, seed, bounds)
+            description = _description(variant, model_path.name, source_sha256, labels, spec)
+            tflite = attach_metadata_buffer(tflite, metadata_flatbuffer(description))
             converted_bytes[variant] = embed_metadata(tflite, ModelMetadata(labels=labels, preprocess=spec, info=info))
+            check_official_metadata(converted_bytes[variant], description, model_file_name(variant))
 
     # Every variant converted before any file is replaced: a failed conversion leaves the old set whole.
     models: list[ConvertedModel] = []
@@ -435,10 +459,22 @@ def _variant_info(variant: str, source_name: str, source_sha256: str, calibratio
         "converter": CONVERTER_NAME,
         "tensorflow_version": tf.__version__,
     }
-    if variant == INT8:
+    if variant in FULL_INTEGER:
         info["calibration"] = {"count": int(len(calibration)), "seed": seed, "split": "train",
                                "logit_range": _range_info(bounds)}
     return info
+
+
+def _description(variant: str, source_name: str, source_sha256: str, labels: list[str],
+                 spec: PreprocessSpec) -> ModelDescription:
+    """The official metadata's account of one export: no timestamps, so the same inputs give the same bytes."""
+    return ModelDescription(
+        name=MODEL_NAME_TEMPLATE.format(variant=variant),
+        description=(f"Classifies {spec.width}x{spec.height} RGB images into {len(labels)} classes. "
+                     f"{VARIANT_DESCRIPTIONS[variant].capitalize()}. Converted from {source_name} "
+                     f"(sha256 {source_sha256[:SHORT_HASH]})."),
+        version=f"sha256:{source_sha256[:SHORT_HASH]}",
+        labels=labels, width=spec.width, height=spec.height, normalization=spec_normalization(spec))
 
 
 def _kib(size: int) -> str:

@@ -229,7 +229,7 @@ def test_parse_variants_orders_and_validates() -> None:
 
     assert parse_variants("int8, float32,int8") == ("float32", "int8")
     assert parse_variants(["float16", "dynamic", "int8", "float32"]) == ("float32", "int8", "dynamic", "float16")
-    with pytest.raises(ValueError, match="unknown variant int4; choose from float32, int8, dynamic, float16"):
+    with pytest.raises(ValueError, match="unknown variant int4; choose from float32, int8, uint8, dynamic, float16"):
         parse_variants("float32,int4")
 
 
