@@ -14,12 +14,13 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .conventions import EMBEDDED, QUANTIZED_PIXELS, TFLITE_METADATA, InputRule, resolve_input, resolve_labels
+from .conventions import (EMBEDDED, NORMALIZED_KINDS, QUANTIZED_PIXELS, InputRule, resolve_input,
+                          resolve_labels)
 from .errors import ModelError
 from .interpreter import make_interpreter
 from .metadata import ModelMetadata, read_metadata
 from .official_metadata import OfficialMetadata, read_official_metadata
-from .preprocess import PIXEL_SCALE, PreprocessSpec, load_image, scale_pixels
+from .preprocess import PIXEL_SCALE, Normalization, PreprocessSpec, load_image, scale_pixels
 
 # uint8 pixel p maps exactly to int8 p - 128 when the input scale is 1/255 and zero point -128,
 # which is what post-training quantization of x / 255 inputs produces.
@@ -99,14 +100,14 @@ def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec,
         return lambda pixels: pixels
     if kind == QUANTIZED_PIXELS and tensor.dtype == np.int8:
         return lambda pixels: (pixels ^ top_bit).view(np.int8)  # p - 128: flip the top bit
-    if kind == TFLITE_METADATA and rule is not None and rule.normalization is not None:
+    if kind in NORMALIZED_KINDS and rule is not None and rule.normalization is not None:
         to_real = rule.normalization.apply
     else:
         def to_real(pixels: np.ndarray) -> np.ndarray:
             return scale_pixels(pixels, spec)
     if tensor.dtype == np.float32:
         return to_real
-    default_scaling = kind != TFLITE_METADATA and spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
+    default_scaling = kind not in NORMALIZED_KINDS and spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
     exact_scale = default_scaling and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE
     if tensor.dtype == np.int8 and exact_scale and tensor.zero_point == INT8_PIXEL_ZERO_POINT:
         return lambda pixels: (pixels ^ top_bit).view(np.int8)
@@ -141,11 +142,12 @@ class Classifier:
 
     What the model's file says decides its preprocessing and labels (see `conventions`): our
     embedded metadata, else the official TFLite metadata, else the TFLite conventions;
-    `labels_path` serves a model that carries no labels.
+    `labels_path` serves a model that carries no labels, `normalization` overrides the input rule.
     """
 
     def __init__(self, model_path: str | os.PathLike, threads: int | None = 1,
-                 backend: str | None = None, labels_path: str | os.PathLike | None = None):
+                 backend: str | None = None, labels_path: str | os.PathLike | None = None,
+                 normalization: Normalization | None = None):
         self.model_path = Path(model_path)
         self.backend, self._interpreter = make_interpreter(model_path, threads=threads, backend=backend)
         self.threads = threads
@@ -165,7 +167,7 @@ class Classifier:
         self.output = _tensor_info(outputs[0])
         self._check_tensors()
         height, width = self.input.shape[1], self.input.shape[2]
-        rule = resolve_input(self.metadata, self.official, self.input.dtype, height, width)
+        rule = resolve_input(self.metadata, self.official, self.input.dtype, height, width, normalization)
         if (height, width) != (rule.spec.height, rule.spec.width):
             # Embedded metadata that disagrees with the tensor: resize to what the tensor wants.
             rule = dataclasses.replace(rule, spec=dataclasses.replace(rule.spec, height=height, width=width))
@@ -227,7 +229,7 @@ class Classifier:
         reshape per call; set_tensor copies the buffer into the interpreter right away.
         """
         tensor, spec, kind = self.input, self.spec, self.input_rule.kind
-        default_scaling = kind != TFLITE_METADATA and spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
+        default_scaling = kind not in NORMALIZED_KINDS and spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
         pixel_codes = kind == QUANTIZED_PIXELS or (
             tensor.zero_point == INT8_PIXEL_ZERO_POINT and default_scaling
             and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # for annotations only: the modules themselves load when a ru
     from .batch import BatchSummary
     from .classify import Classifier
     from .inputs import InputItem
+    from .preprocess import Normalization
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
@@ -38,6 +39,8 @@ EXIT_BROKEN_PIPE = 141
 DEFAULT_MODEL = ""  # the value of a bare --info / --benchmark: use the model resolution order
 CAMERA_AUTO = "auto"
 PACKAGE_LOGGER = "edge_runtime"
+NORMALIZATION_SINGLE = 2  # MEAN,STD
+NORMALIZATION_PER_CHANNEL = 6  # three means, three stds
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +58,15 @@ class RunFailed(click.ClickException):
 
 
 def _make_classifier(model_option: str | None, threads: int, backend: str | None,
-                     labels: str | None) -> Classifier:
+                     labels: str | None, normalization: Normalization | None = None) -> Classifier:
     """Find the model and build the one Classifier of this run; model problems are fatal."""
     from .classify import Classifier
     from .model_select import find_model
 
     try:
         model_path = find_model(model_option)
-        classifier = Classifier(model_path, threads=threads, backend=backend, labels_path=labels)
+        classifier = Classifier(model_path, threads=threads, backend=backend, labels_path=labels,
+                                normalization=normalization)
     except EdgeError as error:
         raise FatalError(str(error)) from error
     logger.debug("model %s: backend %s, %s thread(s), labels from %s, input %s %s", model_path,
@@ -221,11 +225,36 @@ def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: st
             raise click.UsageError(f"{option} only applies to image inputs")
 
 
+def _normalization_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Normalization | None:
+    """MEAN,STD (or three means and three stds, per channel) as a Normalization."""
+    if value is None:
+        return None
+    from .preprocess import Normalization
+
+    try:
+        numbers = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not numbers: give MEAN,STD (e.g. 127.5,127.5)", ctx, param) from None
+    if len(numbers) not in (NORMALIZATION_SINGLE, NORMALIZATION_PER_CHANNEL):
+        raise click.BadParameter(f"{value!r} has {len(numbers)} numbers: give MEAN,STD or three means and "
+                                 "three stds", ctx, param)
+    half = len(numbers) // 2
+    normalization = Normalization(mean=tuple(numbers[:half]), std=tuple(numbers[half:]))
+    try:
+        normalization.validate()
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from error
+    return normalization
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
 @click.option("-m", "--model", "model_option", metavar="PATH",
               help=f"The .tflite model. Default: ${MODEL_ENV_VAR}, else the only .tflite file here.")
 @click.option("--labels", metavar="FILE", help="Labels file for a model that carries none.")
+@click.option("--normalization", metavar="MEAN,STD", callback=_normalization_option,
+              help="Input values (pixel - MEAN) / STD, over what the model says or the conventions guess "
+                   "(three means and three stds for per-channel values).")
 @click.option("-k", "--top-k", default=1, show_default=True, type=click.IntRange(min=1),
               help="How many classes to show per image.")
 @click.option("-t", "--threshold", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
@@ -253,7 +282,8 @@ def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: st
 @click.option("--manifest", metavar="FILE", help="With --verify: the manifest (default: beside the model).")
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics to stderr.")
 @click.version_option(__version__, "--version", prog_name="edge-classify")
-def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None, top_k: int,
+def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
+         normalization: Normalization | None, top_k: int,
          threshold: float, as_json: bool, output: str | None, recursive: bool, threads: int,
          backend: str | None, camera: str | None, max_frames: int | None, info_model: str | None,
          benchmark_model: str | None, runs: int | None, verify_model: str | None,
@@ -275,6 +305,8 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None, 
         package_logger.setLevel(logging.DEBUG)
     _check_combinations(inputs, info_model, benchmark_model, verify_model, camera, max_frames, runs, manifest,
                         output, recursive)
+    if normalization is not None and (verify_model is not None or benchmark_model is not None):
+        raise click.UsageError("--normalization only applies to classifying and --info")
     if verify_model is not None:
         sys.exit(_run_verify(verify_model, manifest))
     if benchmark_model is not None:
@@ -282,9 +314,9 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None, 
 
         sys.exit(_run_benchmark(benchmark_model or model_option, threads, backend, runs or DEFAULT_RUNS, as_json))
     if info_model is not None:
-        classifier = _make_classifier(info_model or model_option, threads, backend, labels)
+        classifier = _make_classifier(info_model or model_option, threads, backend, labels, normalization)
         sys.exit(_run_info(classifier, as_json))
-    classifier = _make_classifier(model_option, threads, backend, labels)
+    classifier = _make_classifier(model_option, threads, backend, labels, normalization)
     if camera is not None:
         sys.exit(_run_camera(classifier, camera, max_frames, as_json, threshold))
     try:

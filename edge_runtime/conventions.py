@@ -8,6 +8,7 @@ Input values, in this order:
    such a tensor's scale and zero point encode in the TFLite ecosystem (pycoral's
    `classify_image.py` and the TFLite examples feed pixels so);
 4. a float input without either: pixel / 255, a guess the user is told about.
+`--normalization MEAN,STD` overrides all four.
 
 Resizing: ours as embedded; any other model's whole image is resized to the input size (no crop,
 bilinear), as pycoral and the TFLite examples do. Labels: ours, else the official metadata's
@@ -30,6 +31,8 @@ EMBEDDED = "embedded"  # our preprocess.json / labels.txt
 TFLITE_METADATA = "tflite_metadata"  # the official metadata's NormalizationOptions
 QUANTIZED_PIXELS = "quantized_pixels"  # no metadata, quantized input: the pixel as it is
 GUESSED_UNIT_RANGE = "guessed_unit_range"  # no metadata, float input: pixel / 255
+OPTION = "option"  # the user's --normalization, over anything the file says
+NORMALIZED_KINDS = (TFLITE_METADATA, OPTION)  # the rules that are a (pixel - mean) / std
 # How a model from elsewhere is resized: the whole image to the input size, as its ecosystem does.
 FOREIGN_RESIZE = "stretch"
 FOREIGN_RESAMPLE = "bilinear"
@@ -54,7 +57,7 @@ class InputRule:
         quantized = np.dtype(dtype) != np.float32
         if self.kind == QUANTIZED_PIXELS:
             return "the pixel itself" if np.dtype(dtype) == np.uint8 else "pixel - 128"
-        if self.kind == TFLITE_METADATA and self.normalization is not None:
+        if self.kind in NORMALIZED_KINDS and self.normalization is not None:
             formula = self.normalization.describe()
         elif self.kind == GUESSED_UNIT_RANGE or (self.spec.scale == 1.0 / PIXEL_SCALE and self.spec.offset == 0.0):
             formula = f"pixel / {PIXEL_SCALE:g}"
@@ -64,11 +67,18 @@ class InputRule:
 
 
 def resolve_input(embedded: ModelMetadata | None, official: OfficialMetadata | None, dtype: np.dtype,
-                  height: int, width: int) -> InputRule:
-    """The input rule for a model with input tensor `dtype` of `height` x `width` (see the module)."""
+                  height: int, width: int, override: Normalization | None = None) -> InputRule:
+    """The input rule for a model with input tensor `dtype` of `height` x `width` (see the module).
+
+    `override` (the user's --normalization) replaces whatever normalization the file says or the
+    conventions assume; the image size, crop and resampling still come from the file.
+    """
+    foreign = PreprocessSpec(height=height, width=width, resize=FOREIGN_RESIZE, resample=FOREIGN_RESAMPLE)
+    if override is not None:
+        return InputRule(OPTION, embedded.preprocess if embedded is not None else foreign, override,
+                         source="--normalization")
     if embedded is not None:
         return InputRule(EMBEDDED, embedded.preprocess, source="embedded preprocess.json")
-    foreign = PreprocessSpec(height=height, width=width, resize=FOREIGN_RESIZE, resample=FOREIGN_RESAMPLE)
     if official is not None and official.normalization is not None:
         return InputRule(TFLITE_METADATA, foreign, official.normalization,
                          source="TFLite metadata NormalizationOptions")

@@ -403,3 +403,37 @@ def test_our_models_never_load_the_model_schema_and_others_load_no_tensorflow(br
     assert modules_loaded_by(["--model", str(ours), str(photo)]) == []
     assert modules_loaded_by(["--model", str(brightness["uint8"]), str(photo)]) == ["tflite"]
     assert modules_loaded_by(["--model", str(brightness["bare_uint8"]), str(photo)]) == []
+
+
+# --- --normalization overrides -------------------------------------------------------------------------
+
+def test_normalization_option_overrides_the_guess(brightness, tmp_path: Path) -> None:
+    from PIL import Image
+
+    photo = tmp_path / "dark.png"
+    Image.fromarray(grey(30)).save(photo)
+    result = run("--model", brightness["bare_float32"], "--normalization", "127.5,127.5", "--json", photo)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # nothing guessed any more
+    assert json.loads(result.stdout)["label"] == str(BRIGHTNESS_LABELS.index("dark"))
+    info = dict(line.split(":", 1) for line in run("--info", brightness["uint8"], "--normalization",
+                                                   "0,0,0,255,255,255").stdout.splitlines())
+    assert info["input values"].strip() == ("(pixel - 0) / 255, then the input's scale and zero point "
+                                            "(--normalization)")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("127.5", "'127.5' has 1 numbers: give MEAN,STD or three means and three stds"),
+    ("a,b", "'a,b' is not numbers: give MEAN,STD (e.g. 127.5,127.5)"),
+    ("0,0", "normalization std [0.0] contains zero"),
+])
+def test_bad_normalization_is_a_usage_error(brightness, value: str, message: str) -> None:
+    result = run("--model", brightness["uint8"], "--normalization", value, "x.png")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == f"Error: Invalid value for '--normalization': {message}"
+
+
+def test_normalization_does_not_apply_to_benchmark(brightness) -> None:
+    result = run("--benchmark", brightness["uint8"], "--normalization", "0,1")
+    assert result.exit_code == 2
+    assert "--normalization only applies to classifying and --info" in result.output
