@@ -165,9 +165,9 @@ def read_official_metadata(model_bytes: bytes, name: str = "model") -> OfficialM
         raise ModelError(f"{name}: the TFLite metadata is damaged (its buffer lacks the "
                          f"'{METADATA_FILE_IDENTIFIER.decode()}' identifier)")
     try:
-        archive = zipfile.ZipFile(io.BytesIO(model_bytes))
-    except zipfile.BadZipFile:
-        archive = None  # no appended files: fine unless the metadata names one
+        archive: zipfile.ZipFile | None = zipfile.ZipFile(io.BytesIO(model_bytes))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        archive = None  # no (readable) appended files: fine unless the metadata names one
     try:
         return parse_metadata(raw, _file_reader(archive))
     except PARSE_ERRORS as error:
