@@ -10,8 +10,10 @@ VENV ?= .venv
 DATA ?=
 ## Folder for model.keras, the .tflite files and the report
 OUT ?= artifacts
-## train: number of epochs
-EPOCHS ?= 15
+## train: network: cnn (the documented one), resnet8 or mobilenetv2; `.venv/bin/edge-train --help` lists their defaults
+ARCH ?= cnn
+## train: number of epochs (empty: the network's default, 15 for cnn)
+EPOCHS ?=
 ## train: seed of the shuffle, the splits and the weights (convert and report reuse training.json's)
 SEED ?= 0
 ## train: which epoch model.keras keeps: best (validation accuracy) or last
@@ -35,6 +37,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_ARG := $(if $(DATA),--data "$(DATA)")
 FORCE_ARG := $(if $(FORCE),--force)
+EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
 MAX_DROP_ARG := $(if $(MAX_DROP),--max-drop $(MAX_DROP))
 
 THIS_MAKEFILE := $(firstword $(MAKEFILE_LIST))
@@ -62,8 +65,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
-train: $(STAMP) ## Train the CNN: writes OUT/model.keras, labels.txt, training.json, accuracy.png
-	$(PY) -m trainer.cli --out "$(OUT)" --epochs $(EPOCHS) --seed $(SEED) --keep "$(KEEP)" $(FORCE_ARG) $(DATA_ARG)
+train: $(STAMP) ## Train the network ARCH: writes OUT/model.keras, labels.txt, training.json, accuracy.png
+	$(PY) -m trainer.cli --arch "$(ARCH)" --out "$(OUT)" $(EPOCHS_ARG) --seed $(SEED) --keep "$(KEEP)" $(FORCE_ARG) $(DATA_ARG)
 
 convert: $(STAMP) ## Export OUT/model_float32.tflite and model_int8.tflite with manifest.json
 	$(PY) -m converter.cli --model "$(OUT)/model.keras" --out "$(OUT)" --calibration-size $(CALIBRATION) $(DATA_ARG)

@@ -19,7 +19,7 @@ from trainer.tensorflow_env import CONVERT_PACKAGES, TRAIN_EXTRA_PACKAGES, requi
 
 from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, KERAS_MODEL_NAME, LABELS_NAME, VARIANTS,
                       check_calibration_size, check_keras_file, convert_model, load_data, load_keras_model,
-                      load_labels_for, needs_calibration, parse_variants, resolve_data)
+                      load_labels_for, needs_calibration, parse_variants, resolve_data, training_spec)
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME
@@ -94,17 +94,18 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
         say(f"Loading {model_path}")
         model = load_keras_model(model_path)
         labels = load_labels_for(model, labels_path)
+        spec = training_spec(model_path, model)  # the input size and scaling the model was trained with
         train_images, data_source, chosen_seed = None, None, seed
         if needs_calibration(variants):
             choice = resolve_data(model_path, data, seed)
             say(f"Loading calibration data: {choice.describe()}")
-            dataset = load_data(choice, quiet=quiet, splits=("train",))
+            dataset = load_data(choice, quiet=quiet, splits=("train",), spec=spec)
             train_images, data_source, chosen_seed = dataset.train_images, dataset.source, choice.seed
             if list(dataset.class_names) != labels:
                 click.echo(f"warning: calibrating on {dataset.source}, whose classes "
                            f"({', '.join(dataset.class_names)}) are not the model's labels", err=True)
         result = convert_model(model_path, out_dir, labels_path=labels_path, variants=variants,
-                               train_images=train_images, calibration_size=calibration_size, seed=chosen_seed,
+                               train_images=train_images, calibration_size=calibration_size, seed=chosen_seed, spec=spec,
                                data_source=data_source, model=model, clip_logits=not minmax_logits,
                                progress=say)
     except EdgeError as error:
@@ -155,12 +156,13 @@ def report_main(out_dir: Path | None, model_path: Path | None, data: str | None,
         keras_model = load_keras_model(model_path)
         choice = resolve_data(model_path, data, seed)
         say(f"Loading test data: {choice.describe()}")
-        dataset = load_data(choice, quiet=quiet, splits=("test",))
+        spec = training_spec(model_path, keras_model)
+        dataset = load_data(choice, quiet=quiet, splits=("test",), spec=spec)
         chosen = sample_indices(len(dataset.test_labels), max_images, choice.seed)
         paths = [dataset.test_paths[i] for i in chosen] if dataset.test_paths is not None else None
         report = build_report(keras_model, models, dataset.test_images[chosen], dataset.test_labels[chosen],
                               dataset.class_names, test_paths=paths, data_source=dataset.source,
-                              seed=choice.seed, keras_sha256=sha256_file(model_path), progress=say)
+                              seed=choice.seed, keras_sha256=sha256_file(model_path), spec=spec, progress=say)
         failures = threshold_failures(report, max_drop, min_agreement)
         files = write_report(report, out_dir, failures=failures)
     except EdgeError as error:

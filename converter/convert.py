@@ -220,6 +220,20 @@ def spec_for_model(model: Any, spec: PreprocessSpec = DEFAULT_SPEC) -> Preproces
     return spec
 
 
+def training_spec(model_path: str | os.PathLike, model: Any) -> PreprocessSpec:
+    """The preprocessing the model was trained with: training.json's beside it, else (a model from
+    elsewhere) the documented x / 255 at the model's input size."""
+    recorded = read_training_info(model_path).get("preprocess")
+    if isinstance(recorded, dict):
+        try:
+            return PreprocessSpec.from_dict(recorded)
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{Path(model_path).parent / TRAINING_INFO_NAME}: unusable preprocessing "
+                            f"({error})") from error
+    height, width = model_input_size(model)
+    return dataclasses.replace(DEFAULT_SPEC, height=height, width=width)
+
+
 def check_calibration_size(size: int) -> None:
     """Refuse an empty calibration set before any data is loaded."""
     if size <= 0:
@@ -341,7 +355,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                   train_images: np.ndarray | None = None,
                   calibration_size: int = DEFAULT_CALIBRATION_SIZE,
                   seed: int | None = None,
-                  spec: PreprocessSpec = DEFAULT_SPEC,
+                  spec: PreprocessSpec | None = None,
                   data_source: str | None = None,
                   model: Any = None,
                   clip_logits: bool = True,
@@ -349,7 +363,8 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     """Convert `model_path` to each variant in `out_dir`, then write the manifest.
 
     `train_images` (uint8 [N, H, W, 3]) and `seed` are needed only for int8. `model` may be the
-    already-loaded Keras model of `model_path` (saves loading it twice). `clip_logits` quantizes
+    already-loaded Keras model of `model_path` (saves loading it twice). `spec` None embeds (and
+    calibrates with) the preprocessing the model was trained with (`training_spec`). `clip_logits` quantizes
     int8's logits over the range that decides the answer (see converter.logit_range); False keeps
     plain min/max calibration. Raises ModelError or DataError with one line naming the problem.
     """
@@ -361,7 +376,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         progress(f"Loading {model_path}")
         model = load_keras_model(model_path)
     labels = load_labels_for(model, labels_path)
-    spec = spec_for_model(model, spec)
+    spec = spec_for_model(model, spec if spec is not None else training_spec(model_path, model))
     source_sha256 = sha256_file(model_path)
 
     calibration, bounds = None, None
@@ -544,8 +559,10 @@ def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None =
                       test_fraction=float(test_fraction) if test_fraction is not None else None, origin=origin)
 
 
-def load_data(choice: DataChoice, quiet: bool = False, splits: Sequence[str] = ("train", "test")) -> Any:
-    """Load the data set through the trainer's loader (the same decoding and split as in training).
+def load_data(choice: DataChoice, quiet: bool = False, splits: Sequence[str] = ("train", "test"),
+              spec: PreprocessSpec = DEFAULT_SPEC) -> Any:
+    """Load the data set through the trainer's loader (the same decoding, at `spec`'s size, and split as in
+    training).
 
     `splits` names what the caller needs ("train" for calibration, "test" for the report); a
     train/ + test/ image tree then decodes only those files.
@@ -553,7 +570,8 @@ def load_data(choice: DataChoice, quiet: bool = False, splits: Sequence[str] = (
     from trainer.data import Progress as LoadProgress
     from trainer.data import load_dataset
 
-    kwargs: dict[str, Any] = {"seed": choice.split_seed, "progress": LoadProgress(quiet=quiet), "splits": splits}
+    kwargs: dict[str, Any] = {"seed": choice.split_seed, "progress": LoadProgress(quiet=quiet), "splits": splits,
+                              "spec": spec}
     if choice.test_fraction is not None:
         kwargs["test_fraction"] = choice.test_fraction
     return load_dataset(choice.source, **kwargs)

@@ -33,6 +33,8 @@ REPORT_FORMAT_VERSION = 1
 LATENCY_THREADS = 1  # the device-like number: one interpreter thread
 PERCENT = 100.0
 KERAS_BATCH_SIZE = 256
+# Batches of test images scaled to float32 at a time for Keras (a bounded copy, whatever the input size).
+PREDICT_CHUNK_BATCHES = 4
 SECONDS_TO_MS = 1000.0
 MODEL_FILE_PREFIX = "model_"  # model_<variant>.tflite
 
@@ -221,9 +223,16 @@ def tflite_models(folder: str | os.PathLike, model_path: str | os.PathLike | Non
 
 def keras_probabilities(model: Any, images: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC,
                         batch_size: int = KERAS_BATCH_SIZE) -> np.ndarray:
-    """Keras class probabilities on uint8 images, preprocessed exactly as in training."""
-    return np.asarray(model.predict(scale_pixels(images, spec), batch_size=batch_size, verbose=0),
-                      dtype=np.float32)
+    """Keras class probabilities on uint8 images, preprocessed exactly as in training.
+
+    The images are scaled a chunk at a time, so large inputs never have a float32 copy of the whole set.
+    """
+    chunk = batch_size * PREDICT_CHUNK_BATCHES
+    parts = [model.predict(scale_pixels(images[start:start + chunk], spec), batch_size=batch_size, verbose=0)
+             for start in range(0, len(images), chunk)]
+    if not parts:
+        return np.zeros((0, int(model.outputs[0].shape[-1])), dtype=np.float32)
+    return np.concatenate([np.asarray(part, dtype=np.float32) for part in parts])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,9 +323,11 @@ def build_report(keras_model: Any, models: Sequence[tuple[str, Path]], test_imag
                  test_labels: np.ndarray, class_names: Sequence[str],
                  test_paths: Sequence[str] | None = None, data_source: str = "",
                  seed: int | None = None, keras_sha256: str | None = None,
-                 progress: Progress = _quiet) -> Report:
+                 spec: PreprocessSpec = DEFAULT_SPEC, progress: Progress = _quiet) -> Report:
     """Evaluate Keras and each `(variant, path)` model on the test set and compare them.
 
+    `spec` is how the test images (uint8 at its size) become the Keras model's inputs: the
+    preprocessing it was trained with.
     `keras_sha256` (the Keras file's fingerprint) lets the report flag `.tflite` files converted
     from another model.
     """
@@ -333,7 +344,6 @@ def build_report(keras_model: Any, models: Sequence[tuple[str, Path]], test_imag
         raise ModelError(f"the Keras model has {keras_classes} outputs but the test set has {num_classes} classes")
 
     notes = provenance_notes(models, keras_sha256)
-    spec = DEFAULT_SPEC
     progress(f"Evaluating Keras on {len(test_labels):,} test images")
     keras_probs = keras_probabilities(keras_model, test_images, spec)
     results = [compare_format(KERAS, keras_probs, test_labels, keras_probs, num_classes)]

@@ -1,4 +1,5 @@
-"""`make` alone lists every target and every variable with its default and meaning; train passes KEEP and FORCE."""
+"""`make` alone lists every target and every variable with its default and meaning; train passes ARCH, EPOCHS,
+KEEP and FORCE."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MAKEFILE = REPO_ROOT / "Makefile"
 VARIABLE = re.compile(r"^([A-Z_]+) \?=(.*)$")
 # The variables the README promises `make` describes; the parse below must find at least these.
-DOCUMENTED = {"DATA", "OUT", "EPOCHS", "SEED", "KEEP", "FORCE", "CALIBRATION", "MAX_DROP", "PYTEST_ARGS",
+DOCUMENTED = {"ARCH", "DATA", "OUT", "EPOCHS", "SEED", "KEEP", "FORCE", "CALIBRATION", "MAX_DROP", "PYTEST_ARGS",
               "DEVICE", "MODEL", "DEST", "PYTHON", "VENV"}
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
@@ -77,7 +78,13 @@ def train_command(*assignments: str) -> str:
 
 
 def test_train_passes_keep_and_force() -> None:
+    # No --epochs by default: the network's own (15 for the documented cnn).
     assert train_command().split("-m trainer.cli ")[1].split() == [
-        '--out', '"artifacts"', '--epochs', '15', '--seed', '0', '--keep', '"best"']
+        '--arch', '"cnn"', '--out', '"artifacts"', '--seed', '0', '--keep', '"best"']
     command = train_command("KEEP=last", "FORCE=1", "OUT=elsewhere")
     assert '--out "elsewhere"' in command and '--keep "last" --force' in command
+
+
+def test_train_passes_arch_and_epochs() -> None:
+    command = train_command("ARCH=resnet8", "EPOCHS=3")
+    assert '--arch "resnet8"' in command and "--epochs 3 " in command

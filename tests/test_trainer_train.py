@@ -41,9 +41,9 @@ def fit_calls() -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory, fit_calls: list[dict]):
     """One small run for the whole module, with `model.fit` spied on to see the validation split."""
-    import trainer.model
+    import trainer.models.cnn
 
-    real_build = trainer.model.build_model
+    real_build = trainer.models.cnn.build_model
 
     def spying_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -59,7 +59,7 @@ def trained(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory, fit_c
 
     out = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer.model, "build_model", spying_build)
+        patch.setattr(trainer.models.cnn, "build_model", spying_build)
         return train(TrainConfig(data=split_dataset, out=out, epochs=3, batch_size=SMALL_BATCH, seed=7), QUIET)
 
 

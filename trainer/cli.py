@@ -1,4 +1,4 @@
-"""`edge-train`: train the documented CNN and write model.keras, labels.txt, training.json and accuracy.png.
+"""`edge-train`: train a network of the registry and write model.keras, labels.txt, training.json and accuracy.png.
 
 A thin shell over `trainer.train.train`: it parses options, turns errors into one line and an exit
 code (1 for data and checkpoint problems, 2 for usage, 130 for Ctrl-C), and tells how to resume.
@@ -17,13 +17,24 @@ from edge_runtime.errors import EdgeError
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Progress
 from .tensorflow_env import require_packages
 from .keep import KEEP_BEST, KEEP_CHOICES, KEEP_LAST, RULE_BEST
-from .train import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_OUT, DEFAULT_VALIDATION_FRACTION, TrainConfig,
-                    TrainingInterrupted, TrainResult, read_checkpoint, train)
+from .models import ARCH_NAMES, ARCHS, DEFAULT_ARCH
+from .models.mobilenetv2 import IMAGENET
+from .train import DEFAULT_OUT, DEFAULT_VALIDATION_FRACTION, TrainConfig, TrainingInterrupted, TrainResult, read_checkpoint, train
 
 EXIT_DATA_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for a program stopped by SIGINT
 # Options that --resume takes from the checkpoint when they are not given on the command line.
-RESUMABLE_OPTIONS = ("data", "epochs", "batch_size", "validation_fraction", "seed", "test_fraction", "keep")
+RESUMABLE_OPTIONS = ("data", "epochs", "batch_size", "validation_fraction", "seed", "test_fraction", "keep", "arch",
+                     "image_size", "augment", "learning_rate", "alpha", "weights", "freeze_epochs", "distribute")
+# Options that only some networks take, with their flags.
+ARCH_ONLY_OPTIONS = {"alpha": "--alpha", "weights": "--weights"}
+BACKBONE_OPTIONS = {"freeze_epochs": "--freeze-epochs"}
+
+
+def arch_defaults_epilog() -> str:
+    """The help's closing paragraph: each network's defaults, one line each (click keeps the lines)."""
+    lines = "\n".join(f"  {ARCHS[name].help_line()}" for name in ARCH_NAMES)
+    return f"\b\nNetworks (--arch) and their defaults:\n{lines}"
 
 
 def resume_command(out: Path) -> str:
@@ -31,17 +42,36 @@ def resume_command(out: Path) -> str:
     return f"edge-train --resume --out {shlex.quote(str(out))}"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=arch_defaults_epilog())
+@click.option("--arch", type=click.Choice(ARCH_NAMES), default=DEFAULT_ARCH, show_default=True,
+              help="The network; its defaults for the options below marked 'the arch's' are listed at the end.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Local data set: a folder with train/ and test/ class folders, a single class-folder "
                    "tree, cifar-10-python.tar.gz or its cifar-10-batches-py folder. "
                    "Default: CIFAR-10 through Keras' download.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
               help="Folder for model.keras, labels.txt, training.json, accuracy.png and checkpoints/.")
-@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True,
-              help="Total number of epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
-              help="Images per training step.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Total number of epochs.  [default: the arch's]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per training step (over all devices with --distribute).  [default: the arch's]")
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate (after the warm-up, where the arch's schedule has one).  [default: the arch's]")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="Side of the square input, in pixels; images are decoded at it.  [default: the arch's]")
+@click.option("--augment/--no-augment", default=None,
+              help="Random horizontal flips and shifts of the training batches (never part of the saved model).  "
+                   "[default: the arch's]")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="mobilenetv2: width multiplier.  [default: 0.35]")
+@click.option("--weights", default=None,
+              help=f"mobilenetv2: start from pretrained backbone weights, '{IMAGENET}' (Keras downloads them) or "
+                   f"the path of a weights file; the backbone is frozen for the first epochs, then fine-tuned at "
+                   f"a lower rate.  [default: from scratch]")
+@click.option("--freeze-epochs", type=click.IntRange(min=0), default=None,
+              help="mobilenetv2 with --weights: epochs with the backbone frozen before fine-tuning.  [default: 5]")
+@click.option("--distribute", is_flag=True,
+              help="Train through tf.distribute.MirroredStrategy over every GPU (every logical CPU without one).")
 @click.option("--validation-fraction", type=click.FloatRange(0.0, 1.0, max_open=True),
               default=DEFAULT_VALIDATION_FRACTION, show_default=True,
               help="Share of the (shuffled) training images held out for validation.")
@@ -63,10 +93,12 @@ def resume_command(out: Path) -> str:
               help="Processes decoding image files. Default: one per CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and the final result.")
 @click.pass_context
-def main(ctx: click.Context, data: Path | None, out: Path, epochs: int, batch_size: int,
-         validation_fraction: float, test_fraction: float, seed: int, keep: str, resume: bool, force: bool,
-         workers: int | None, quiet: bool) -> None:
-    """Train the documented CIFAR-10 CNN (15 epochs, batch 64, Adam) and write its outputs to --out.
+def main(ctx: click.Context, arch: str, data: Path | None, out: Path, epochs: int | None, batch_size: int | None,
+         learning_rate: float | None, image_size: int | None, augment: bool | None, alpha: float | None,
+         weights: str | None, freeze_epochs: int | None, distribute: bool, validation_fraction: float, test_fraction: float, seed: int,
+         keep: str, resume: bool, force: bool, workers: int | None, quiet: bool) -> None:
+    """Train a network (default: the documented CIFAR-10 CNN, 15 epochs, batch 64, Adam) and write its
+    outputs to --out.
 
     model.keras keeps the epoch with the best validation accuracy unless --keep last is given.
     A folder that already holds a run is never overwritten silently: use --resume or --force.
@@ -75,11 +107,14 @@ def main(ctx: click.Context, data: Path | None, out: Path, epochs: int, batch_si
         raise click.UsageError("--resume continues the run in --out and --force replaces it; give one of them")
     options = {"data": data, "epochs": epochs, "batch_size": batch_size,
                "validation_fraction": validation_fraction, "seed": seed, "test_fraction": test_fraction,
-               "keep": keep}
+               "keep": keep, "arch": arch, "image_size": image_size, "augment": augment,
+               "learning_rate": learning_rate, "alpha": alpha, "weights": weights,
+               "freeze_epochs": freeze_epochs, "distribute": distribute}
     try:
         require_packages("edge-train")  # a device install (no [train] extra) hears what to install, first
         if resume:
             options.update(_options_from_checkpoint(ctx, out))
+        _check_arch_options(ctx, options)
         config = TrainConfig(out=out, resume=resume, force=force, workers=workers, **options)
         result = train(config, Progress(quiet=quiet))
     except TrainingInterrupted as interrupt:
@@ -92,6 +127,29 @@ def main(ctx: click.Context, data: Path | None, out: Path, epochs: int, batch_si
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     click.echo(final_line(result))
+
+
+def _check_arch_options(ctx: click.Context, options: dict) -> None:
+    """Usage errors for options the chosen network does not take, or an input size it cannot."""
+    network = ARCHS[options["arch"]]
+    for name, flag in ARCH_ONLY_OPTIONS.items():
+        if options[name] is not None and name not in network.options:
+            takers = ", ".join(arch.name for arch in ARCHS.values() if name in arch.options)
+            raise click.BadParameter(f"applies to --arch {takers} only, not {network.name}", ctx=ctx,
+                                     param_hint=f"'{flag}'")
+    for name, flag in BACKBONE_OPTIONS.items():
+        if options[name] is not None and network.backbone is None:
+            takers = ", ".join(arch.name for arch in ARCHS.values() if arch.backbone is not None)
+            raise click.BadParameter(f"applies to --arch {takers} only, not {network.name}", ctx=ctx,
+                                     param_hint=f"'{flag}'")
+    if options["image_size"] is not None and options["image_size"] < network.min_image_size:
+        raise click.BadParameter(f"{network.name} needs at least {network.min_image_size} pixels, not "
+                                 f"{options['image_size']}", ctx=ctx, param_hint="'--image-size'")
+    weights = options["weights"]
+    if (weights is not None and weights != IMAGENET and ctx.get_parameter_source("weights")
+            != click.core.ParameterSource.DEFAULT and not Path(weights).expanduser().is_file()):
+        raise click.BadParameter(f"{weights}: no such file (give '{IMAGENET}' or a weights file)", ctx=ctx,
+                                 param_hint="'--weights'")
 
 
 def final_line(result: TrainResult) -> str:

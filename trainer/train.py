@@ -5,6 +5,12 @@ Outputs in OUT, each written atomically: `model.keras`, `labels.txt`, `training.
 validation). `checkpoints/` holds the last completed epoch (model with optimizer state, plus history)
 and the best epoch so far, so that `resume=True` continues an interrupted run to the same final
 epoch count and keeps the same epoch as an uninterrupted run would.
+
+The network comes from the registry (`trainer.models`, `--arch`), with its input size, input
+scaling, optimizer, learning-rate schedule, epochs, batch size and augmentation as defaults that
+the configuration may override. The documented CNN without augmentation trains exactly as the
+documented script does (float32 arrays in memory, Keras' own shuffle); augmented runs and inputs of
+96 px and above stream batches from the uint8 images instead (`trainer.batches`).
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ import numpy as np
 from edge_runtime.atomic import atomic_path, write_text
 from edge_runtime.errors import DataError, EdgeError
 from edge_runtime.labels import write_labels
-from edge_runtime.preprocess import DEFAULT_SPEC, scale_pixels
+from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
+from .batches import (DEFAULT_AUGMENTATION, evaluation_batches, one_hot, steps_per_epoch,
+                      training_batches)
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Dataset, Progress, load_dataset
 from .keep import KEEP_BEST, KEEP_CHOICES, KeptEpoch, best_validation_epoch, choose_epoch
+from .models import ARCHS, CONSTANT, DEFAULT_ARCH, Arch, get_arch
 from .tensorflow_env import import_tensorflow, native_output_to_log
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,8 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("artifacts")
-DEFAULT_EPOCHS = 15
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_EPOCHS = ARCHS[DEFAULT_ARCH].epochs
+DEFAULT_BATCH_SIZE = ARCHS[DEFAULT_ARCH].batch_size
 DEFAULT_VALIDATION_FRACTION = 0.2
 
 MODEL_FILE = "model.keras"
@@ -49,9 +58,19 @@ CHECKPOINT_STATE = "state.json"
 CHECKPOINT_MODEL_PATTERN = "epoch-{epoch:03d}.keras"
 CHECKPOINT_MODEL_GLOB = "epoch-*.keras"
 STATUS_INTERVAL_SECONDS = 0.5  # how often the in-epoch status line is redrawn on a terminal
-REPORT_FORMAT_VERSION = 2  # 2: adds "kept" and "test_last_epoch"
+REPORT_FORMAT_VERSION = 3  # 2: adds "kept" and "test_last_epoch"; 3: adds "arch"
 # Fields of the configuration that decide what a run computes; a resumed run must match them.
-RECIPE_FIELDS = ("data", "seed", "batch_size", "validation_fraction", "test_fraction")
+# The network comes first: when it differs, that is what the person needs to hear.
+RECIPE_FIELDS = ("arch", "data", "seed", "batch_size", "validation_fraction", "test_fraction", "image_size",
+                 "augment", "learning_rate", "alpha", "weights", "freeze_epochs")
+# What a checkpoint made before --arch existed was trained with.
+LEGACY_RECIPE = {"arch": DEFAULT_ARCH, "image_size": ARCHS[DEFAULT_ARCH].image_size, "augment": False,
+                 "learning_rate": ARCHS[DEFAULT_ARCH].learning_rate, "alpha": None, "weights": None,
+                 "freeze_epochs": None}
+# From this input side up, the training images are never held as float32 all at once.
+STREAM_MIN_SIDE = 96
+# Batches the input pipeline prepares ahead of the training step.
+PREFETCH_BATCHES = 2
 
 
 class CheckpointError(EdgeError):
@@ -74,12 +93,16 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """What to train on, where to write, and the recipe's knobs (defaults are the documented recipe)."""
+    """What to train on, where to write, and the recipe's knobs (defaults are the documented recipe).
+
+    `epochs`, `batch_size`, `image_size`, `augment`, `learning_rate` and `alpha` left at None take the
+    arch's defaults (`trainer.models`): after construction every one of them holds a value.
+    """
 
     data: str | os.PathLike | None = None
     out: Path = DEFAULT_OUT
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = DEFAULT_BATCH_SIZE
+    epochs: int | None = None
+    batch_size: int | None = None
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     seed: int = DEFAULT_SEED
     resume: bool = False
@@ -90,9 +113,57 @@ class TrainConfig:
     keep: str = KEEP_BEST
     # A fresh run into a folder that holds a run replaces it only when forced.
     force: bool = False
+    arch: str = DEFAULT_ARCH
+    image_size: int | None = None
+    augment: bool | None = None
+    learning_rate: float | None = None
+    # Options of some networks only (MobileNetV2's width multiplier and pretrained weights).
+    alpha: float | None = None
+    weights: str | None = None
+    # With pretrained weights: epochs with the backbone frozen before fine-tuning (None: the arch's).
+    freeze_epochs: int | None = None
+    # Train through tf.distribute.MirroredStrategy over every GPU (or every logical CPU without one).
+    distribute: bool = False
+
+    def __post_init__(self) -> None:
+        arch = ARCHS.get(self.arch)
+        if arch is None:
+            return  # validate() names the choices
+        defaults = {"epochs": arch.epochs, "batch_size": arch.batch_size, "image_size": arch.image_size,
+                    "augment": arch.augment, "learning_rate": arch.learning_rate}
+        if "alpha" in arch.options:
+            defaults["alpha"] = arch.options["alpha"]
+        if arch.backbone is not None:
+            defaults["freeze_epochs"] = arch.freeze_epochs
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+    @property
+    def network(self) -> Arch:
+        """The registry row of `arch`."""
+        return get_arch(self.arch)
+
+    def spec(self) -> PreprocessSpec:
+        """How images become this network's inputs: its normalization at `image_size`."""
+        return self.network.spec(self.image_size)
 
     def validate(self) -> None:
         """Raise ValueError for settings no run can use."""
+        arch = self.network
+        for name in ("alpha", "weights"):
+            if getattr(self, name) is not None and name not in arch.options:
+                raise ValueError(f"{name} applies to {', '.join(a.name for a in ARCHS.values() if name in a.options)}"
+                                 f" only, not to {self.arch}")
+        if self.freeze_epochs is not None and (arch.backbone is None or self.freeze_epochs < 0):
+            raise ValueError(f"freeze epochs {self.freeze_epochs} do not apply to {self.arch}"
+                             if arch.backbone is None else f"freeze epochs must be 0 or more, not {self.freeze_epochs}")
+        if self.image_size < arch.min_image_size:
+            raise ValueError(f"image size must be at least {arch.min_image_size} for {self.arch}, not {self.image_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be positive, not {self.learning_rate}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, not {self.alpha}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
@@ -105,11 +176,53 @@ class TrainConfig:
             raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {self.keep!r}")
 
     def recipe(self) -> dict[str, Any]:
-        """The settings that define the run, JSON-ready (the data path made absolute)."""
+        """The settings that define the run, JSON-ready (the data and weights paths made absolute)."""
         data = None if self.data is None else str(Path(self.data).expanduser().resolve())
+        weights = self.weights
+        if weights is not None and weights not in NAMED_WEIGHTS:
+            weights = str(Path(weights).expanduser().resolve())
         return {"data": data, "epochs": self.epochs, "batch_size": self.batch_size,
                 "validation_fraction": self.validation_fraction, "seed": self.seed,
-                "test_fraction": self.test_fraction, "keep": self.keep}
+                "test_fraction": self.test_fraction, "keep": self.keep, "arch": self.arch,
+                "image_size": self.image_size, "augment": self.augment, "learning_rate": self.learning_rate,
+                "alpha": self.alpha, "weights": weights, "freeze_epochs": self.freeze_epochs,
+                "distribute": self.distribute}
+
+
+# --weights values that are not file paths.
+NAMED_WEIGHTS = ("imagenet",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """Epochs first_epoch..end_epoch-1 (0-based) trained with one optimizer: the whole run, or with
+    pretrained weights a frozen-backbone phase and then a fine-tuning one at a lower rate."""
+
+    first_epoch: int
+    end_epoch: int
+    learning_rate: float
+    backbone_trainable: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": [self.first_epoch + 1, self.end_epoch], "learning_rate": self.learning_rate,
+                "backbone_trainable": self.backbone_trainable}
+
+
+def training_phases(config: TrainConfig) -> list[Phase]:
+    """The run's phases: one, or with pretrained weights a frozen one then fine-tuning (`Arch.freeze_epochs`)."""
+    arch = config.network
+    freeze = min(config.freeze_epochs or 0, config.epochs) if config.weights is not None and arch.backbone else 0
+    if freeze == 0:
+        return [Phase(0, config.epochs, config.learning_rate)]
+    phases = [Phase(0, freeze, config.learning_rate, backbone_trainable=False)]
+    if freeze < config.epochs:
+        phases.append(Phase(freeze, config.epochs, config.learning_rate * arch.fine_tune_factor))
+    return phases
+
+
+def streams_batches(config: TrainConfig) -> bool:
+    """Whether training streams batches from uint8 images (else float32 arrays in memory, the documented way)."""
+    return bool(config.augment) or config.image_size >= STREAM_MIN_SIDE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,10 +330,15 @@ def _check_resumable(checkpoint: Checkpoint, config: TrainConfig, folder: Path) 
     """Refuse to continue a checkpoint with settings that would make a different run."""
     wanted = config.recipe()
     for field in RECIPE_FIELDS:
-        if checkpoint.recipe.get(field) != wanted[field]:
+        made_with = checkpoint.recipe.get(field, LEGACY_RECIPE.get(field))
+        if made_with != wanted[field]:
             raise CheckpointError(
-                f"{folder}: the checkpoint was made with {field} {checkpoint.recipe.get(field)!r}, "
+                f"{folder}: the checkpoint was made with {field} {made_with!r}, "
                 f"not {wanted[field]!r}; resume with the same settings or start afresh without --resume")
+    planned = checkpoint.recipe.get("epochs")
+    if config.network.schedule != CONSTANT and planned is not None and planned != config.epochs:
+        raise CheckpointError(f"{folder}: the checkpoint's learning-rate schedule was planned for {planned} epochs, "
+                              f"not {config.epochs}; resume with --epochs {planned} or start afresh")
     if checkpoint.best_epoch is None and checkpoint.history.get("val_accuracy"):
         raise CheckpointError(f"{folder}: this checkpoint was made by an earlier edge-train that did not keep "
                               f"the best epoch; start afresh with --force")
@@ -291,8 +409,99 @@ def epoch_status(epoch: int, epochs: int, step: int, steps: int, batch_size: int
     return text
 
 
-def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.eye(num_classes, dtype=np.float32)[labels]
+def build_network(config: TrainConfig, num_classes: int) -> "keras.Model":
+    """The arch's network for `num_classes` at the configured size, with its own options (alpha, weights)."""
+    arch = config.network
+    options = {name: getattr(config, name) for name in arch.options}
+    return arch.build(num_classes, config.image_size, **options)
+
+
+def learning_rate_schedule(config: TrainConfig, phase: Phase, steps: int) -> Any:
+    """The phase's learning rate: constant, or a linear warm-up from 0 and a cosine decay to 0 at its end."""
+    if config.network.schedule == CONSTANT:
+        return phase.learning_rate
+    import keras
+
+    total = steps * (phase.end_epoch - phase.first_epoch)
+    warmup = min(config.network.warmup_epochs * steps, total // 2)
+    return keras.optimizers.schedules.CosineDecay(initial_learning_rate=0.0, decay_steps=max(1, total - warmup),
+                                                  warmup_target=phase.learning_rate, warmup_steps=warmup)
+
+
+def prepare_phase(model: "keras.Model", config: TrainConfig, phase: Phase, steps: int) -> None:
+    """Freeze or unfreeze the backbone for `phase` and compile with a fresh optimizer at its learning rate."""
+    import keras
+
+    from .models.cnn import LOSS, METRICS
+
+    arch = config.network
+    if arch.backbone is not None:
+        model.get_layer(arch.backbone).trainable = phase.backbone_trainable
+    optimizers = {"adam": keras.optimizers.Adam}
+    optimizer = optimizers[arch.optimizer](learning_rate=learning_rate_schedule(config, phase, steps))
+    model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))
+
+
+def distribution_strategy(distribute: bool, progress: Progress) -> Any:
+    """tf.distribute.MirroredStrategy over every GPU, or every logical CPU where there is no GPU; None when off."""
+    if not distribute:
+        return None
+    tf = import_tensorflow()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    strategy = tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
+    progress.message(f"distributing over {strategy.num_replicas_in_sync} device(s) with MirroredStrategy: "
+                     f"{', '.join(device.name for device in devices)}")
+    return strategy
+
+
+def _scope(strategy: Any) -> Any:
+    """The strategy's scope, or a scope that does nothing."""
+    import contextlib
+
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _stream(generate: Any, *args: Any, batches: int | None = None) -> Any:
+    """A tf.data pipeline over `generate(*args)`, which yields (float32 inputs, one-hot targets) batches.
+
+    `batches` is how many a finite stream yields: Keras then knows where an evaluation ends.
+    """
+    import functools
+
+    tf = import_tensorflow()
+    images, num_classes = args[0], args[3]
+    signature = (tf.TensorSpec((None, *images.shape[1:]), tf.float32), tf.TensorSpec((None, num_classes), tf.float32))
+    dataset = tf.data.Dataset.from_generator(functools.partial(generate, *args), output_signature=signature)
+    if batches is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    return dataset.prefetch(PREFETCH_BATCHES)
+
+
+def _fit_data(dataset: Dataset, index: np.ndarray, config: TrainConfig, spec: PreprocessSpec, streaming: bool,
+              evaluation: bool = False) -> Any:
+    """The images at `index` as the network takes them: (float32 array, one-hot) in memory, or a stream."""
+    if streaming and evaluation:
+        return _stream(evaluation_batches, dataset.train_images, dataset.train_labels, index, dataset.num_classes,
+                       spec, config.batch_size, batches=steps_per_epoch(len(index), config.batch_size))
+    # The fancy indexing copies, in shuffled order (the documented recipe's arrays).
+    return (scale_pixels(dataset.train_images[index], spec), one_hot(dataset.train_labels[index], dataset.num_classes))
+
+
+def _evaluation_data(dataset: Dataset, config: TrainConfig, spec: PreprocessSpec, streaming: bool) -> Any:
+    """The test set as the network takes it: arrays for the documented path, else a stream."""
+    if streaming:
+        return _stream(evaluation_batches, dataset.test_images, dataset.test_labels, None, dataset.num_classes,
+                       spec, config.batch_size, batches=steps_per_epoch(dataset.test_count, config.batch_size))
+    return scale_pixels(dataset.test_images, spec), one_hot(dataset.test_labels, dataset.num_classes)
+
+
+def _evaluate(model: "keras.Model", data: Any) -> tuple[float, float]:
+    """(loss, accuracy) of `model` on arrays or a stream."""
+    if isinstance(data, tuple):
+        loss, accuracy = model.evaluate(*data, verbose=0)
+    else:
+        loss, accuracy = model.evaluate(data, verbose=0)
+    return float(loss), float(accuracy)
 
 
 def package_versions() -> dict[str, str]:
@@ -335,8 +544,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
         _refuse_to_replace(out, config.force, progress)
 
     started = time.perf_counter()
+    spec = config.spec()
     dataset = load_dataset(config.data, seed=config.seed, test_fraction=config.test_fraction,
-                           progress=progress, workers=config.workers)
+                           progress=progress, workers=config.workers, spec=spec)
     loading_seconds = time.perf_counter() - started
     progress.message(f"loaded {dataset.summary()} in {loading_seconds:.1f} s")
     if checkpoint is not None and checkpoint.class_names != dataset.class_names:
@@ -352,58 +562,78 @@ def train(config: TrainConfig, progress: Progress | None = None,
     import_tensorflow()
     import keras
 
-    from .model import build_model
-
     keras.utils.set_random_seed(config.seed)
-    with native_output_to_log():  # the first op probes for CUDA devices and prints about it
+    strategy = distribution_strategy(config.distribute, progress)
+    with _scope(strategy), native_output_to_log():  # the first op probes for CUDA devices and prints about it
         if checkpoint is not None:
             model = keras.models.load_model(checkpoint.model_path)
             history = {key: list(values) for key, values in checkpoint.history.items()}
             initial_epoch, prior_seconds = checkpoint.epoch, checkpoint.training_seconds
         else:
-            model = build_model(dataset.num_classes, dataset.train_images.shape[1:])
+            model = build_network(config, dataset.num_classes)
             history, initial_epoch, prior_seconds = {}, 0, 0.0
 
+    streaming = streams_batches(config)
+    evaluation_data = _evaluation_data(dataset, config, spec, streaming)
     session_training_seconds = 0.0
     checkpoint_seconds = 0.0
     if initial_epoch < config.epochs:
-        # Shuffle before holding out validation (the fancy indexing copies, in shuffled order).
-        x_train = scale_pixels(dataset.train_images[train_index], DEFAULT_SPEC)
-        y_train = _one_hot(dataset.train_labels[train_index], dataset.num_classes)
         validation = None
         if len(validation_index):
-            validation = (scale_pixels(dataset.train_images[validation_index], DEFAULT_SPEC),
-                          _one_hot(dataset.train_labels[validation_index], dataset.num_classes))
+            validation = _fit_data(dataset, validation_index, config, spec, streaming, evaluation=True)
+        steps = steps_per_epoch(len(train_index), config.batch_size)
         epoch_callback = _epoch_callback(folder, history, config.recipe(), dataset.class_names, config.epochs,
                                          config.batch_size, prior_seconds, progress)
-        progress.message(f"training on {len(train_index):,} images, validating on {len(validation_index):,}: "
-                         f"epochs {initial_epoch + 1}..{config.epochs}, batch {config.batch_size}")
+        augmentation = "augmented, " if config.augment else ""
+        progress.message(f"training {config.arch} on {len(train_index):,} {spec.width}x{spec.height} images "
+                         f"({augmentation}{'streamed' if streaming else 'in memory'}), validating on "
+                         f"{len(validation_index):,}: epochs {initial_epoch + 1}..{config.epochs}, "
+                         f"batch {config.batch_size}")
         fit_started = time.perf_counter()
         try:
-            model.fit(x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
-                      initial_epoch=initial_epoch, validation_data=validation, shuffle=True, verbose=0,
-                      callbacks=[epoch_callback, *callbacks])
+            for phase in training_phases(config):
+                if phase.end_epoch <= initial_epoch:
+                    continue
+                first = max(phase.first_epoch, initial_epoch)
+                if first == phase.first_epoch:  # a phase starting now; a resumed one has its optimizer
+                    with _scope(strategy):
+                        prepare_phase(model, config, phase, steps)
+                    if phase.first_epoch > 0:
+                        progress.message(f"fine-tuning the whole network from epoch {first + 1} at learning rate "
+                                         f"{phase.learning_rate:g}")
+                    elif not phase.backbone_trainable:
+                        progress.message(f"pretrained backbone frozen for epochs 1..{phase.end_epoch}")
+                if streaming:
+                    model.fit(_stream(training_batches, dataset.train_images, dataset.train_labels, train_index,
+                                      dataset.num_classes, spec, config.batch_size, config.seed, first, None,
+                                      DEFAULT_AUGMENTATION if config.augment else None),
+                              epochs=phase.end_epoch, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
+                              validation_data=validation, verbose=0, callbacks=[epoch_callback, *callbacks])
+                else:
+                    x_train, y_train = _fit_data(dataset, train_index, config, spec, streaming)
+                    model.fit(x_train, y_train, batch_size=config.batch_size, epochs=phase.end_epoch,
+                              initial_epoch=first, validation_data=validation, shuffle=True, verbose=0,
+                              callbacks=[epoch_callback, *callbacks])
+                    del x_train, y_train
         except KeyboardInterrupt as interrupt:
             progress.end_status()
             raise TrainingInterrupted(initial_epoch + epoch_callback.epochs_completed, config.epochs,
                                       out) from interrupt
         session_training_seconds = time.perf_counter() - fit_started
         checkpoint_seconds = epoch_callback.checkpoint_seconds
-        del x_train, y_train, validation
+        del validation
     else:
         progress.message(f"all {config.epochs} epochs are trained; evaluating and writing the outputs")
 
     started = time.perf_counter()
-    test_images = scale_pixels(dataset.test_images, DEFAULT_SPEC)
-    test_targets = _one_hot(dataset.test_labels, dataset.num_classes)
-    last_loss, last_accuracy = model.evaluate(test_images, test_targets, verbose=0)
+    last_loss, last_accuracy = _evaluate(model, evaluation_data)
     kept = choose_epoch(history, config.keep)
     if kept.epoch == config.epochs:
         test_loss, test_accuracy = last_loss, last_accuracy
     else:
         with native_output_to_log():
             model = keras.models.load_model(folder / CHECKPOINT_MODEL_PATTERN.format(epoch=kept.epoch))
-        test_loss, test_accuracy = model.evaluate(test_images, test_targets, verbose=0)
+        test_loss, test_accuracy = _evaluate(model, evaluation_data)
     evaluation_seconds = time.perf_counter() - started
     progress.message(f"kept epoch {kept.epoch} of {config.epochs} ({kept.rule}): test accuracy "
                      f"{test_accuracy:.4f}, loss {test_loss:.4f} on {dataset.test_count:,} images "
@@ -511,12 +741,31 @@ def training_report(config: TrainConfig, dataset: Dataset, history: dict[str, li
             "test_per_class": counts["test_per_class"],
         },
         "model": {"parameters": parameters, "file": MODEL_FILE},
-        "preprocess": DEFAULT_SPEC.to_dict(),
+        "arch": arch_report(config),
+        "preprocess": config.spec().to_dict(),
         "durations": durations,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
         "versions": package_versions(),
     }
+
+
+def arch_report(config: TrainConfig) -> dict[str, Any]:
+    """training.json's "arch": the network, its registry defaults and the settings this run used."""
+    arch = config.network
+    settings = {"image_size": config.image_size, "scale": arch.scale, "offset": arch.offset,
+                "optimizer": arch.optimizer, "learning_rate": config.learning_rate, "schedule": arch.schedule,
+                "warmup_epochs": arch.warmup_epochs, "epochs": config.epochs, "batch_size": config.batch_size,
+                "augment": config.augment,
+                "augmentation": DEFAULT_AUGMENTATION.to_dict() if config.augment else None,
+                "input_pipeline": "stream" if streams_batches(config) else "arrays",
+                "phases": [phase.to_dict() for phase in training_phases(config)],
+                "distribute": config.distribute}
+    for name in arch.options:
+        settings[name] = config.recipe()[name]
+    if arch.backbone is not None:
+        settings.update(freeze_epochs=config.freeze_epochs, fine_tune_factor=arch.fine_tune_factor)
+    return {"name": arch.name, "summary": arch.summary, "defaults": arch.defaults(), "settings": settings}
 
 
 def write_outputs(out: Path, model: "keras.Model", class_names: Sequence[str], history: dict[str, list[float]],

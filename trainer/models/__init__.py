@@ -70,6 +70,9 @@ class Arch:
         schedule = "constant" if self.schedule == CONSTANT else f"{self.warmup_epochs} warm-up epochs + cosine"
         inputs = {1.0 / PIXEL_SCALE: "x/255", 1.0: "raw 0-255", 2.0 / PIXEL_SCALE: "[-1,1]"}.get(self.scale, "")
         extra = "".join(f", {key} {value}" for key, value in self.options.items() if value is not None)
+        if self.backbone is not None:
+            extra += (f"; from pretrained weights: backbone frozen for {self.freeze_epochs} epochs, then lr "
+                      f"x{self.fine_tune_factor:g}")
         return (f"{self.name}: {self.summary}; {self.image_size}px {inputs}, {self.optimizer} lr "
                 f"{self.learning_rate:g} {schedule}, {self.epochs} epochs, batch {self.batch_size}, "
                 f"augment {'on' if self.augment else 'off'}{extra}")
