@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-MIN_TEST_ACCURACY = 0.66          # issue 9: kept-epoch test accuracy, margin below the worst measured seed
+MIN_TEST_ACCURACY = 0.665         # issue 9: kept-epoch test accuracy; worst measured seed 0.6808 (BENCHMARKS.md)
 MIN_FLOAT32_AGREEMENT = 1.0       # issue 3: float32 TFLite agrees with Keras on every image
 MAX_INT8_DROP_PP = 0.5            # issue 3: int8 within 0.5 points of Keras
 MIN_INT8_AGREEMENT = 0.98         # issue 3: int8 top-1 agrees with Keras on at least 98% of test images
