@@ -114,3 +114,23 @@ def test_evaluation_batches_are_in_order_and_never_augmented() -> None:
 @pytest.mark.parametrize("count, batch, steps", [(10, 3, 4), (9, 3, 3), (1, 64, 1)])
 def test_steps_per_epoch_counts_the_last_partial_batch(count: int, batch: int, steps: int) -> None:
     assert steps_per_epoch(count, batch) == steps
+
+
+def test_whole_batches_only_leave_out_a_different_remainder_each_epoch() -> None:
+    images, labels = numbered_images(), np.zeros(COUNT, dtype=int)
+    batches = list(training_batches(images, labels, np.arange(COUNT), 1, RAW, 4, seed=0, first_epoch=0,
+                                    end_epoch=2, drop_remainder=True))
+    assert [len(x) for x, _ in batches] == [4, 4, 4, 4] and steps_per_epoch(COUNT, 4, drop_remainder=True) == 2
+    left_out = [set(range(COUNT)) - set(np.concatenate([x[:, 0, 0, 0] for x, _ in epoch]).astype(int).tolist())
+                for epoch in (batches[:2], batches[2:])]
+    assert [len(missing) for missing in left_out] == [2, 2] and left_out[0] != left_out[1]
+
+
+def test_distributed_evaluation_pads_each_batch_with_zero_weight_copies() -> None:
+    images, labels = numbered_images(count=7), np.arange(7) % 2
+    batches = list(evaluation_batches(images, labels, None, 2, RAW, 4, replicas=2))
+    assert [len(batch[0]) for batch in batches] == [4, 4]  # 4 images, then 3 and one copy
+    last_x, last_y, last_weights = batches[1]
+    assert last_weights.tolist() == [1.0, 1.0, 1.0, 0.0]
+    np.testing.assert_array_equal(last_x[3], last_x[2])
+    assert sum(batch[2].sum() for batch in batches) == 7

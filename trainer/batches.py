@@ -67,9 +67,9 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, augmentation: Augmenta
     return out
 
 
-def steps_per_epoch(count: int, batch_size: int) -> int:
-    """Batches in one pass over `count` images (the last one may be smaller)."""
-    return math.ceil(count / batch_size)
+def steps_per_epoch(count: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Batches in one pass over `count` images (the last one may be smaller, or is left out)."""
+    return count // batch_size if drop_remainder else math.ceil(count / batch_size)
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -79,15 +79,19 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def training_batches(images: np.ndarray, labels: np.ndarray, index: np.ndarray, num_classes: int,
                      spec: PreprocessSpec, batch_size: int, seed: int, first_epoch: int = 0,
-                     end_epoch: int | None = None, augmentation: Augmentation | None = None
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     end_epoch: int | None = None, augmentation: Augmentation | None = None,
+                     drop_remainder: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(float32 inputs, one-hot targets) for epochs first_epoch..end_epoch-1 over `images[index]`.
 
     `images` is the whole uint8 array; `index` picks the training images, so no copy of the split is
     made. `end_epoch` None goes on for ever (Keras takes `steps_per_epoch` batches for each epoch).
+    `drop_remainder` leaves out each epoch's last partial batch (a different few images every epoch):
+    under tf.distribute a device handed no image would make the step's gradients NaN.
     """
     for epoch in itertools.count(first_epoch) if end_epoch is None else range(first_epoch, end_epoch):
         order = index[epoch_order(len(index), seed, epoch)]
+        if drop_remainder:
+            order = order[:len(order) - len(order) % batch_size]
         rng = np.random.default_rng([seed, epoch, AUGMENT_STREAM])
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
@@ -98,9 +102,20 @@ def training_batches(images: np.ndarray, labels: np.ndarray, index: np.ndarray, 
 
 
 def evaluation_batches(images: np.ndarray, labels: np.ndarray, index: np.ndarray | None, num_classes: int,
-                       spec: PreprocessSpec, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(float32 inputs, one-hot targets) for `images[index]` (all images when None), in order."""
+                       spec: PreprocessSpec, batch_size: int, replicas: int = 1) -> Iterator[tuple[np.ndarray, ...]]:
+    """(float32 inputs, one-hot targets) for `images[index]` (all images when None), in order.
+
+    With `replicas` > 1 (tf.distribute), every batch is padded to a multiple of `replicas` with
+    copies of its last image, and a third array of sample weights (1, and 0 for the copies) comes
+    with it: each device then gets images, and the copies count for nothing in the accuracy.
+    """
     positions = np.arange(len(images)) if index is None else index
     for start in range(0, len(positions), batch_size):
         chosen = positions[start:start + batch_size]
-        yield scale_pixels(images[chosen], spec), one_hot(labels[chosen], num_classes)
+        if replicas == 1:
+            yield scale_pixels(images[chosen], spec), one_hot(labels[chosen], num_classes)
+            continue
+        padding = -len(chosen) % replicas
+        weights = np.concatenate([np.ones(len(chosen)), np.zeros(padding)]).astype(np.float32)
+        chosen = np.concatenate([chosen, np.repeat(chosen[-1:], padding)])
+        yield scale_pixels(images[chosen], spec), one_hot(labels[chosen], num_classes), weights

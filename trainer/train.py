@@ -32,8 +32,7 @@ from edge_runtime.errors import DataError, EdgeError
 from edge_runtime.labels import write_labels
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
-from .batches import (DEFAULT_AUGMENTATION, evaluation_batches, one_hot, steps_per_epoch,
-                      training_batches)
+from .batches import DEFAULT_AUGMENTATION, evaluation_batches, one_hot, steps_per_epoch, training_batches
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Dataset, Progress, load_dataset
 from .keep import KEEP_BEST, KEEP_CHOICES, KeptEpoch, best_validation_epoch, choose_epoch
 from .models import ARCHS, CONSTANT, DEFAULT_ARCH, Arch, get_arch
@@ -222,7 +221,7 @@ def training_phases(config: TrainConfig) -> list[Phase]:
 
 def streams_batches(config: TrainConfig) -> bool:
     """Whether training streams batches from uint8 images (else float32 arrays in memory, the documented way)."""
-    return bool(config.augment) or config.image_size >= STREAM_MIN_SIDE
+    return bool(config.augment) or config.image_size >= STREAM_MIN_SIDE or config.distribute
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,7 +438,13 @@ def prepare_phase(model: "keras.Model", config: TrainConfig, phase: Phase, steps
         model.get_layer(arch.backbone).trainable = phase.backbone_trainable
     optimizers = {"adam": keras.optimizers.Adam}
     optimizer = optimizers[arch.optimizer](learning_rate=learning_rate_schedule(config, phase, steps))
-    model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))
+    if config.distribute:
+        # Distributed evaluation pads its batches with zero-weight copies (trainer.batches): the accuracy
+        # must weigh them, so it counts real images only. (The loss's divisor still counts the copies of
+        # the last batch: a slight bias of the validation and test loss, never of the accuracy.)
+        model.compile(optimizer=optimizer, loss=LOSS, weighted_metrics=list(METRICS))
+    else:
+        model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))
 
 
 def distribution_strategy(distribute: bool, progress: Progress) -> Any:
@@ -461,8 +466,9 @@ def _scope(strategy: Any) -> Any:
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
-def _stream(generate: Any, *args: Any, batches: int | None = None) -> Any:
-    """A tf.data pipeline over `generate(*args)`, which yields (float32 inputs, one-hot targets) batches.
+def _stream(generate: Any, *args: Any, batches: int | None = None, weighted: bool = False) -> Any:
+    """A tf.data pipeline over `generate(*args)`, which yields (float32 inputs, one-hot targets) batches,
+    with sample weights as a third array when `weighted`.
 
     `batches` is how many a finite stream yields: Keras then knows where an evaluation ends.
     """
@@ -471,27 +477,50 @@ def _stream(generate: Any, *args: Any, batches: int | None = None) -> Any:
     tf = import_tensorflow()
     images, num_classes = args[0], args[3]
     signature = (tf.TensorSpec((None, *images.shape[1:]), tf.float32), tf.TensorSpec((None, num_classes), tf.float32))
+    if weighted:
+        signature += (tf.TensorSpec((None,), tf.float32),)
     dataset = tf.data.Dataset.from_generator(functools.partial(generate, *args), output_signature=signature)
     if batches is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.prefetch(PREFETCH_BATCHES)
 
 
+def check_replicas(replicas: int, batch_size: int, train_count: int) -> None:
+    """Refuse a distributed run whose training batches the devices cannot share evenly (DataError)."""
+    if replicas == 1:
+        return
+    if batch_size % replicas:
+        raise DataError(f"batch size {batch_size} does not split evenly over {replicas} devices; "
+                        f"give a multiple of {replicas}")
+    if train_count < batch_size:
+        raise DataError(f"{train_count} training image(s) are fewer than one batch of {batch_size}; "
+                        f"a distributed run trains on whole batches only")
+
+
+def _evaluation_stream(images: np.ndarray, labels: np.ndarray, index: np.ndarray | None, num_classes: int,
+                       spec: PreprocessSpec, batch_size: int, replicas: int) -> Any:
+    """Evaluation batches in order, as a stream of known length (padded for the devices when distributed)."""
+    count = len(images) if index is None else len(index)
+    return _stream(evaluation_batches, images, labels, index, num_classes, spec, batch_size, replicas,
+                   batches=steps_per_epoch(count, batch_size), weighted=replicas > 1)
+
+
 def _fit_data(dataset: Dataset, index: np.ndarray, config: TrainConfig, spec: PreprocessSpec, streaming: bool,
-              evaluation: bool = False) -> Any:
+              evaluation: bool = False, replicas: int = 1) -> Any:
     """The images at `index` as the network takes them: (float32 array, one-hot) in memory, or a stream."""
     if streaming and evaluation:
-        return _stream(evaluation_batches, dataset.train_images, dataset.train_labels, index, dataset.num_classes,
-                       spec, config.batch_size, batches=steps_per_epoch(len(index), config.batch_size))
+        return _evaluation_stream(dataset.train_images, dataset.train_labels, index, dataset.num_classes, spec,
+                                  config.batch_size, replicas)
     # The fancy indexing copies, in shuffled order (the documented recipe's arrays).
     return (scale_pixels(dataset.train_images[index], spec), one_hot(dataset.train_labels[index], dataset.num_classes))
 
 
-def _evaluation_data(dataset: Dataset, config: TrainConfig, spec: PreprocessSpec, streaming: bool) -> Any:
+def _evaluation_data(dataset: Dataset, config: TrainConfig, spec: PreprocessSpec, streaming: bool,
+                     replicas: int = 1) -> Any:
     """The test set as the network takes it: arrays for the documented path, else a stream."""
     if streaming:
-        return _stream(evaluation_batches, dataset.test_images, dataset.test_labels, None, dataset.num_classes,
-                       spec, config.batch_size, batches=steps_per_epoch(dataset.test_count, config.batch_size))
+        return _evaluation_stream(dataset.test_images, dataset.test_labels, None, dataset.num_classes, spec,
+                                  config.batch_size, replicas)
     return scale_pixels(dataset.test_images, spec), one_hot(dataset.test_labels, dataset.num_classes)
 
 
@@ -564,6 +593,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
 
     keras.utils.set_random_seed(config.seed)
     strategy = distribution_strategy(config.distribute, progress)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    check_replicas(replicas, config.batch_size, len(train_index))
     with _scope(strategy), native_output_to_log():  # the first op probes for CUDA devices and prints about it
         if checkpoint is not None:
             model = keras.models.load_model(checkpoint.model_path)
@@ -574,14 +605,16 @@ def train(config: TrainConfig, progress: Progress | None = None,
             history, initial_epoch, prior_seconds = {}, 0, 0.0
 
     streaming = streams_batches(config)
-    evaluation_data = _evaluation_data(dataset, config, spec, streaming)
+    evaluation_data = _evaluation_data(dataset, config, spec, streaming, replicas)
     session_training_seconds = 0.0
     checkpoint_seconds = 0.0
     if initial_epoch < config.epochs:
         validation = None
         if len(validation_index):
-            validation = _fit_data(dataset, validation_index, config, spec, streaming, evaluation=True)
-        steps = steps_per_epoch(len(train_index), config.batch_size)
+            validation = _fit_data(dataset, validation_index, config, spec, streaming, evaluation=True,
+                                   replicas=replicas)
+        whole_batches = replicas > 1
+        steps = steps_per_epoch(len(train_index), config.batch_size, drop_remainder=whole_batches)
         epoch_callback = _epoch_callback(folder, history, config.recipe(), dataset.class_names, config.epochs,
                                          config.batch_size, prior_seconds, progress)
         augmentation = "augmented, " if config.augment else ""
@@ -606,7 +639,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
                 if streaming:
                     model.fit(_stream(training_batches, dataset.train_images, dataset.train_labels, train_index,
                                       dataset.num_classes, spec, config.batch_size, config.seed, first, None,
-                                      DEFAULT_AUGMENTATION if config.augment else None),
+                                      DEFAULT_AUGMENTATION if config.augment else None, whole_batches),
                               epochs=phase.end_epoch, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
                               validation_data=validation, verbose=0, callbacks=[epoch_callback, *callbacks])
                 else:
