@@ -32,3 +32,17 @@ def test_cifar_arrays_are_resized_to_the_spec_size(tmp_path: Path) -> None:
     assert resized.train_images.dtype == np.uint8
     np.testing.assert_array_equal(resized.train_images[3], array_to_input(native.train_images[3], SPEC_48))
     np.testing.assert_array_equal(resized.test_labels, native.test_labels)
+
+
+def test_decoded_images_are_not_copied_when_every_file_reads(split_dataset: Path, tmp_path: Path) -> None:
+    """At 96 px and above a second copy of the set is what memory cannot afford: train and test are views."""
+    dataset = load_dataset(split_dataset, progress=QUIET, spec=SPEC_48)
+    assert dataset.train_images.base is not None and dataset.train_images.base is dataset.test_images.base
+    # One unreadable file: the kept images are then a copy without it.
+    damaged = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(split_dataset, damaged)
+    (damaged / "train" / "circle" / "0000.png").write_text("not an image\n")
+    partial = load_dataset(damaged, progress=QUIET, spec=SPEC_48)
+    assert partial.skipped_count == 1 and len(partial.train_images) == len(dataset.train_images) - 1

@@ -1,6 +1,8 @@
-"""trainer: build and train the documented CIFAR-10 CNN on CIFAR-10, an image-folder tree or the CIFAR archive.
+"""trainer: build and train a network of the registry on CIFAR-10, an image-folder tree or the CIFAR archive.
 
-Modules: `model` (the network), `data` (loading data sets into arrays), `train` (the training loop,
-checkpoints, resume and outputs), `plots` (accuracy curves), `cli` (`edge-train`). Importing this
-package imports nothing heavy; TensorFlow is imported only where a model is built or trained.
+Modules: `models` (the networks, one module per family, and the table of their defaults), `model`
+(the documented CNN under its old name), `data` (loading data sets into uint8 arrays), `batches`
+(streamed batches and augmentation), `train` (the training loop, checkpoints, resume and outputs),
+`plots` (accuracy curves), `cli` (`edge-train`). Importing this package imports nothing heavy;
+TensorFlow is imported only where a model is built or trained.
 """

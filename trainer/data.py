@@ -294,9 +294,9 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
         if split in splits:
             _check_every_class_readable(root / split, train_names, labels, split_kept)
     return Dataset(
-        train_images=images[:n_train][train_kept],
+        train_images=_kept(images[:n_train], train_kept),
         train_labels=train_labels[train_kept],
-        test_images=images[n_train:][test_kept],
+        test_images=_kept(images[n_train:], test_kept),
         test_labels=test_labels[test_kept],
         class_names=train_names,
         source=f"image folders {root}",
@@ -346,6 +346,11 @@ def stratified_test_mask(labels: np.ndarray, num_classes: int, test_fraction: fl
         count = min(max(1, int(round(len(members) * test_fraction))), len(members) - 1)
         is_test[rng.permutation(members)[:count]] = True
     return is_test
+
+
+def _kept(images: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The images whose files decoded: a view when all did (large inputs are not copied), else a copy."""
+    return images if kept.all() else images[kept]
 
 
 def _flatten(classes: list[tuple[str, list[Path]]]) -> tuple[list[Path], np.ndarray]:

@@ -548,7 +548,8 @@ def package_versions() -> dict[str, str]:
 
 def train(config: TrainConfig, progress: Progress | None = None,
           callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Train the documented CNN as `config` says and write the outputs into `config.out`.
+    """Train the network `config.arch` (default: the documented CNN) as `config` says and write the
+    outputs into `config.out`.
 
     `callbacks` are extra Keras callbacks, run after the per-epoch checkpoint (tests use one to
     simulate Ctrl-C). Raises DataError / CheckpointError for bad input, RunExists when a fresh run
