@@ -63,6 +63,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@# MediaPipe, for the interoperability test only: --no-deps because it wants opencv-contrib-python,
+	@# which would overwrite the camera extra's OpenCV files; its image classifier needs nothing else here.
+	$(PY) -m pip install --quiet --no-deps "mediapipe==1.2.3" || \
+		echo "make install: mediapipe 1.2.3 does not install here; its interoperability test will skip" >&2
 	@touch $@
 
 train: $(STAMP) ## Train the network ARCH: writes OUT/model.keras, labels.txt, training.json, accuracy.png
