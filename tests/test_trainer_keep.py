@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from synthetic import CLASS_NAMES
+from trainer_fixtures import InterruptAfterEpoch
 from trainer.data import Progress
 from trainer.keep import (KEEP_BEST, KEEP_LAST, RULE_BEST, RULE_LAST, RULE_LAST_NO_VALIDATION, KeptEpoch,
                           choose_epoch)
@@ -70,20 +71,6 @@ class ZeroWeightsFrom:
                     self.model.set_weights([np.zeros_like(w) for w in self.model.get_weights()])
 
         return ZeroWeights()
-
-
-class InterruptAfterEpoch:
-    """Raise KeyboardInterrupt at the end of epoch `epoch` (1-based), as Ctrl-C would."""
-
-    def __new__(cls, epoch: int):
-        import keras
-
-        class Interrupt(keras.callbacks.Callback):
-            def on_epoch_end(self, index, logs=None):
-                if index + 1 == epoch:
-                    raise KeyboardInterrupt
-
-        return Interrupt()
 
 
 def weights_of(path: Path) -> list[np.ndarray]:

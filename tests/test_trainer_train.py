@@ -14,6 +14,7 @@ from edge_runtime.errors import DataError
 from edge_runtime.labels import read_labels
 from edge_runtime.preprocess import scale_pixels
 from synthetic import CLASS_NAMES, write_image_folder
+from trainer_fixtures import InterruptAfterEpoch
 from trainer import train as train_module
 from trainer.data import Progress, load_dataset
 from trainer.train import (CHECKPOINT_DIR, CheckpointError, RunExists, TrainConfig, TrainingInterrupted,
@@ -131,20 +132,6 @@ def test_checkpoint_of_the_last_epoch_is_kept(trained) -> None:
     assert sorted(p.name for p in (trained.out / CHECKPOINT_DIR).iterdir()) == sorted(
         {"epoch-003.keras", f"epoch-{best:03d}.keras", "state.json"})
     assert checkpoint.history == trained.history
-
-
-class InterruptAfterEpoch:
-    """Raise KeyboardInterrupt at the end of epoch `epoch` (1-based), as Ctrl-C would."""
-
-    def __new__(cls, epoch: int):
-        import keras
-
-        class Interrupt(keras.callbacks.Callback):
-            def on_epoch_end(self, index, logs=None):
-                if index + 1 == epoch:
-                    raise KeyboardInterrupt
-
-        return Interrupt()
 
 
 def test_interrupted_run_resumes_to_the_same_epoch_count(split_dataset: Path, tmp_path: Path) -> None:

@@ -116,3 +116,17 @@ def write_damaged_files(folder: Path) -> list[Path]:
     text = folder / "notes.jpg"
     text.write_text("this is not an image\n")
     return [truncated, empty, text]
+
+
+class InterruptAfterEpoch:
+    """Raise KeyboardInterrupt at the end of epoch `epoch` (1-based), as Ctrl-C would."""
+
+    def __new__(cls, epoch: int):
+        import keras
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, index, logs=None):
+                if index + 1 == epoch:
+                    raise KeyboardInterrupt
+
+        return Interrupt()
