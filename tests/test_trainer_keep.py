@@ -158,7 +158,10 @@ def test_plot_has_accuracy_and_loss_panels_with_the_kept_epoch_marked() -> None:
         assert list(axes.get_xticks()) == [1, 2, 3]
         marks = [line for line in axes.get_lines() if line.get_color() == KEPT_COLOUR]
         assert [list(mark.get_xdata()) for mark in marks] == [[2, 2]]  # the vertical line at epoch 2
-        assert "kept: epoch 2" in [text.get_text() for text in axes.get_legend().get_texts()]
+    # One legend, on the accuracy panel (the loss curves rise into the loss panel's corners).
+    assert "kept: epoch 2" in [text.get_text() for text in accuracy.get_legend().get_texts()]
+    assert loss.get_legend() is None
+
 
 
 def test_one_epoch_gets_one_integer_tick() -> None:

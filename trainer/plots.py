@@ -78,8 +78,8 @@ def training_figure(history: Mapping[str, Sequence[float]], title: str = "Traini
             losses = [v for key, _ in curves for v in (history.get(key) or []) if v == v]  # v == v drops NaN
             axes.set_ylim(0.0, LOSS_AXIS_HEADROOM * max(losses) if losses and max(losses) > 0 else None)
         axes.grid(alpha=0.3)
-        if axes.get_legend_handles_labels()[0]:  # a history without losses leaves that panel empty
-            axes.legend(loc="lower right" if name == "Accuracy" else "upper right", fontsize="small")
+        if index == 1:  # one legend, where the accuracy panel is empty; the loss panel uses the same colours
+            axes.legend(loc="lower right", fontsize="small")
         axes.set_title(name)
     figure.suptitle(title)
     figure.tight_layout()
