@@ -118,3 +118,21 @@ def test_installed_edge_classify_classifies_an_image(edge_venv: Path, runtime_mo
     assert result.returncode == 0, result.stderr
     # One line: the image, its label and a score in [0, 1].
     assert re.fullmatch(rf"{re.escape(str(photo))}: {expected} (0\.\d+|1\.0+)\n", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("command, arguments, needs", [
+    ("edge-train", ["--data", "photos", "--out", "run"], "TensorFlow and matplotlib"),
+    ("edge-train", ["--out", "run"], "TensorFlow and matplotlib"),  # the default: CIFAR-10 through Keras
+    ("edge-convert", ["--model", "model.keras", "--out", "run"], "TensorFlow"),
+    ("edge-report", ["--out", "run"], "TensorFlow and matplotlib"),
+])
+def test_training_commands_on_a_device_install_name_the_extra(edge_venv: Path, tmp_path: Path, command: str,
+                                                              arguments: list[str], needs: str):
+    """Installed with only [edge], as on a device: one line naming what to install, exit 1, nothing written."""
+    result = _run([str(edge_venv / "bin" / command), *arguments], RUN_TIMEOUT_S, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    verb = "are" if " and " in needs else "is"
+    assert result.stderr == (f"Error: {command} needs {needs}, which {verb} not installed here; install the "
+                             f"training extra: pip install \"edge-image-toolkit[train]\"\n")
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
