@@ -27,8 +27,8 @@ from typing import Any
 
 import click
 
-from bench_train import (DEFAULT_DATA, REPO_ROOT, RECIPE_EPOCHS, echo, load_floors, machine, make_subset,
-                         run_streaming)
+from bench_train import (DEFAULT_DATA, RECIPE_EPOCHS, echo, load_floors, machine, make_subset, run_streaming,
+                         write_result)
 
 
 def run_checked(command: list[str], env: dict[str, str], what: str) -> float:
@@ -149,10 +149,7 @@ def main(data: Path | None, seeds: list[int], epochs: int, limit: int | None, wo
                   "data": str(data), "epochs": epochs, "limit": limit, "seeds": rows,
                   "last_epoch": spread([row["last_epoch_test_accuracy"] for row in rows]),
                   "kept_epoch": spread([row["kept_test_accuracy"] for row in rows])}
-        sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the toolkit is not installed
-        from edge_runtime.atomic import write_text
-
-        write_text(json_path, json.dumps(result, indent=2) + "\n")
+        write_result(json_path, result)
     if missed:
         sys.exit(1)
 

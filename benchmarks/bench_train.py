@@ -50,6 +50,14 @@ def load_floors() -> Any:
     return module
 
 
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's result as JSON, atomically (run as a script: the toolkit is not installed)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from edge_runtime.atomic import write_text
+
+    write_text(path, json.dumps(result, indent=2) + "\n")
+
+
 def echo(message: str) -> None:
     click.echo(message, err=True)
 
@@ -192,10 +200,7 @@ def main(data: Path | None, epochs: int, limit: int | None, seed: int, json_path
                   "plain": plain, "edge_train": ours, "time_ratio": ratio, "full_recipe": full_recipe,
                   "targets": {"min_test_accuracy": min_test_accuracy, "max_time_ratio": MAX_TIME_RATIO},
                   "passed": (not failures) if full_recipe else None, "failures": failures}
-        sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the toolkit is not installed
-        from edge_runtime.atomic import write_text
-
-        write_text(json_path, json.dumps(result, indent=2) + "\n")
+        write_result(json_path, result)
     if failures:
         sys.exit(1)
 
