@@ -42,13 +42,13 @@ MAX_DROP_ARG := $(if $(MAX_DROP),--max-drop $(MAX_DROP))
 
 THIS_MAKEFILE := $(firstword $(MAKEFILE_LIST))
 .DEFAULT_GOAL := help
-.PHONY: help install train convert report test bench wheel deploy clean
+.PHONY: help install train convert report test bench wheel deploy arm64-check clean
 
 help: ## Show this list
 	@echo "Usage: make [target ...] [VARIABLE=value ...]"
 	@echo
 	@echo "Targets:"
-	@grep -E '^[a-z]+:.*## ' $(THIS_MAKEFILE) | awk 'BEGIN {FS = ":.*## "} {printf "  %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(THIS_MAKEFILE) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables, with their defaults:"
 	@awk '/^## / {doc = substr($$0, 4); next} \
@@ -94,6 +94,9 @@ wheel: $(STAMP) ## Build dist/*.whl (install on a device with: pip install "<whe
 deploy: ## Copy MODEL (default int8) and its manifest to DEVICE=user@host:DEST over SSH, verify, smoke-test
 	@if [ -z "$(DEVICE)" ]; then echo "make deploy: set DEVICE=user@host (and optionally MODEL=, DEST=)" >&2; exit 2; fi
 	sh deploy/deploy.sh "$(DEVICE)" "$(MODEL)" "$(DEST)"
+
+arm64-check: wheel ## As root: install the wheel in emulated arm64 Bookworm and Trixie (qemu), compare OUT's models with x86
+	$(PY) deploy/arm64_check.py --out "$(OUT)"
 
 clean: ## Remove build outputs (keeps OUT and .venv)
 	rm -rf build dist *.egg-info .pytest_cache
