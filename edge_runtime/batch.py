@@ -3,16 +3,20 @@
 This loop is the hot path of `edge-classify folder/`: per image it reads and preprocesses the
 file, runs the interpreter once, picks the top classes and hands them to the writer, and adds
 nothing else that costs more than a few microseconds. A file that cannot be read is reported and
-skipped; the others are still classified.
+skipped; the others are still classified. A Classifier set up for batches (`use_batches`) reads
+up to a batch of files, invokes once, then writes their lines in order. `workers.py` runs the
+same loop in several processes.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import warnings
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+import numpy as np
 from PIL import Image
 
 from .classify import Class, Classifier, top_classes
@@ -57,22 +61,40 @@ def classify_files(classifier: Classifier, items: Iterable[InputItem], writer: R
                    clock: Callable[[], float] = time.perf_counter) -> BatchSummary:
     """Classify every item, writing one result or error per item, in order.
 
-    `latency_ms` covers reading, decoding, preprocessing and inference of one file.
+    `latency_ms` covers reading, decoding, preprocessing and inference of one file; in a batch,
+    the file's own reading, decoding and preprocessing plus its share of the batch's inference.
     A best score under `threshold` marks the result uncertain. Ctrl-C stops the run between
-    files; the summary then says it was interrupted.
+    files (between batches); the summary then says it was interrupted.
     """
     summary = BatchSummary()
     started = clock()
     try:
-        # open_image enforces its own pixel limit on every file; Pillow's lower warning level
-        # would only print noise for big photos under it. Set once here, not per file.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            _classify_each(classifier, items, writer, top_k, threshold, clock, summary)
+        classify_items(classifier, items, writer, top_k, threshold, clock, summary)
     except KeyboardInterrupt:
         summary.interrupted = True
     summary.seconds = clock() - started
     return summary
+
+
+def classify_items(classifier: Classifier, items: Iterable[InputItem], writer: ResultWriter, top_k: int,
+                   threshold: float, clock: Callable[[], float], summary: BatchSummary) -> None:
+    """The loop of `classify_files`, counting into `summary`: one image per invoke, or batches."""
+    # open_image enforces its own pixel limit on every file; Pillow's lower warning level
+    # would only print noise for big photos under it. Set once here, not per file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if classifier.batch_size > 1:
+            for chunk in chunked(items, classifier.batch_size):
+                _classify_batch(classifier, chunk, writer, top_k, threshold, clock, summary)
+        else:
+            _classify_each(classifier, items, writer, top_k, threshold, clock, summary)
+
+
+def chunked(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
+    """Consecutive lists of `size` items (the last may be shorter), drawn from `items` as needed."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _classify_each(classifier: Classifier, items: Iterable[InputItem], writer: ResultWriter, top_k: int,
@@ -105,4 +127,56 @@ def _classify_each(classifier: Classifier, items: Iterable[InputItem], writer: R
             summary.failed += 1
             continue
         writer.result(path, classes, classes[0].score < threshold, latency_ms)
+        summary.classified += 1
+
+
+def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: ResultWriter, top_k: int,
+                    threshold: float, clock: Callable[[], float], summary: BatchSummary) -> None:
+    """Read up to a batch of files, invoke once for the readable ones, write every line in order."""
+    load = classifier.load
+    errors: dict[int, str] = {}
+    images: list[np.ndarray] = []
+    read_seconds: list[float] = []
+    for position, item in enumerate(items):
+        if item.error is not None:
+            errors[position] = item.error
+            continue
+        start = clock()
+        try:
+            images.append(load(item.path))
+        except ImageError as error:
+            errors[position] = error_reason(item.path, str(error))
+            continue
+        except Exception as error:  # a decoder bug on a hostile file must not end the run
+            logger.debug("unexpected failure on %s", item.path, exc_info=True)
+            errors[position] = f"cannot decode image ({type(error).__name__}: {error})"
+            continue
+        read_seconds.append(clock() - start)
+    scores = None
+    share = 0.0
+    if images:
+        start = clock()
+        try:
+            scores = classifier.scores_batch(np.stack(images))
+        except Exception as error:  # the interpreter failed on the batch: every image in it failed
+            logger.debug("batch inference failed", exc_info=True)
+            failure = f"inference failed ({type(error).__name__}: {error})"
+            errors.update((position, failure) for position, item in enumerate(items) if position not in errors)
+        share = (clock() - start) / len(images)
+    labels = classifier.labels
+    row = 0
+    for position, item in enumerate(items):
+        reason = errors.get(position)
+        if reason is not None:
+            writer.error(item.path, reason)
+            summary.failed += 1
+            continue
+        latency_ms = (read_seconds[row] + share) * MILLISECONDS
+        classes = top_classes(scores[row], labels, top_k)
+        row += 1
+        if not classes:
+            writer.error(item.path, NO_USABLE_SCORES)
+            summary.failed += 1
+            continue
+        writer.result(item.path, classes, classes[0].score < threshold, latency_ms)
         summary.classified += 1

@@ -6,16 +6,19 @@ index, a video file or a stream URL through OpenCV's VideoCapture. Both hand out
 when no frame came. `frames()` turns a source into a stream that reopens a live source that
 drops out, a few times, before giving up with a CameraError that says what happened.
 
-picamera2 and cv2 are imported only when a source is opened.
+picamera2 and cv2 are imported only when a source is opened. OpenCV's own `[ WARN ... ]` lines
+(a camera index that does not exist, a backend that cannot open a device) go to the debug log,
+not the terminal: our one-line CameraError says what happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -139,9 +142,12 @@ class OpenCVSource(FrameSource):
             import cv2
         except ImportError as error:
             raise BackendError(f"OpenCV is not installed; {OPENCV_HINT}") from error
-        capture = cv2.VideoCapture(self.source)
-        if not capture.isOpened():
-            capture.release()
+        with _opencv_quiet(cv2):
+            capture = cv2.VideoCapture(self.source)
+            opened = capture.isOpened()
+            if not opened:
+                capture.release()
+        if not opened:
             raise CameraError(f"{self.description}: cannot open it")
         self._capture = capture
 
@@ -157,6 +163,29 @@ class OpenCVSource(FrameSource):
         capture, self._capture = self._capture, None
         if capture is not None:
             capture.release()
+
+
+@contextlib.contextmanager
+def _opencv_quiet(cv2: Any) -> Iterator[None]:
+    """Keep OpenCV's messages off the terminal while a source is opened.
+
+    OpenCV's logger is set to silent for the block (and restored after), unless --verbose asked
+    for diagnostics; what its backends print to stderr themselves (FFmpeg, GStreamer) is sent to
+    the debug log either way.
+    """
+    from .interpreter import native_stderr_to_log
+
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    silence = logging_api is not None and not logger.isEnabledFor(logging.DEBUG)
+    if silence:
+        previous = logging_api.getLogLevel()
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_SILENT)
+    try:
+        with native_stderr_to_log(logger, "opencv"):
+            yield
+    finally:
+        if silence:
+            logging_api.setLogLevel(previous)
 
 
 def picamera2_available() -> bool:

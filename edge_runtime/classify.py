@@ -28,6 +28,7 @@ INT8_PIXEL_ZERO_POINT = -128
 UINT8_PIXEL_ZERO_POINT = 0
 SCALE_TOLERANCE = 1e-6
 IMAGE_TENSOR_RANK = 4
+RESIZABLE_DIMENSION = -1  # a shape_signature entry the interpreter may resize
 
 
 class Class(NamedTuple):
@@ -165,6 +166,11 @@ class Classifier:
                              "not an image in and class scores out")
         self.input = _tensor_info(inputs[0])
         self.output = _tensor_info(outputs[0])
+        signature = inputs[0].get("shape_signature")
+        # Models converted with a fixed batch say 1 here; only -1 may be resized.
+        self.batch_resizable = signature is not None and len(signature) > 0 and int(signature[0]) == RESIZABLE_DIMENSION
+        self.batch_size = 1
+        self._batch_input: np.ndarray | None = None
         self._check_tensors()
         height, width = self.input.shape[1], self.input.shape[2]
         rule = resolve_input(self.metadata, self.official, self.input.dtype, height, width, normalization)
@@ -265,6 +271,47 @@ class Classifier:
         raw = interpreter.get_tensor(self.output.index)[0]
         scores = self._score_table.take(raw.view(np.uint8)) if self._score_table is not None else raw
         return self._calibrate(scores) if self._calibrate is not None else scores
+
+    def use_batches(self, size: int) -> int:
+        """Let `scores_batch` take up to `size` images per invoke; returns the batch size in use.
+
+        Only a model whose input `shape_signature` has -1 in the batch dimension can be resized;
+        any other keeps 1. Call it once, before classifying: XNNPACK re-initialises on every
+        resize, and `scores` (one image) no longer applies afterwards.
+        """
+        if size <= 1 or not self.batch_resizable or size == self.batch_size:
+            return self.batch_size
+        interpreter = self._interpreter
+        try:
+            interpreter.resize_tensor_input(self.input.index, [size, *self.input.shape[1:]])
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(f"{self.model_path}: cannot resize the input to a batch of {size} ({error})") from error
+        self.batch_size = size
+        self._batch_input = np.zeros((size, *self.input.shape[1:]), dtype=self.input.dtype)
+        return size
+
+    def scores_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Class scores (n, classes), float32 and dequantized, of n <= batch_size uint8 images in one invoke.
+
+        A batch shorter than `batch_size` fills the front of the input; the rest is left as it
+        was and its scores are not returned, so the input is never resized again.
+        """
+        count = len(pixels)
+        if self._batch_input is None:
+            return np.stack([self.scores(image) for image in pixels]) if count else np.empty((0, self.num_classes))
+        if count > self.batch_size:
+            raise ValueError(f"{count} images for a batch of {self.batch_size}")
+        batch = self._batch_input
+        batch[:count] = self._quantize(pixels)
+        interpreter = self._interpreter
+        interpreter.set_tensor(self.input.index, batch)
+        interpreter.invoke()
+        raw = interpreter.get_tensor(self.output.index)[:count]
+        scores = self._score_table.take(raw.view(np.uint8)) if self._score_table is not None else raw
+        if self._calibrate is not None:
+            scores = np.stack([self._calibrate(row) for row in scores])
+        return scores
 
     def classify(self, pixels: np.ndarray, top_k: int = 1, threshold: float = 0.0) -> list[Class]:
         """The best classes of one preprocessed uint8 image."""

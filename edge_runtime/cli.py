@@ -2,7 +2,8 @@
 
 A thin shell over the library: it parses options, picks the model, builds one Classifier and
 hands it to `batch.classify_files`, `live.classify_frames`, `bench.benchmark_model` or
-`info.model_facts`. Exit codes: 0 when everything asked for was done, 1 when some input could not
+`info.model_facts`; a folder of at least SMALL_JOB_FILES files goes to `workers`, where each
+worker process builds its own. Exit codes: 0 when everything asked for was done, 1 when some input could not
 be classified (the others still were) or a model differs from its manifest, 2 for a bad model,
 backend or command line, 130 on Ctrl-C during a file run.
 
@@ -12,10 +13,12 @@ Pillow, click and one interpreter package, and nothing from TensorFlow or OpenCV
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, TextIO
 
 import click
@@ -41,6 +44,11 @@ CAMERA_AUTO = "auto"
 PACKAGE_LOGGER = "edge_runtime"
 NORMALIZATION_SINGLE = 2  # MEAN,STD
 NORMALIZATION_PER_CHANNEL = 6  # three means, three stds
+# Images per invoke in the worker processes, where the model's batch dimension can be resized.
+DEFAULT_BATCH = 32
+# Fewer files than this are classified in this process: starting the workers would cost more
+# than they save. Measured with benchmarks/bench_runtime.py --threshold (see BENCHMARKS.md).
+SMALL_JOB_FILES = 200
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +66,18 @@ class RunFailed(click.ClickException):
 
 
 def _make_classifier(model_option: str | None, threads: int, backend: str | None,
-                     labels: str | None, normalization: Normalization | None = None) -> Classifier:
-    """Find the model and build the one Classifier of this run; model problems are fatal."""
+                     labels: str | None, normalization: Normalization | None = None) -> tuple[Classifier, str | None]:
+    """Find the model and build the one Classifier of this run; model problems are fatal.
+
+    Returns the classifier and, when the model was picked among several, why (else None).
+    """
     from .classify import Classifier
-    from .model_select import find_model
+    from .model_select import choose_model
 
     try:
-        model_path = find_model(model_option)
+        model_path, choice_reason = choose_model(model_option)
+        if choice_reason:
+            logger.debug("%s", choice_reason)
         classifier = Classifier(model_path, threads=threads, backend=backend, labels_path=labels,
                                 normalization=normalization)
     except EdgeError as error:
@@ -77,11 +90,34 @@ def _make_classifier(model_option: str | None, threads: int, backend: str | None
         click.echo(f"note: {model_path} carries its own labels{where}; --labels {labels} is not used", err=True)
     if classifier.notice:
         click.echo(f"note: {classifier.notice}", err=True)
-    return classifier
+    return classifier, choice_reason
 
 
-def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool, as_json: bool, top_k: int,
-               threshold: float, output: str | None) -> int:
+class FileRun:
+    """How a file run classifies: the options that shape the output and the use of the CPUs."""
+
+    def __init__(self, as_json: bool, top_k: int, threshold: float, workers: int | None, batch: int | None,
+                 labels: str | None, normalization: Normalization | None):
+        self.as_json = as_json
+        self.top_k = top_k
+        self.threshold = threshold
+        self.workers = workers
+        self.batch = batch
+        self.labels = labels
+        self.normalization = normalization
+
+
+def _check_output_folder(output: str) -> None:
+    """Refuse, before any work, an --output whose folder does not exist (it is not created)."""
+    folder = Path(output).parent
+    if not folder.exists():
+        raise FatalError(f"{output}: cannot write results (folder {folder} does not exist)")
+    if not folder.is_dir():
+        raise FatalError(f"{output}: cannot write results ({folder} is not a folder)")
+
+
+def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool, run: FileRun,
+               output: str | None) -> int:
     from .atomic import atomic_path
     from .inputs import expand_inputs
     from .output import BlockWriter
@@ -90,12 +126,12 @@ def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool,
     if output is None:
         # Line by line to a terminal; in blocks to a pipe or file, whatever PYTHONUNBUFFERED says.
         stream = sys.stdout if _is_terminal(sys.stdout) else BlockWriter(sys.stdout)
-        summary = _classify_to(stream, classifier, items, as_json, top_k, threshold)
+        summary = _classify_to(stream, classifier, items, run)
     else:
         try:
             with atomic_path(output) as temporary:
                 with open(temporary, "w", encoding="utf-8") as stream:
-                    summary = _classify_to(stream, classifier, items, as_json, top_k, threshold)
+                    summary = _classify_to(stream, classifier, items, run)
         except OSError as error:
             raise FatalError(f"{output}: cannot write results ({error.strerror or error})") from error
     if summary.total > 1 or summary.interrupted:
@@ -120,15 +156,77 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _classify_to(stream: TextIO, classifier: Classifier, items: Iterable[InputItem], as_json: bool,
-                 top_k: int, threshold: float) -> BatchSummary:
-    from .batch import classify_files
-    from .output import HumanWriter, JsonWriter
-
-    writer = JsonWriter(stream) if as_json else HumanWriter(stream, sys.stderr)
-    summary = classify_files(classifier, items, writer, top_k=top_k, threshold=threshold)
+def _classify_to(stream: TextIO, classifier: Classifier, items: Iterable[InputItem], run: FileRun) -> BatchSummary:
+    """Classify in this process, or in worker processes when there are enough files to gain from them."""
+    workers = run.workers if run.workers is not None else _default_workers()
+    head: list[InputItem] = []
+    if workers > 1:
+        # Look ahead only as far as the decision needs: the rest of the list stays a stream.
+        iterator = iter(items)
+        head = list(itertools.islice(iterator, SMALL_JOB_FILES))
+        items = itertools.chain(head, iterator)
+    if workers > 1 and len(head) >= SMALL_JOB_FILES:
+        summary = _classify_in_workers(stream, classifier, items, run, workers)
+    else:
+        summary = _classify_here(stream, classifier, items, run)
     stream.flush()
     return summary
+
+
+def _default_workers() -> int:
+    """The CPUs this process may run on (its affinity where the platform says), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _batch_size(classifier: Classifier, requested: int | None, default: int) -> int:
+    """The images per invoke: what was asked (or `default`) where the model's batch can be resized, else 1."""
+    size = requested if requested is not None else default
+    if size > 1 and not classifier.batch_resizable:
+        logger.debug("one image per invoke: %s has a fixed batch size (input shape %s)", classifier.model_path,
+                     list(classifier.input.shape))
+        if requested is not None:
+            click.echo(f"note: {classifier.model_path} has a fixed batch size of 1; --batch {requested} is not "
+                       "used", err=True)
+        return 1
+    return size
+
+
+def _classify_here(stream: TextIO, classifier: Classifier, items: Iterable[InputItem], run: FileRun) -> BatchSummary:
+    from .batch import classify_files
+    from .errors import ModelError
+    from .output import make_writer
+
+    try:
+        classifier.use_batches(_batch_size(classifier, run.batch, 1))
+    except ModelError as error:
+        raise FatalError(str(error)) from error
+    logger.debug("classifying in this process, %d image(s) per invoke", classifier.batch_size)
+    writer = make_writer(run.as_json, stream, sys.stderr)
+    return classify_files(classifier, items, writer, top_k=run.top_k, threshold=run.threshold)
+
+
+def _classify_in_workers(stream: TextIO, classifier: Classifier, items: Iterable[InputItem], run: FileRun,
+                         workers: int) -> BatchSummary:
+    from .workers import CHUNK_FILES, ClassifierSettings, OutputSettings, classify_files_parallel
+
+    batch = _batch_size(classifier, run.batch, DEFAULT_BATCH)
+    settings = ClassifierSettings(model_path=str(classifier.model_path), threads=classifier.threads or 1,
+                                  backend=classifier.backend, labels_path=run.labels,
+                                  normalization=run.normalization, batch=batch)
+    output = OutputSettings(as_json=run.as_json, top_k=run.top_k, threshold=run.threshold)
+
+    def started(pids: list[int]) -> None:
+        logger.debug("classifying in %d worker processes (pids %s), %d image(s) per invoke", len(pids),
+                     " ".join(map(str, pids)), batch)
+
+    try:
+        return classify_files_parallel(settings, items, stream, sys.stderr, output, workers,
+                                       chunk_size=batch if batch > 1 else CHUNK_FILES, on_start=started)
+    except EdgeError as error:
+        raise FatalError(str(error)) from error
 
 
 def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
@@ -167,14 +265,18 @@ def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_
     return EXIT_OK
 
 
-def _run_info(classifier: Classifier, as_json: bool) -> int:
+def _run_info(classifier: Classifier, as_json: bool, choice_reason: str | None = None) -> int:
     from .info import format_facts, model_facts
 
     facts = model_facts(classifier)
     if as_json:
+        facts["model_choice"] = choice_reason
         click.echo(json.dumps(facts, indent=2, sort_keys=True))
     else:
-        click.echo("\n".join(format_facts(facts)))
+        lines = format_facts(facts)
+        if choice_reason:
+            lines.insert(1, f"{'chosen:':<13} {choice_reason}")
+        click.echo("\n".join(lines))
     return EXIT_OK
 
 
@@ -204,7 +306,8 @@ def _run_verify(model: str, manifest: str | None) -> int:
 
 def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: str | None,
                         verify: str | None, camera: str | None, frames: int | None,
-                        runs: int | None, manifest: str | None, output: str | None, recursive: bool) -> None:
+                        runs: int | None, manifest: str | None, output: str | None, recursive: bool,
+                        workers: int | None = None, batch: int | None = None) -> None:
     """Refuse option combinations that would silently ignore part of what was asked."""
     modes = [name for name, value in (("--info", info), ("--benchmark", benchmark), ("--verify", verify),
                                       ("--camera", camera)) if value is not None]
@@ -220,7 +323,8 @@ def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: st
                                          ("--manifest", manifest, "--verify", verify)):
         if value is not None and needed is None:
             raise click.UsageError(f"{option} only applies to {needs}")
-    for option, given in (("--output", output is not None), ("--recursive", recursive)):
+    for option, given in (("--output", output is not None), ("--recursive", recursive),
+                          ("--workers", workers is not None), ("--batch", batch is not None)):
         if given and not inputs:
             raise click.UsageError(f"{option} only applies to image inputs")
 
@@ -262,8 +366,14 @@ def _normalization_option(ctx: click.Context, param: click.Parameter, value: str
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (one object per image) instead of text.")
 @click.option("-o", "--output", metavar="FILE", help="Write the results to FILE instead of stdout.")
 @click.option("-r", "--recursive", is_flag=True, help="Look for images in sub-folders too.")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help=f"Processes classifying files (default: one per CPU; 1 classifies in this process). "
+                   f"Under {SMALL_JOB_FILES} files, always this process.")
+@click.option("--batch", type=click.IntRange(min=1), metavar="N",
+              help=f"Images per inference in the workers, where the model allows it (default {DEFAULT_BATCH}; "
+                   "1 for one at a time).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Interpreter threads.")
+              help="Interpreter threads (per worker).")
 @click.option("--backend", type=click.Choice(BACKEND_ORDER),
               help="Interpreter package (default: the first installed, in this order).")
 @click.option("--camera", is_flag=False, flag_value=CAMERA_AUTO, default=None, metavar="[SOURCE]",
@@ -284,7 +394,8 @@ def _normalization_option(ctx: click.Context, param: click.Parameter, value: str
 @click.version_option(__version__, "--version", prog_name="edge-classify")
 def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
          normalization: Normalization | None, top_k: int,
-         threshold: float, as_json: bool, output: str | None, recursive: bool, threads: int,
+         threshold: float, as_json: bool, output: str | None, recursive: bool, workers: int | None,
+         batch: int | None, threads: int,
          backend: str | None, camera: str | None, max_frames: int | None, info_model: str | None,
          benchmark_model: str | None, runs: int | None, verify_model: str | None,
          manifest: str | None, verbose: bool) -> None:
@@ -292,7 +403,7 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
 
     \b
     edge-classify photo.jpg
-    edge-classify --json -r photos/ > results.jsonl
+    edge-classify --json -r photos/ > results.jsonl   (every CPU; --workers 1 for one)
     edge-classify --camera --frames 100
     edge-classify --info model.tflite
     """
@@ -304,7 +415,7 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.DEBUG)
     _check_combinations(inputs, info_model, benchmark_model, verify_model, camera, max_frames, runs, manifest,
-                        output, recursive)
+                        output, recursive, workers, batch)
     if normalization is not None and (verify_model is not None or benchmark_model is not None):
         raise click.UsageError("--normalization only applies to classifying and --info")
     if verify_model is not None:
@@ -314,13 +425,17 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
 
         sys.exit(_run_benchmark(benchmark_model or model_option, threads, backend, runs or DEFAULT_RUNS, as_json))
     if info_model is not None:
-        classifier = _make_classifier(info_model or model_option, threads, backend, labels, normalization)
-        sys.exit(_run_info(classifier, as_json))
-    classifier = _make_classifier(model_option, threads, backend, labels, normalization)
+        classifier, choice_reason = _make_classifier(info_model or model_option, threads, backend, labels,
+                                                     normalization)
+        sys.exit(_run_info(classifier, as_json, choice_reason))
+    if output is not None:
+        _check_output_folder(output)
+    classifier, _ = _make_classifier(model_option, threads, backend, labels, normalization)
     if camera is not None:
         sys.exit(_run_camera(classifier, camera, max_frames, as_json, threshold))
+    run = FileRun(as_json, top_k, threshold, workers, batch, labels, normalization)
     try:
-        code = _run_files(classifier, inputs, recursive, as_json, top_k, threshold, output)
+        code = _run_files(classifier, inputs, recursive, run, output)
     except BrokenPipeError:
         # The reader went away (`edge-classify folder | head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -18,6 +18,8 @@ IMAGE_EXTENSIONS = frozenset({
 })
 FOLDER_NAMED_LIKE_IMAGE = "is a folder, not an image file"
 NOT_FOUND = "no such file or folder"
+NO_IMAGES = "folder has no image files"
+ONLY_SUB_FOLDERS = "folder has no image files, only sub-folders: use -r (--recursive) to classify the images in them"
 
 
 class InputItem(NamedTuple):
@@ -52,18 +54,20 @@ def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> Iterator[In
             yield InputItem(path, FOLDER_NAMED_LIKE_IMAGE)
         else:
             found = False
-            for item in _walk_folder(path, recursive, set()):
+            skipped_folders: list[str] = []
+            for item in _walk_folder(path, recursive, set(), skipped_folders):
                 found = True
                 yield item
             if not found:
-                hint = "" if recursive else " (use --recursive for sub-folders)"
-                yield InputItem(path, f"folder has no image files{hint}")
+                yield InputItem(path, ONLY_SUB_FOLDERS if skipped_folders else NO_IMAGES)
 
 
-def _walk_folder(folder: str, recursive: bool, visited: set[str]) -> Iterator[InputItem]:
+def _walk_folder(folder: str, recursive: bool, visited: set[str],
+                 skipped_folders: list[str]) -> Iterator[InputItem]:
     """Image files of one folder in name order, descending depth-first when `recursive`.
 
-    `visited` holds the real paths already walked, so a symbolic link loop is entered once.
+    `visited` holds the real paths already walked, so a symbolic link loop is entered once;
+    without `recursive`, the sub-folders passed over are added to `skipped_folders`.
     """
     real = os.path.realpath(folder)
     if real in visited:
@@ -87,6 +91,8 @@ def _walk_folder(folder: str, recursive: bool, visited: set[str]) -> Iterator[In
             if has_image_extension(name):
                 yield InputItem(entry.path, FOLDER_NAMED_LIKE_IMAGE)
             elif recursive:
-                yield from _walk_folder(entry.path, recursive, visited)
+                yield from _walk_folder(entry.path, recursive, visited, skipped_folders)
+            else:
+                skipped_folders.append(entry.path)
         elif has_image_extension(name):
             yield InputItem(entry.path)

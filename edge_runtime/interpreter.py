@@ -99,7 +99,7 @@ def make_interpreter(model_path: str | os.PathLike, threads: int | None = 1,
     check_model_file(model_path)
     name, interpreter_class = load_interpreter_class(backend)
     try:
-        with _native_info_lines_to_log():
+        with native_stderr_to_log(logger, "interpreter", keep=_not_native_info):
             interpreter = interpreter_class(model_path=os.fspath(model_path), num_threads=threads)
             interpreter.allocate_tensors()
     except SystemError as error:
@@ -117,13 +117,19 @@ def make_interpreter(model_path: str | os.PathLike, threads: int | None = 1,
     return name, interpreter
 
 
-@contextlib.contextmanager
-def _native_info_lines_to_log() -> Iterator[None]:
-    """Send the interpreter's native `INFO:` lines (e.g. "Created TensorFlow Lite XNNPACK delegate")
-    to the debug log instead of the terminal; anything else it writes still reaches stderr.
+def _not_native_info(line: str) -> bool:
+    return not line.startswith(NATIVE_INFO_PREFIX)
 
-    The C++ runtime writes to file descriptor 2 directly and no setting silences it, so the
-    descriptor is pointed at a nameless file while the interpreter is built.
+
+@contextlib.contextmanager
+def native_stderr_to_log(log: logging.Logger, source: str,
+                         keep: Callable[[str], bool] | None = None) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 inside the block to `log` (debug) instead
+    of the terminal; lines for which `keep` says True still reach stderr.
+
+    C++ libraries (the interpreter's "INFO: Created TensorFlow Lite XNNPACK delegate", OpenCV's
+    backends) write to the descriptor directly and no setting silences all of them, so it is
+    pointed at a nameless file for the duration.
     """
     try:
         sys.stderr.flush()
@@ -141,10 +147,10 @@ def _native_info_lines_to_log() -> Iterator[None]:
             capture.seek(0)
             text = capture.read().decode("utf-8", "replace")
     for line in text.splitlines():
-        if line.startswith(NATIVE_INFO_PREFIX):
-            logger.debug("interpreter: %s", line)
-        elif line.strip():
+        if keep is not None and keep(line) and line.strip():
             sys.stderr.write(line + "\n")
+        elif line.strip():
+            log.debug("%s: %s", source, line)
 
 
 def _nameless_file() -> IO[bytes]:

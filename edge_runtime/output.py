@@ -43,25 +43,33 @@ class BlockWriter:
     """A text sink that gathers lines and writes them to `stream` in blocks.
 
     For stdout sent to a pipe or file: one write per block instead of one per line, even when
-    the environment made stdout unbuffered (PYTHONUNBUFFERED). `flush` writes what is pending.
+    the environment made stdout unbuffered (PYTHONUNBUFFERED). A write may carry several lines
+    (the worker processes send a chunk's lines at once); blocks are counted in lines. `flush`
+    writes what is pending. A block is taken off the pending list before it is written, so a
+    write cut short by Ctrl-C is never written a second time by the final flush.
     """
 
     def __init__(self, stream: TextIO, block_lines: int = BLOCK_LINES):
         self._stream = stream
         self._block_lines = block_lines
         self._pending: list[str] = []
+        self._pending_lines = 0
 
     def write(self, text: str) -> None:
-        pending = self._pending
-        pending.append(text)
-        if len(pending) >= self._block_lines:
-            self._stream.write("".join(pending))
-            pending.clear()
+        self._pending.append(text)
+        self._pending_lines += text.count("\n")
+        if self._pending_lines >= self._block_lines:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        block = "".join(self._pending)
+        self._pending.clear()
+        self._pending_lines = 0
+        self._stream.write(block)
 
     def flush(self) -> None:
         if self._pending:
-            self._stream.write("".join(self._pending))
-            self._pending.clear()
+            self._write_pending()
         self._stream.flush()
 
 
@@ -123,3 +131,8 @@ class JsonWriter:
 
     def flush(self) -> None:
         self._out.flush()
+
+
+def make_writer(as_json: bool, out: TextIO, err: TextIO) -> HumanWriter | JsonWriter:
+    """The writer `edge-classify` uses: JSON lines on `out`, or text with problems on `err`."""
+    return JsonWriter(out) if as_json else HumanWriter(out, err)

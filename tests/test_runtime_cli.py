@@ -195,12 +195,22 @@ def test_threshold_and_top_k_ranges_are_checked(photo) -> None:
 
 def test_output_file_is_written_and_stdout_stays_empty(runtime_models, split_dataset: Path, tmp_path: Path) -> None:
     target = tmp_path / "out" / "results.jsonl"
+    target.parent.mkdir()
     result = run("--model", runtime_models.int8, "--json", "-o", target, split_dataset / "test" / "circle")
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     lines = target.read_text().splitlines()
     assert len(lines) == 20 and all(json.loads(line)["path"].endswith(".png") for line in lines)
     assert [p.name for p in target.parent.iterdir()] == ["results.jsonl"]  # no temporary left behind
+
+
+def test_output_into_a_missing_folder_says_so_and_creates_nothing(runtime_models, photo, tmp_path: Path) -> None:
+    target = tmp_path / "not_yet" / "results.jsonl"
+    result = run("--model", runtime_models.int8, "--json", "-o", target, photo[0])
+    assert result.exit_code == 2
+    assert one_line_error(result) == (f"Error: {target}: cannot write results "
+                                      f"(folder {tmp_path / 'not_yet'} does not exist)")
+    assert not (tmp_path / "not_yet").exists()
 
 
 def test_odd_file_names_still_give_valid_json(runtime_models, photo, tmp_path: Path) -> None:
@@ -236,8 +246,8 @@ def test_recursive_descends_and_plain_folder_asks_for_it(runtime_models, split_d
     test_root = split_dataset / "test"
     flat = run("--model", runtime_models.int8, test_root)
     assert flat.exit_code == 1
-    assert flat.stderr.strip().splitlines()[0] == (f"{test_root}: error: folder has no image files "
-                                                    "(use --recursive for sub-folders)")
+    assert flat.stderr.strip().splitlines()[0] == (f"{test_root}: error: folder has no image files, only "
+                                                    "sub-folders: use -r (--recursive) to classify the images in them")
     deep = run("--model", runtime_models.int8, "--json", "-r", test_root)
     assert deep.exit_code == 0, deep.output
     records = [json.loads(line) for line in deep.stdout.splitlines()]

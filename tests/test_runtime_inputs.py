@@ -56,13 +56,19 @@ def test_a_folder_named_like_an_image_is_an_error_even_when_named(tree: Path) ->
         InputItem(str(tree / "album.jpg") + os.sep, FOLDER_NAMED_LIKE_IMAGE)]
 
 
-def test_an_empty_folder_is_reported_with_a_hint(tmp_path: Path) -> None:
+def test_an_empty_folder_is_reported_and_one_with_only_sub_folders_asks_for_r(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     touch(tmp_path / "nested" / "inside" / "a.jpg")
+    touch(tmp_path / "nested" / "notes.txt")
     assert list(expand_inputs([str(tmp_path / "empty")], recursive=True)) == [
         InputItem(str(tmp_path / "empty"), "folder has no image files")]
+    assert list(expand_inputs([str(tmp_path / "empty")])) == [
+        InputItem(str(tmp_path / "empty"), "folder has no image files")]
     assert list(expand_inputs([str(tmp_path / "nested")])) == [
-        InputItem(str(tmp_path / "nested"), "folder has no image files (use --recursive for sub-folders)")]
+        InputItem(str(tmp_path / "nested"), "folder has no image files, only sub-folders: use -r (--recursive) "
+                                            "to classify the images in them")]
+    assert [item.path for item in expand_inputs([str(tmp_path / "nested")], recursive=True)] == [
+        str(tmp_path / "nested" / "inside" / "a.jpg")]
 
 
 def test_a_symlink_loop_is_walked_once(tmp_path: Path) -> None:
@@ -159,3 +165,14 @@ def test_block_writer_writes_once_per_block_and_on_flush() -> None:
     assert stream.writes == 2 and stream.getvalue() == "0\n1\n2\n3\n4\n5\n"
     block.flush()
     assert stream.writes == 3 and stream.getvalue().splitlines() == [str(n) for n in range(7)]
+
+
+def test_block_writer_counts_the_lines_of_multi_line_writes() -> None:
+    stream = CountingStream()
+    block = BlockWriter(stream, block_lines=4)
+    block.write("0\n1\n2\n")
+    assert stream.writes == 0
+    block.write("3\n4\n")
+    assert stream.writes == 1 and stream.getvalue() == "0\n1\n2\n3\n4\n"
+    block.flush()
+    assert stream.writes == 1

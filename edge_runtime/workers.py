@@ -1,0 +1,375 @@
+"""Classifying files in several worker processes, the lines still written in input order.
+
+Each worker process builds its own Classifier once (batches where the model allows), takes
+chunks of input items from its own queue, runs `batch.classify_items` on each into a recorder,
+and sends the recorded text back. The parent draws the inputs as it needs them, keeps at most
+IN_FLIGHT_PER_WORKER chunks per worker outstanding (so memory stays bounded however many files
+there are), and writes a chunk's text once every chunk before it is written. Workers ignore
+SIGINT: on Ctrl-C the parent stops them and returns a summary of what it wrote. A worker that
+dies (a native crash on a hostile file) costs its chunks, which are reported file by file, and
+is replaced. Ctrl-C is taken between chunks, never in the middle of a write, so the output ends
+on a whole line and the summary counts exactly the lines written.
+
+Processes are forked where the platform allows (Linux): a fork inherits the imported modules,
+so a worker is ready in milliseconds instead of re-importing numpy, Pillow and the interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, TextIO
+
+from .batch import BatchSummary, chunked, classify_items
+from .classify import Classifier
+from .errors import EdgeError
+from .inputs import InputItem
+from .output import make_writer
+from .preprocess import Normalization
+
+logger = logging.getLogger(__name__)
+
+# Chunks sent to a worker and not yet answered: one being classified, the others waiting, so a
+# worker never idles while the parent writes.
+IN_FLIGHT_PER_WORKER = 3
+# Files per message when the model takes one image per invoke: amortises pickling and queueing.
+CHUNK_FILES = 32
+# While waiting for results, how often the parent checks that its workers are still alive.
+LIVENESS_POLL_S = 0.5
+# How long a worker waits for work before checking that its parent still exists.
+PARENT_POLL_S = 1.0
+STOP_TIMEOUT_S = 5.0
+OUT, ERR = 0, 1
+SETUP_FAILED = -1
+
+
+class WorkerError(EdgeError):
+    """A worker process could not start classifying (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSettings:
+    """What a worker needs to build the run's Classifier itself (picklable, unlike the Classifier)."""
+
+    model_path: str
+    threads: int = 1
+    backend: str | None = None
+    labels_path: str | None = None
+    normalization: Normalization | None = None
+    batch: int = 1
+
+    def build(self) -> Classifier:
+        classifier = Classifier(self.model_path, threads=self.threads, backend=self.backend,
+                                labels_path=self.labels_path, normalization=self.normalization)
+        classifier.use_batches(self.batch)
+        return classifier
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSettings:
+    """How results are written: JSON or text, the number of classes, the uncertainty threshold."""
+
+    as_json: bool = False
+    top_k: int = 1
+    threshold: float = 0.0
+
+
+def start_method() -> str:
+    """fork where available (Linux, the Pi): workers inherit the imports; else the platform default."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" else \
+        multiprocessing.get_start_method()
+
+
+class _Recorder:
+    """Two text streams (out, err) recorded as one list of (stream, text) segments, in write order."""
+
+    def __init__(self) -> None:
+        self._segments: list[tuple[int, list[str]]] = []
+        self.out = _RecordingStream(self._segments, OUT)
+        self.err = _RecordingStream(self._segments, ERR)
+
+    def take(self) -> list[tuple[int, str]]:
+        taken = [(stream, "".join(texts)) for stream, texts in self._segments]
+        self._segments.clear()
+        return taken
+
+
+class _RecordingStream:
+    def __init__(self, segments: list[tuple[int, list[str]]], stream: int):
+        self._segments = segments
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        segments = self._segments
+        if segments and segments[-1][0] == self._stream:
+            segments[-1][1].append(text)
+        else:
+            segments.append((self._stream, [text]))
+
+    def flush(self) -> None:
+        pass
+
+
+def _worker_main(worker_id: int, settings: ClassifierSettings, output: OutputSettings,
+                 tasks: Any, results: Any, parent_pid: int) -> None:
+    """A worker: build the classifier once, then classify chunks until told to stop (None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
+    try:
+        classifier = settings.build()
+    except Exception as error:  # reported by the parent as one line
+        results.put((worker_id, SETUP_FAILED, str(error), 0, 0))
+        return
+    recorder = _Recorder()
+    writer = make_writer(output.as_json, recorder.out, recorder.err)
+    clock = time.perf_counter
+    while True:
+        try:
+            task = tasks.get(timeout=PARENT_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent_pid:  # the parent was killed: nobody will read the results
+                return
+            continue
+        if task is None:
+            return
+        sequence, items = task
+        summary = BatchSummary()
+        classify_items(classifier, items, writer, output.top_k, output.threshold, clock, summary)
+        results.put((worker_id, sequence, recorder.take(), summary.classified, summary.failed))
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: Any
+    tasks: Any
+    in_flight: list[int] = dataclasses.field(default_factory=list)
+    answered: bool = False
+
+
+def _stopped_reason(exit_code: int | None) -> str:
+    if exit_code is not None and exit_code < 0:
+        try:
+            return f"killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"killed by signal {-exit_code}"
+    return f"exit code {exit_code}"
+
+
+class WorkerPool:
+    """`workers` processes classifying chunks for `run`; use as a context manager."""
+
+    def __init__(self, settings: ClassifierSettings, output: OutputSettings, workers: int,
+                 method: str | None = None):
+        self._settings = settings
+        self._output = output
+        self._size = workers
+        self._context = multiprocessing.get_context(method or start_method())
+        self._results: Any = None
+        self._workers: dict[int, _Worker] = {}
+        self._next_id = 0
+
+    def __enter__(self) -> "WorkerPool":
+        self._results = self._context.Queue()
+        try:
+            for _ in range(self._size):
+                self._start_worker()
+        except BaseException:
+            self._terminate()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, *exc_info: object) -> None:
+        if exc_type is None:
+            self._stop()
+        else:
+            self._terminate()
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._workers.values()]
+
+    def _start_worker(self) -> None:
+        worker_id = self._next_id
+        self._next_id += 1
+        tasks = self._context.Queue()
+        process = self._context.Process(
+            target=_worker_main, name=f"edge-classify worker {worker_id}", daemon=True,
+            args=(worker_id, self._settings, self._output, tasks, self._results, os.getpid()))
+        # A forked child flushes the std streams it inherited when it ends: empty them first so
+        # nothing is written twice. SIGINT stays blocked until the child has ignored it.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, ValueError, OSError):
+                pass
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:
+            saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+        self._workers[worker_id] = _Worker(process, tasks)
+
+    def run(self, items: Iterable[InputItem], out: TextIO, err: TextIO, summary: BatchSummary,
+            chunk_size: int, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Classify `items` in chunks of `chunk_size`, writing every line to `out` or `err` in input order.
+
+        Returns early, with `summary.interrupted` set, once `stop_requested()` says so.
+        """
+        chunks: Iterator[list[InputItem]] = chunked(items, chunk_size)
+        streams = (out, err)
+        parent_writer = make_writer(self._output.as_json, out, err)
+        outstanding: dict[int, list[InputItem]] = {}  # sent, not yet written
+        done: dict[int, tuple[list[tuple[int, str]], int, int] | str] = {}
+        next_sequence = next_to_write = 0
+        limit = IN_FLIGHT_PER_WORKER * self._size
+        exhausted = False
+        while True:
+            if stop_requested():
+                summary.interrupted = True
+                return
+            while not exhausted and len(outstanding) < limit:
+                worker = min(self._workers.values(), key=lambda w: len(w.in_flight))
+                if len(worker.in_flight) >= IN_FLIGHT_PER_WORKER:
+                    break
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                worker.tasks.put((next_sequence, chunk))
+                worker.in_flight.append(next_sequence)
+                outstanding[next_sequence] = chunk
+                next_sequence += 1
+            if not outstanding:
+                return
+            for sequence, answer in self._receive():
+                if sequence in outstanding and sequence not in done:
+                    done[sequence] = answer
+            while next_to_write in done and not stop_requested():
+                answer = done.pop(next_to_write)
+                chunk = outstanding.pop(next_to_write)
+                next_to_write += 1
+                if isinstance(answer, str):  # the worker died with this chunk
+                    for item in chunk:
+                        parent_writer.error(item.path, answer)
+                    summary.failed += len(chunk)
+                    continue
+                segments, classified, failed = answer
+                for stream, text in segments:
+                    streams[stream].write(text)
+                    if stream == ERR:
+                        err.flush()
+                summary.classified += classified
+                summary.failed += failed
+
+    def _receive(self) -> list[tuple[int, Any]]:
+        """The next answers: one chunk's result, or the chunks of workers found dead."""
+        while True:
+            try:
+                worker_id, sequence, payload, classified, failed = self._results.get(timeout=LIVENESS_POLL_S)
+            except queue.Empty:
+                lost = self._replace_dead_workers()
+                if lost:
+                    return lost
+                continue
+            if sequence == SETUP_FAILED:
+                raise WorkerError(payload)
+            worker = self._workers.get(worker_id)
+            if worker is None:  # an answer from a worker already given up as dead
+                continue
+            if sequence in worker.in_flight:
+                worker.in_flight.remove(sequence)
+            worker.answered = True
+            return [(sequence, (payload, classified, failed))]
+
+    def _replace_dead_workers(self) -> list[tuple[int, str]]:
+        lost: list[tuple[int, str]] = []
+        for worker_id, worker in list(self._workers.items()):
+            if worker.process.is_alive():
+                continue
+            reason = _stopped_reason(worker.process.exitcode)
+            logger.debug("worker %d (pid %s) %s", worker_id, worker.process.pid, reason)
+            if not worker.answered:
+                raise WorkerError(f"a worker process stopped ({reason}) before classifying anything")
+            del self._workers[worker_id]
+            worker.tasks.cancel_join_thread()
+            message = f"not classified: the worker process reading it stopped ({reason})"
+            lost.extend((sequence, message) for sequence in worker.in_flight)
+            self._start_worker()
+        return lost
+
+    def terminate(self) -> None:
+        """End every worker now (Ctrl-C)."""
+        self._terminate()
+        self._workers.clear()
+
+    def _stop(self) -> None:
+        """Tell every worker to finish, wait for them, and end any that does not."""
+        try:
+            for worker in self._workers.values():
+                worker.tasks.put(None)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for worker in self._workers.values():
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            self._terminate()
+
+    def _terminate(self) -> None:
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self._workers.values():
+            worker.process.join(STOP_TIMEOUT_S)
+            worker.tasks.cancel_join_thread()
+            worker.tasks.close()
+        if self._results is not None:
+            self._results.cancel_join_thread()
+            self._results.close()
+
+
+def classify_files_parallel(settings: ClassifierSettings, items: Iterable[InputItem], out: TextIO, err: TextIO,
+                            output: OutputSettings, workers: int, chunk_size: int,
+                            clock: Callable[[], float] = time.perf_counter,
+                            on_start: Callable[[list[int]], None] | None = None) -> BatchSummary:
+    """Classify `items` in `workers` processes; the same lines, in the same order, as `classify_files`.
+
+    Ctrl-C stops every worker; the summary then counts what was written and says it was
+    interrupted. `on_start` hears the worker process ids.
+    """
+    summary = BatchSummary()
+    started = clock()
+    try:
+        with _sigint_as_flag() as stop_requested, WorkerPool(settings, output, workers) as pool:
+            if on_start is not None:
+                on_start(pool.pids)
+            pool.run(items, out, err, summary, chunk_size, stop_requested)
+            if summary.interrupted:
+                pool.terminate()
+    except KeyboardInterrupt:  # outside the main thread, Ctrl-C still arrives as an exception
+        summary.interrupted = True
+    summary.seconds = clock() - started
+    return summary
+
+
+@contextlib.contextmanager
+def _sigint_as_flag() -> Iterator[Callable[[], bool]]:
+    """While inside, Ctrl-C sets a flag (read by the callable yielded) instead of raising anywhere."""
+    requested: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda number, frame: requested.append(number))
+        previous = signal.SIG_DFL if previous is None else previous
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
