@@ -26,8 +26,12 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import ModelError
+from edge_runtime.flatbuffer_check import verify
+from edge_runtime.limits import (ARCHIVE_MAX_ENTRIES, ASSOCIATED_FILE, LABELS, METADATA_FLATBUFFER_MAX_BYTES, check_bytes,
+                                 check_text, size_text)
 from edge_runtime.metadata import FIXED_ZIP_TIMESTAMP, INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY
-from edge_runtime.official_metadata import METADATA_BUFFER_NAME, METADATA_FILE_IDENTIFIER, read_official_metadata
+from edge_runtime.official_metadata import (METADATA_BUFFER_NAME, METADATA_FILE_IDENTIFIER, METADATA_SCHEMA,
+                                            read_official_metadata)
 from edge_runtime.preprocess import PIXEL_SCALE, Normalization, PreprocessSpec
 
 # Every field written here exists since version 1.0.0 of the metadata schema.
@@ -65,7 +69,10 @@ def spec_normalization(spec: PreprocessSpec) -> Normalization:
 
 
 def metadata_flatbuffer(model: ModelDescription) -> bytes:
-    """The `ModelMetadata` flatbuffer (identifier M001) of an image classifier exported here."""
+    """The `ModelMetadata` flatbuffer (identifier M001) of an image classifier exported here.
+
+    Refused (ModelError) over the limits the readers apply: the labels it describes, its own size.
+    """
     import flatbuffers
 
     from edge_runtime import metadata_schema_generated as schema
@@ -121,9 +128,17 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
         _file(schema, INFO_ENTRY, "edge-image-toolkit conversion record: variant, source model, calibration.",
               schema.AssociatedFileType.DESCRIPTIONS),
     ]
+    labels_text = "".join(f"{label}\n" for label in model.labels)
+    check_bytes(labels_text.encode("utf-8"), LABELS, f"refusing to write metadata: {model.labels_file}")
+    check_text(labels_text, LABELS, f"refusing to write metadata: {model.labels_file}")
     builder = flatbuffers.Builder(INITIAL_BUILDER_BYTES)
     builder.Finish(metadata.Pack(builder), file_identifier=METADATA_FILE_IDENTIFIER)
-    return bytes(builder.Output())
+    raw = bytes(builder.Output())
+    if len(raw) > METADATA_FLATBUFFER_MAX_BYTES:
+        raise ModelError(f"refusing to write metadata: the TFLite metadata would be {size_text(len(raw))}, "
+                         f"over the limit of {size_text(METADATA_FLATBUFFER_MAX_BYTES)}")
+    verify(raw, METADATA_SCHEMA, "ModelMetadata", METADATA_FILE_IDENTIFIER)  # what every reader checks first
+    return raw
 
 
 def _stats(low: list[float], high: list[float]) -> Any:
@@ -162,7 +177,12 @@ def attach_metadata_buffer(model_bytes: bytes, metadata: bytes) -> bytes:
 
 def append_files(model_bytes: bytes, files: dict[str, bytes]) -> bytes:
     """The model with `files` in a zip archive appended, where the official metadata's readers look
-    for associated files (for a model that carries none yet; our exports use `embed_metadata`)."""
+    for associated files (for a model that carries none yet; our exports use `embed_metadata`).
+    Refuses (ModelError) more files, or larger ones, than the readers accept."""
+    if len(files) > ARCHIVE_MAX_ENTRIES:
+        raise ModelError(f"refusing to append {len(files)} files: the limit is {ARCHIVE_MAX_ENTRIES}")
+    for name, data in files.items():
+        check_bytes(data, ASSOCIATED_FILE, f"refusing to append {name}")
     buffer = io.BytesIO()
     buffer.write(model_bytes)
     with zipfile.ZipFile(buffer, mode="a", compression=zipfile.ZIP_STORED) as archive:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .errors import ModelError
+from .limits import LABELS, decode_text, read_file_bounded
 
 
 def parse_labels(text: str) -> list[str]:
@@ -17,14 +17,13 @@ def parse_labels(text: str) -> list[str]:
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """Read a labels file; raise ModelError naming the file if it is missing or empty."""
+    """Read a labels file; raise ModelError naming the file if it is missing, empty or over the
+    limits every labels reader applies (`limits.LABELS_MAX_BYTES`, `limits.LABELS_MAX_LINES`)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = read_file_bounded(path, LABELS)
     except OSError as error:
         raise ModelError(f"{path}: cannot read labels file ({error.strerror or error})") from error
-    except UnicodeDecodeError as error:
-        raise ModelError(f"{path}: labels file is not UTF-8 text") from error
-    labels = parse_labels(text)
+    labels = parse_labels(decode_text(data, LABELS, str(path)))
     if not labels:
         raise ModelError(f"{path}: labels file is empty")
     return labels

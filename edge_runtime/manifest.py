@@ -11,6 +11,7 @@ from typing import Any
 
 from .atomic import write_text
 from .errors import ModelError
+from .limits import MANIFEST, read_file_bounded
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
@@ -46,12 +47,19 @@ def write_manifest(folder: str | os.PathLike, file_names: list[str],
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a manifest; ModelError names the file if it is missing or not a manifest."""
+    """Read a manifest; ModelError names the file if it is missing, not a manifest or over
+    `limits.MANIFEST_MAX_BYTES` (a manifest comes with a downloaded model: it is input from outside)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = read_file_bounded(path, MANIFEST)
     except FileNotFoundError as error:
         raise ModelError(f"{path}: manifest not found") from error
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise ModelError(f"{path}: not a readable manifest ({error})") from error
+    try:
+        data = json.loads(raw)
+    except RecursionError as error:
+        raise ModelError(f"{path}: not a readable manifest (nested too deeply)") from error
+    except ValueError as error:
         raise ModelError(f"{path}: not a readable manifest ({error})") from error
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise ModelError(f"{path}: not a manifest (no 'files' table)")
@@ -82,6 +90,8 @@ def verify_file(model_path: str | os.PathLike, manifest_path: str | os.PathLike 
         raise ModelError(f"{model}: file not found")
     entries = read_manifest(manifest_file)["files"]
     expected = entries.get(model.name)
+    if expected is not None and not isinstance(expected, dict):
+        raise ModelError(f"{manifest_file}: not a manifest (the entry for {model.name} is not a table)")
     if expected is None:
         raise ModelError(f"{manifest_file}: has no entry for {model.name} "
                          f"(it lists {', '.join(sorted(entries)) or 'nothing'})")

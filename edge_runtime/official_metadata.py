@@ -6,11 +6,14 @@ Netron read: a `ModelMetadata` flatbuffer (file identifier "M001") kept in one o
 buffers, which the model's metadata table names "TFLITE_METADATA", and the files it refers to
 (labels, score calibration) in a zip archive appended to the model.
 
-The model's tables are read with the `tflite` package (code flatc generated from TFLite's
-schema.fbs); the metadata flatbuffer with `metadata_schema_generated` (flatc, from
-metadata_schema.fbs). Both are pure Python over the `flatbuffers` runtime. Only what
-classification needs is kept: the input's normalization and colour space, the output's labels,
-value range and score calibration, and the model's name, version and description.
+Everything here comes from outside and is read within bounds (`limits`): the model's metadata
+table through the checked reader of `flatbuffer_check`; the metadata flatbuffer, at most
+`METADATA_FLATBUFFER_MAX_BYTES`, is verified against `METADATA_SCHEMA` (every table, string and
+vector the generated code will follow) before `metadata_schema_generated` (flatc, from
+metadata_schema.fbs) unpacks it; its associated files are read from the appended archive by
+`bounded_zip`, within the labels and score calibration limits. Only what classification needs is
+kept: the input's normalization and colour space, the output's labels, value range and score
+calibration, and the model's name, version and description.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import dataclasses
 import functools
 import io
 import struct
-import zipfile
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .bounded_zip import BoundedArchive, open_archive
 from .errors import ModelError
+from .flatbuffer_check import SCALAR, SCALARS, STRING, STRINGS, TABLE, TABLES, UNION, Field, Table, verify
 from .labels import parse_labels
+from .limits import (ASSOCIATED_FILE, CALIBRATION, LABELS, METADATA_FLATBUFFER_MAX_BYTES, MODEL_METADATA_MAX_ENTRIES,
+                     decode_text, size_text)
 from .preprocess import Normalization
 
 METADATA_BUFFER_NAME = b"TFLITE_METADATA"
@@ -39,6 +45,54 @@ CALIBRATION_FIELDS = (3, 4)
 # Errors a damaged flatbuffer raises while it is read: offsets out of range, bad strings, bad unions.
 PARSE_ERRORS = (IndexError, struct.error, ValueError, TypeError, AttributeError, UnicodeDecodeError,
                 OverflowError, KeyError)
+
+# The fields of TFLite's Model, Buffer and Metadata tables that `metadata_buffer` reads (schema.fbs ids).
+MODEL_BUFFERS_SLOT, MODEL_METADATA_SLOT = 4, 6
+BUFFER_DATA_SLOT, BUFFER_OFFSET_SLOT, BUFFER_SIZE_SLOT = 0, 1, 2
+METADATA_NAME_SLOT, METADATA_BUFFER_SLOT = 0, 1
+OFFSET_BYTES = 4
+
+# metadata_schema.fbs (the copy `metadata_schema_generated` comes from), every table and field the
+# generated object API reads: field ids, scalar sizes in bytes, and the tables that offsets lead to.
+# tests/test_hostile_models.py checks it against the generated code, so a regenerated schema with
+# new fields fails until they are added here.
+METADATA_SCHEMA: dict[str, tuple[Field, ...]] = {
+    "AssociatedFile": (Field(0, STRING), Field(1, STRING), Field(2, SCALAR, 1), Field(3, STRING), Field(4, STRING)),
+    "FeatureProperties": (),
+    "ImageSize": (Field(0, SCALAR, 4), Field(1, SCALAR, 4)),
+    "ImageProperties": (Field(0, SCALAR, 1), Field(1, TABLE, table="ImageSize")),
+    "AudioProperties": (Field(0, SCALAR, 4), Field(1, SCALAR, 4)),
+    "BoundingBoxProperties": (Field(0, SCALARS, 4), Field(1, SCALAR, 1), Field(2, SCALAR, 1)),
+    "ValueRange": (Field(0, SCALAR, 4), Field(1, SCALAR, 4)),
+    "Content": (Field(0, SCALAR, 1),
+                Field(1, UNION, union={1: "FeatureProperties", 2: "ImageProperties",
+                                       3: "BoundingBoxProperties", 4: "AudioProperties"}),
+                Field(2, TABLE, table="ValueRange")),
+    "NormalizationOptions": (Field(0, SCALARS, 4), Field(1, SCALARS, 4)),
+    "ScoreCalibrationOptions": (Field(0, SCALAR, 1), Field(1, SCALAR, 4)),
+    "ScoreThresholdingOptions": (Field(0, SCALAR, 4),),
+    "BertTokenizerOptions": (Field(0, TABLES, table="AssociatedFile"),),
+    "SentencePieceTokenizerOptions": (Field(0, TABLES, table="AssociatedFile"),
+                                      Field(1, TABLES, table="AssociatedFile")),
+    "RegexTokenizerOptions": (Field(0, STRING), Field(1, TABLES, table="AssociatedFile")),
+    "ProcessUnit": (Field(0, SCALAR, 1),
+                    Field(1, UNION, union={1: "NormalizationOptions", 2: "ScoreCalibrationOptions",
+                                           3: "ScoreThresholdingOptions", 4: "BertTokenizerOptions",
+                                           5: "SentencePieceTokenizerOptions", 6: "RegexTokenizerOptions"})),
+    "Stats": (Field(0, SCALARS, 4), Field(1, SCALARS, 4)),
+    "TensorGroup": (Field(0, STRING), Field(1, STRINGS)),
+    "TensorMetadata": (Field(0, STRING), Field(1, STRING), Field(2, STRINGS), Field(3, TABLE, table="Content"),
+                       Field(4, TABLES, table="ProcessUnit"), Field(5, TABLE, table="Stats"),
+                       Field(6, TABLES, table="AssociatedFile")),
+    "CustomMetadata": (Field(0, STRING), Field(1, SCALARS, 1)),
+    "SubGraphMetadata": (Field(0, STRING), Field(1, STRING), Field(2, TABLES, table="TensorMetadata"),
+                         Field(3, TABLES, table="TensorMetadata"), Field(4, TABLES, table="AssociatedFile"),
+                         Field(5, TABLES, table="ProcessUnit"), Field(6, TABLES, table="ProcessUnit"),
+                         Field(7, TABLES, table="TensorGroup"), Field(8, TABLES, table="TensorGroup"),
+                         Field(9, TABLES, table="CustomMetadata")),
+    "ModelMetadata": (Field(0, STRING), Field(1, STRING), Field(2, STRING), Field(3, TABLES, table="SubGraphMetadata"),
+                      Field(4, STRING), Field(5, STRING), Field(6, TABLES, table="AssociatedFile"), Field(7, STRING)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,47 +183,73 @@ def carries_official_metadata(model_bytes: bytes) -> bool:
 
 
 def metadata_buffer(model_bytes: bytes) -> bytes | None:
-    """The raw `TFLITE_METADATA` buffer of a model flatbuffer; None when the model has none."""
-    if not carries_official_metadata(model_bytes):
-        return None  # spares the import of the model schema for the many models without metadata
-    import tflite  # imported here: ~0.1 s, paid only by models that carry the official metadata
+    """The raw `TFLITE_METADATA` buffer of a model flatbuffer; None when the model has none.
 
-    model = tflite.Model.GetRootAs(model_bytes, 0)
-    for position in range(model.MetadataLength()):
-        entry = model.Metadata(position)
-        if entry.Name() != METADATA_BUFFER_NAME:
+    Every offset followed is bounds-checked (FlatbufferError, a ValueError, when one leads outside
+    the model); a buffer over `METADATA_FLATBUFFER_MAX_BYTES` is refused (ModelError) before it is copied.
+    """
+    if not carries_official_metadata(model_bytes):
+        return None
+    model = Table.root(model_bytes)
+    metadata_start, metadata_count = model.vector(MODEL_METADATA_SLOT, OFFSET_BYTES)
+    if metadata_count > MODEL_METADATA_MAX_ENTRIES:
+        raise ValueError(f"its metadata table has {metadata_count:,} entries, over the limit of "
+                         f"{MODEL_METADATA_MAX_ENTRIES:,}")
+    for position in range(metadata_count):
+        entry = model.table_at(metadata_start + OFFSET_BYTES * position)
+        if entry.string(METADATA_NAME_SLOT) != METADATA_BUFFER_NAME:
             continue
-        index = entry.Buffer()
-        if not 0 <= index < model.BuffersLength():
-            raise ValueError(f"its metadata entry points to buffer {index} of {model.BuffersLength()}")
-        buffer = model.Buffers(index)
-        if buffer.Offset() > INLINE_BUFFER_OFFSET_MAX:
-            return bytes(model_bytes[buffer.Offset():buffer.Offset() + buffer.Size()])
-        return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+        index = entry.scalar(METADATA_BUFFER_SLOT, "<I")
+        buffers_start, buffer_count = model.vector(MODEL_BUFFERS_SLOT, OFFSET_BYTES)
+        if not 0 <= index < buffer_count:
+            raise ValueError(f"its metadata entry points to buffer {index} of {buffer_count}")
+        buffer = model.table_at(buffers_start + OFFSET_BYTES * index)
+        offset = buffer.scalar(BUFFER_OFFSET_SLOT, "<Q")
+        if offset > INLINE_BUFFER_OFFSET_MAX:
+            size = buffer.scalar(BUFFER_SIZE_SLOT, "<Q")
+            _check_metadata_size(size)
+            if offset + size > len(model_bytes):
+                raise ValueError(f"its metadata buffer ({size:,} bytes at byte {offset:,}) lies outside "
+                                 f"the {len(model_bytes):,}-byte file")
+            return bytes(model_bytes[offset:offset + size])
+        data_start, data_size = buffer.vector(BUFFER_DATA_SLOT, 1)
+        _check_metadata_size(data_size)
+        return bytes(model_bytes[data_start:data_start + data_size])
     return None
+
+
+def _check_metadata_size(size: int) -> None:
+    if size > METADATA_FLATBUFFER_MAX_BYTES:
+        raise ModelError(f"the TFLite metadata buffer is {size_text(size)}, over the limit of "
+                         f"{size_text(METADATA_FLATBUFFER_MAX_BYTES)}")
 
 
 def read_official_metadata(model_bytes: bytes, name: str = "model") -> OfficialMetadata | None:
     """The official TFLite metadata of a model's bytes; None when it carries none.
 
-    A damaged metadata buffer, or a file the metadata names that is missing from the model's
-    archive, raises ModelError with one line naming `name` and the reason.
+    A damaged metadata buffer, a file the metadata names that is missing from the model's archive,
+    or anything over the limits of `limits` raises ModelError with one line naming `name` and the reason.
     """
     try:
         raw = metadata_buffer(model_bytes)
     except PARSE_ERRORS as error:
         raise ModelError(f"{name}: the TFLite metadata is damaged ({_reason(error)})") from error
+    except ModelError as error:
+        raise ModelError(f"{name}: {error}") from error
     if raw is None:
         return None
     if len(raw) < 8 or raw[4:8] != METADATA_FILE_IDENTIFIER:
         raise ModelError(f"{name}: the TFLite metadata is damaged (its buffer lacks the "
                          f"'{METADATA_FILE_IDENTIFIER.decode()}' identifier)")
+    # No readable appended archive is fine unless the metadata names a file; one over the limits is refused.
     try:
-        archive: zipfile.ZipFile | None = zipfile.ZipFile(io.BytesIO(model_bytes))
-    except (zipfile.BadZipFile, OSError, ValueError):
-        archive = None  # no (readable) appended files: fine unless the metadata names one
+        archive = open_archive(io.BytesIO(model_bytes))
+    except ModelError as error:
+        raise ModelError(f"{name}: {error}") from error
     try:
         return parse_metadata(raw, _file_reader(archive))
+    except ModelError as error:
+        raise ModelError(f"{name}: {error}") from error
     except PARSE_ERRORS as error:
         raise ModelError(f"{name}: the TFLite metadata is damaged ({_reason(error)})") from error
     except MissingFileError as error:
@@ -184,28 +264,34 @@ class MissingFileError(Exception):
     """An associated file the metadata names is not in the model's appended archive."""
 
 
+# Reads one associated file by name, raising MissingFileError when it is absent.
 FileReader = Callable[[str], bytes]
 
 
-def _file_reader(archive: zipfile.ZipFile | None) -> FileReader:
-    """A function that reads one associated file by name, raising MissingFileError when absent."""
+def _file_reader(archive: BoundedArchive | None) -> FileReader:
+    """A FileReader over the model's appended archive (None: the model has none), within
+    `ASSOCIATED_FILE_MAX_BYTES`; what is read from it is then held to its own kind's limits."""
     def read(name: str) -> bytes:
         if archive is None:
             raise MissingFileError(name)
         try:
-            return archive.read(name)
+            return archive.read(name, ASSOCIATED_FILE)
         except KeyError as error:
             raise MissingFileError(name) from error
-        except (zipfile.BadZipFile, OSError) as error:
-            raise ValueError(f"associated file {name!r} cannot be read ({error})") from error
 
     return read
 
 
 def parse_metadata(raw: bytes, read_file: FileReader) -> OfficialMetadata:
-    """Read a `ModelMetadata` flatbuffer; `read_file` returns one of the model's associated files."""
+    """Read a `ModelMetadata` flatbuffer; `read_file` returns one of the model's associated files.
+
+    The buffer is verified first (FlatbufferError, a ValueError, when it is malformed or over the
+    limits); an associated file over its limit raises ModelError from `read_file`.
+    """
     from . import metadata_schema_generated as schema
 
+    _check_metadata_size(len(raw))
+    verify(raw, METADATA_SCHEMA, "ModelMetadata", METADATA_FILE_IDENTIFIER)
     metadata = schema.ModelMetadataT.InitFromPackedBuf(raw, 0)
     subgraphs = metadata.subgraphMetadata or []
     if not subgraphs:
@@ -234,7 +320,7 @@ def parse_metadata(raw: bytes, read_file: FileReader) -> OfficialMetadata:
             # The file without a locale is the default; localized copies come beside it.
             chosen = next((file for file in label_files if not file.locale), label_files[0])
             labels_file = _text(chosen.name)
-            labels = parse_labels(read_file(labels_file).decode("utf-8"))
+            labels = parse_labels(decode_text(read_file(labels_file), LABELS, f"embedded {labels_file}"))
         stats = scores.stats
         if stats is not None and stats.min is not None and stats.max is not None and len(stats.min) and len(stats.max):
             output_range = (float(stats.min[0]), float(stats.max[0]))
@@ -258,7 +344,7 @@ def _score_calibration(options: Any, associated: Sequence[Any], read_file: FileR
         raise ValueError("score calibration without its TENSOR_AXIS_SCORE_CALIBRATION file")
     file_name = _text(calibration_files[0].name)
     parameters: list[SigmoidParameters | None] = []
-    for line in read_file(file_name).decode("utf-8").splitlines():
+    for line in decode_text(read_file(file_name), CALIBRATION, f"embedded {file_name}").splitlines():
         if not line.strip():
             parameters.append(None)
             continue
