@@ -333,6 +333,7 @@ class WorkerPool:
         if self._results is not None:
             self._results.cancel_join_thread()
             self._results.close()
+            self._results = None
 
 
 def classify_files_parallel(settings: ClassifierSettings, items: Iterable[InputItem], out: TextIO, err: TextIO,

@@ -3,8 +3,9 @@
 A small Keras CNN learns the four synthetic classes of `synthetic.py` in a few epochs; it is
 converted to float32 and to full-int8 TFLite (int8 input and output, calibrated on the same
 `scale_pixels` inputs the network was trained on) and carries its labels and preprocessing
-embedded, as the converter's exports do. Beside it: the same int8 network without metadata,
-a uint8-input variant, and a model whose input is not an image tensor. Also here: the bad
+embedded, as the converter's exports do. Their batch dimension is -1 (resizable), as Keras
+exports have it. Beside them: the same int8 network without metadata, a uint8-input variant,
+the int8 network converted with a fixed batch of 1, and a model whose input is not an image tensor. Also here: the bad
 input files (empty, truncated, not an image, a folder named like one, a decompression bomb).
 
 Test modules use it with `pytest_plugins = ("runtime_fixtures",)` so the session fixture is
@@ -51,8 +52,20 @@ class RuntimeModels:
     int8: Path           # int8 in and out, labels and preprocessing embedded
     uint8: Path          # uint8 in and out, labels embedded
     plain_int8: Path     # the int8 network without any metadata
+    fixed_batch_int8: Path  # the int8 network with input shape_signature [1, 32, 32, 3]: no batches
     dense_input: Path    # input [1, 10]: not an image
     labels_file: Path    # CLASS_NAMES, one per line
+
+
+def _network(batch_size: int | None = None):
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), batch_size=batch_size)
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = tf.keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    outputs = tf.keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x)
+    return tf.keras.Model(inputs, outputs)
 
 
 def _train_keras_model():
@@ -60,12 +73,7 @@ def _train_keras_model():
 
     tf.keras.utils.set_random_seed(SEED)
     images, labels = synthetic_arrays(TRAIN_PER_CLASS, seed=SEED)
-    inputs = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
-    x = tf.keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
-    x = tf.keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x)
-    model = tf.keras.Model(inputs, outputs)
+    model = _network()
     model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     model.fit(scale_pixels(images), labels, epochs=EPOCHS, batch_size=BATCH_SIZE, verbose=0)
     return model
@@ -116,6 +124,7 @@ def build_runtime_models(folder: Path) -> RuntimeModels:
         int8=folder / "model_int8.tflite",
         uint8=folder / "model_uint8.tflite",
         plain_int8=folder / "plain_int8.tflite",
+        fixed_batch_int8=folder / "fixed_batch_int8.tflite",
         dense_input=folder / "dense_input.tflite",
         labels_file=folder / "labels.txt",
     )
@@ -123,6 +132,9 @@ def build_runtime_models(folder: Path) -> RuntimeModels:
     paths.int8.write_bytes(embed_metadata(int8_bytes, metadata))
     paths.uint8.write_bytes(embed_metadata(_convert(model, tf.uint8), metadata))
     paths.plain_int8.write_bytes(int8_bytes)
+    fixed_batch = _network(batch_size=1)
+    fixed_batch.set_weights(model.get_weights())
+    paths.fixed_batch_int8.write_bytes(embed_metadata(_convert(fixed_batch, tf.int8), metadata))
     paths.dense_input.write_bytes(_dense_model_bytes())
     write_labels(paths.labels_file, list(CLASS_NAMES))
     return paths

@@ -1,0 +1,268 @@
+"""`edge-classify` over several worker processes and in batches: the same lines in the same order
+as one process classifying one image at a time, bad files in place, Ctrl-C, a model whose batch
+cannot be resized, a worker that dies, and the small-job path that starts no worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+import edge_runtime.cli as cli_module
+import edge_runtime.workers as workers_module
+from edge_runtime.batch import BatchSummary
+from edge_runtime.classify import Classifier
+from edge_runtime.cli import main
+from edge_runtime.inputs import expand_inputs
+from edge_runtime.workers import ClassifierSettings, OutputSettings, WorkerPool, start_method
+from runtime_fixtures import bad_files
+
+pytest_plugins = ("runtime_fixtures",)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONSOLE_SCRIPT = "import sys; from edge_runtime.cli import main; sys.exit(main())"
+FLOAT_TOLERANCE = 1e-6
+TEST_IMAGES = 80  # split_dataset's test split
+TRAIN_IMAGES = 240
+BATCH = 8
+
+
+def run(*args: str | os.PathLike) -> Result:
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+@pytest.fixture
+def pool_for_every_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the CLI start workers however few the files (the threshold is measured for real photos)."""
+    monkeypatch.setattr(cli_module, "SMALL_JOB_FILES", 1)
+
+
+@pytest.fixture
+def verbose_log():
+    """Restore the package logger that -v configures, after the test."""
+    package_logger = logging.getLogger("edge_runtime")
+    saved = (package_logger.level, list(package_logger.handlers))
+    yield
+    package_logger.setLevel(saved[0])
+    package_logger.handlers[:] = saved[1]
+
+
+@pytest.fixture
+def mixed_inputs(split_dataset: Path, tmp_path: Path) -> list[Path]:
+    """Good images with every kind of bad file and a missing path between them."""
+    bad = bad_files(tmp_path / "bad")
+    bad_paths = [path for path, _ in bad.values()]
+    test_root = split_dataset / "test"
+    return [test_root / "circle", bad_paths[0], test_root / "cross", *bad_paths[1:4], tmp_path / "missing.jpg",
+            test_root / "stripes", *bad_paths[4:], test_root / "waves"]
+
+
+def records_of(result: Result) -> list[dict]:
+    """The JSON records without their latency (the one field that differs from run to run)."""
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record in records:
+        record.pop("latency_ms", None)
+    return records
+
+
+def assert_same_records(records: list[dict], expected: list[dict], exact: bool) -> None:
+    assert [r["path"] for r in records] == [r["path"] for r in expected]
+    for record, reference in zip(records, expected):
+        assert record.keys() == reference.keys()
+        if "error" in reference:
+            assert record["error"] == reference["error"]
+            continue
+        assert [c["label"] for c in record["top_k"]] == [c["label"] for c in reference["top_k"]]
+        if exact:
+            assert record == reference
+        else:
+            assert np.allclose([c["score"] for c in record["top_k"]], [c["score"] for c in reference["top_k"]],
+                               atol=FLOAT_TOLERANCE)
+
+
+# --- the same answers in the same order ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["int8", "float32"])
+def test_workers_and_batches_give_the_same_lines_in_the_same_order(runtime_models, mixed_inputs, kind: str,
+                                                                    pool_for_every_job) -> None:
+    model = getattr(runtime_models, kind)
+    single = run("--model", model, "--json", "--top-k", "2", "--workers", "1", *mixed_inputs)
+    assert single.exit_code == 1  # the bad files
+    expected = records_of(single)
+    assert sum("error" in r for r in expected) == 7 and len(expected) == TEST_IMAGES + 7
+    for workers, batch in ((1, BATCH), (2, 1), (2, BATCH), (3, 5)):
+        result = run("--model", model, "--json", "--top-k", "2", "--workers", workers, "--batch", batch,
+                     *mixed_inputs)
+        assert result.exit_code == 1, (workers, batch, result.output)
+        assert_same_records(records_of(result), expected, exact=kind == "int8")
+        summary = result.stderr.strip().splitlines()[-1]
+        assert summary.startswith(f"classified {TEST_IMAGES} of {TEST_IMAGES + 7} inputs in ")
+        assert summary.endswith("; 7 failed")
+
+
+def test_text_output_keeps_error_lines_in_place_with_workers(runtime_models, mixed_inputs, pool_for_every_job) -> None:
+    single = run("--model", runtime_models.int8, "--workers", "1", *mixed_inputs)
+    parallel = run("--model", runtime_models.int8, "--workers", "2", "--batch", BATCH, *mixed_inputs)
+    assert parallel.exit_code == single.exit_code == 1
+    assert parallel.stdout == single.stdout
+    errors = [line for line in parallel.stderr.splitlines() if ": error: " in line]
+    assert errors == [line for line in single.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 7
+
+
+def test_a_batch_gives_the_scores_of_its_images_one_by_one(runtime_models, synthetic_test_images) -> None:
+    images = synthetic_test_images[0][:11]
+    for model, exact in ((runtime_models.int8, True), (runtime_models.float32, False)):
+        single = Classifier(model)
+        expected = np.stack([single.scores(image) for image in images])
+        batched = Classifier(model)
+        assert batched.batch_resizable and batched.use_batches(4) == 4
+        for start in range(0, len(images), 4):  # the last batch holds 3 of 4
+            scores = batched.scores_batch(images[start:start + 4])
+            assert scores.shape == (min(4, len(images) - start), 4)
+            reference = expected[start:start + 4]
+            assert np.array_equal(scores, reference) if exact else np.allclose(scores, reference,
+                                                                              atol=FLOAT_TOLERANCE)
+
+
+# --- a model whose batch cannot be resized ------------------------------------------------------
+
+def test_a_fixed_batch_model_is_classified_one_image_at_a_time(runtime_models, mixed_inputs, pool_for_every_job,
+                                                              synthetic_test_images) -> None:
+    classifier = Classifier(runtime_models.fixed_batch_int8)
+    assert not classifier.batch_resizable and classifier.use_batches(BATCH) == 1
+    images = synthetic_test_images[0][:3]
+    assert np.array_equal(classifier.scores_batch(images), np.stack([classifier.scores(i) for i in images]))
+    expected = records_of(run("--model", runtime_models.int8, "--json", "--workers", "1", *mixed_inputs))
+    for workers in (1, 2):
+        result = run("--model", runtime_models.fixed_batch_int8, "--json", "--workers", workers, "--batch", BATCH,
+                     *mixed_inputs)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines()[0] == (f"note: {runtime_models.fixed_batch_int8} has a fixed batch size "
+                                                 f"of 1; --batch {BATCH} is not used")
+        assert_same_records(records_of(result), expected, exact=True)  # same network, same weights
+    quiet = run("--model", runtime_models.fixed_batch_int8, "--json", "--workers", "2", *mixed_inputs)
+    assert not quiet.stderr.startswith("note:")  # the default batch is not worth a note
+
+
+# --- small jobs ---------------------------------------------------------------------------------
+
+def test_small_jobs_stay_in_this_process_and_large_ones_use_the_workers(runtime_models, split_dataset: Path,
+                                                                        monkeypatch, verbose_log) -> None:
+    test_root = split_dataset / "test"
+    monkeypatch.setattr(cli_module, "SMALL_JOB_FILES", TEST_IMAGES + 1)
+    small = run("-v", "--model", runtime_models.int8, "--json", "-r", "--workers", "2", test_root)
+    assert small.exit_code == 0
+    assert "edge_runtime.cli: classifying in this process, 1 image(s) per invoke" in small.stderr
+    assert "worker processes" not in small.stderr
+    monkeypatch.setattr(cli_module, "SMALL_JOB_FILES", TEST_IMAGES)
+    large = run("-v", "--model", runtime_models.int8, "--json", "-r", "--workers", "2", test_root)
+    assert large.exit_code == 0
+    assert "edge_runtime.cli: classifying in 2 worker processes (pids " in large.stderr
+    assert f"), {cli_module.DEFAULT_BATCH} image(s) per invoke" in large.stderr
+    assert records_of(large) == records_of(small)
+
+
+def test_one_photo_imports_nothing_of_the_pool() -> None:
+    code = ("import sys, edge_runtime.cli; "
+            "print(sorted(m for m in ('multiprocessing', 'edge_runtime.workers') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert output.stdout.strip() == "[]"
+
+
+def test_workers_and_batch_only_apply_to_image_inputs() -> None:
+    for option in ("--workers", "--batch"):
+        result = run(option, "2", "--camera")
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines()[-1] == f"Error: {option} only applies to image inputs"
+    assert "Error: Invalid value for '--workers'" in run("--workers", "0", "x.jpg").stderr
+
+
+# --- interruption and lost workers --------------------------------------------------------------
+
+def test_a_stop_request_ends_the_run_between_chunks_and_ends_every_worker(runtime_models,
+                                                                         split_dataset: Path) -> None:
+    import io
+
+    items = list(expand_inputs([str(split_dataset / "train")], recursive=True))
+    out, err = io.StringIO(), io.StringIO()
+    summary = BatchSummary()
+    settings = ClassifierSettings(str(runtime_models.int8), batch=4)
+    with WorkerPool(settings, OutputSettings(as_json=True), workers=2) as pool:
+        pids = pool.pids
+        pool.run(items, out, err, summary, chunk_size=4,
+                 stop_requested=lambda: len(out.getvalue().splitlines()) >= 12)
+        pool.terminate()
+    assert summary.interrupted
+    lines = out.getvalue().splitlines()
+    assert len(lines) == summary.classified == 12  # whole chunks only, each counted
+    assert [json.loads(line)["path"] for line in lines] == [item.path for item in items[:12]]
+    time.sleep(0.1)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks worker processes through /proc")
+def test_ctrl_c_stops_every_worker_and_prints_the_summary(runtime_models, split_dataset: Path) -> None:
+    train = str(split_dataset / "train")
+    inputs = [train] * 40  # 9,600 images: still running when the first block of lines arrives
+    process = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, "-v", "--model", str(runtime_models.int8),
+                                "--json", "-r", "--workers", "2", "--batch", "1", *inputs],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    first = os.read(process.stdout.fileno(), 1 << 16)  # the first block of lines
+    process.send_signal(signal.SIGINT)
+    rest, stderr_bytes = process.communicate(timeout=60)
+    stderr = stderr_bytes.decode()
+    assert process.returncode == 130, stderr
+    summary = stderr.strip().splitlines()[-1]
+    assert summary.startswith("interrupted after ") and "Traceback" not in stderr
+    count = int(summary.split()[2])
+    assert summary.startswith(f"interrupted after {count} inputs: {count} classified in ")
+    lines = (first + rest).decode().splitlines()
+    assert 0 < len(lines) == count < len(inputs) * TRAIN_IMAGES  # whole lines, exactly those counted
+    expected = [item.path for item in expand_inputs([train], recursive=True)]
+    assert [json.loads(line)["path"] for line in lines] == (expected * 40)[:count]
+    pids = [int(pid) for pid in stderr.split("worker processes (pids ")[1].split(")")[0].split()]
+    assert len(pids) == 2
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+@pytest.mark.skipif(start_method() != "fork", reason="the crash is planted through a forked worker's memory")
+def test_a_worker_that_dies_costs_its_chunk_only(runtime_models, split_dataset: Path, monkeypatch,
+                                                 pool_for_every_job) -> None:
+    files = sorted((split_dataset / "test").rglob("*.png"))
+    victim = files[50]  # well after both workers have answered once
+    original = Classifier.load
+
+    def load(classifier: Classifier, path):
+        if str(path) == str(victim):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(classifier, path)
+
+    monkeypatch.setattr(Classifier, "load", load)
+    result = run("--model", runtime_models.int8, "--json", "--workers", "2", "--batch", "4", *files)
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(f) for f in files]
+    lost = [r for r in records if "error" in r]
+    assert str(victim) in {r["path"] for r in lost} and len(lost) <= 4 * workers_module.IN_FLIGHT_PER_WORKER
+    assert all(r["error"] == "not classified: the worker process reading it stopped (killed by SIGKILL)"
+               for r in lost)
+    assert result.stderr.strip().endswith(f"; {len(lost)} failed")
