@@ -1,0 +1,638 @@
+"""Fuzz everything edge_runtime reads from a .tflite file (issue 14): `make fuzz`.
+
+Mutates valid models, ours (converter-style: official metadata plus our labels, preprocess.json
+and model_info.json) and third-party-style ones (official metadata with labels and a score
+calibration file, stored or deflated), and reads each through what every path that opens a model
+reads: `read_metadata` on the file and `read_official_metadata` on its bytes, then the summary
+`--info` prints. A case passes when the readers return or raise ModelError (one line); anything
+else is a traceback. Mutations: byte flips, interesting integers, truncations, splices,
+flatbuffer offsets out of range (in the TFLITE_METADATA buffer and the model's own tables),
+central-directory edits and lies about sizes, deflate bombs, archives with many entries, hostile
+JSON and labels. Hypothesis draws them, from a fixed seed.
+
+The cases run in a worker process with an address-space cap (so a runaway allocation fails as a
+MemoryError, counted as a traceback) and a per-case time cap (a case over it counts as a hang);
+the parent builds the seed models (TensorFlow), runs the worker, prints and records the figures:
+
+    .venv/bin/python benchmarks/fuzz_models.py --cases 10000 --record artifacts/fuzz.json
+
+tests/test_fuzz_models.py runs the same strategy for a few seconds in the default suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import io
+import json
+import os
+import platform
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):  # run as a script: the repository root is one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_runtime.errors import ModelError  # noqa: E402
+from edge_runtime.limits import ARCHIVE_MAX_ENTRIES, LABELS_MAX_BYTES, LABELS_MAX_LINES, MIB  # noqa: E402
+from edge_runtime.metadata import INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY, read_metadata  # noqa: E402
+from edge_runtime.official_metadata import read_official_metadata  # noqa: E402
+
+DEFAULT_CASES = 10_000
+DEFAULT_SEED = 14
+# A case slower than this counts as a hang (the slowest valid read measured is a few ms).
+DEFAULT_TIME_CAP_S = 2.0
+# Address space the worker may add after loading the seeds: a case that needs more fails.
+DEFAULT_ADDRESS_SPACE_MIB = 512
+# The peak resident memory the worker may add above what it holds before the first case.
+DEFAULT_MEMORY_CAP_MIB = 64
+# The worker is stopped (and the run counted as hung) when the whole run takes longer than this.
+WORKER_SECONDS_PER_CASE = 0.5
+WORKER_MIN_TIMEOUT_S = 120
+KEPT_FAILURES = 5
+
+LABELS = ["cat", "dog", "bird"]
+CALIBRATION_FILE = "calibration.csv"
+CALIBRATION_TEXT = b"1.0,2.0,-1.0\n\n0.5,1.0,0.0,0.1\n"
+SIDE = 16
+FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+# Zip records, written field by field so that the tests can make them lie.
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+CENTRAL_HEADER = struct.Struct("<4s6H3L5H2L")
+END_RECORD = struct.Struct("<4s4H2LH")
+ZIP_VERSION = 20
+DOS_DATE = (0, 33)  # 00:00, 1 January 1980
+RAW_DEFLATE_BITS = -15
+FINAL_EMPTY_DEFLATE_BLOCK = b"\x03\x00"
+BOMB_BLOCK_BYTES = 1 * MIB
+INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+               (1 << 63) - 1, (1 << 64) - 1)
+
+
+# --- zip archives written byte by byte ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RawEntry:
+    """One archive entry as written: its stored bytes and what its headers declare (which may lie)."""
+
+    name: str
+    payload: bytes  # the bytes as stored (deflated for ZIP_DEFLATED)
+    method: int
+    crc: int
+    file_size: int  # the declared uncompressed size
+    compress_size: int | None = None  # the declared stored size; None: the payload's true length
+    flags: int = 0
+
+
+def raw_entry(name: str, data: bytes, method: int = zipfile.ZIP_STORED) -> RawEntry:
+    """An honest entry holding `data`."""
+    if method == zipfile.ZIP_DEFLATED:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, RAW_DEFLATE_BITS)
+        payload = compressor.compress(data) + compressor.flush()
+    else:
+        payload = data
+    return RawEntry(name, payload, method, zlib.crc32(data), len(data))
+
+
+def zip_archive(entries: list[RawEntry], base_offset: int, count: int | None = None) -> bytes:
+    """A zip archive to append after `base_offset` bytes; `count` overrides the end record's entry count."""
+    local, central = bytearray(), bytearray()
+    for entry in entries:
+        name = entry.name.encode("utf-8")
+        declared = len(entry.payload) if entry.compress_size is None else entry.compress_size
+        offset = base_offset + len(local)
+        local += LOCAL_HEADER.pack(b"PK\x03\x04", ZIP_VERSION, entry.flags, entry.method, *DOS_DATE,
+                                   entry.crc, declared & 0xFFFFFFFF, entry.file_size & 0xFFFFFFFF, len(name), 0)
+        local += name + entry.payload
+        central += CENTRAL_HEADER.pack(b"PK\x01\x02", ZIP_VERSION, ZIP_VERSION, entry.flags, entry.method, *DOS_DATE,
+                                       entry.crc, declared & 0xFFFFFFFF, entry.file_size & 0xFFFFFFFF, len(name),
+                                       0, 0, 0, 0, 0, offset & 0xFFFFFFFF)
+        central += name
+    total = len(entries) if count is None else count
+    end = END_RECORD.pack(b"PK\x05\x06", 0, 0, total & 0xFFFF, total & 0xFFFF, len(central),
+                          (base_offset + len(local)) & 0xFFFFFFFF, 0)
+    return bytes(local + central + end)
+
+
+@functools.lru_cache(maxsize=4)
+def deflate_bomb(inflated_size: int) -> bytes:
+    """A raw deflate stream that inflates to `inflated_size` zero bytes (a multiple of 1 MiB), built
+    without inflating it: one fully flushed 1 MiB block repeated, then an empty final block."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, RAW_DEFLATE_BITS)
+    block = compressor.compress(bytes(BOMB_BLOCK_BYTES)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return block * (inflated_size // BOMB_BLOCK_BYTES) + FINAL_EMPTY_DEFLATE_BLOCK
+
+
+def bomb_entry(name: str, inflated_size: int, declared_size: int | None = None) -> RawEntry:
+    """A deflate bomb named `name`: honest about its size unless `declared_size` is given (a lie).
+    Its CRC is left 0: readers must refuse it long before a CRC could be checked."""
+    payload = deflate_bomb(inflated_size)
+    return RawEntry(name, payload, zipfile.ZIP_DEFLATED, 0,
+                    inflated_size if declared_size is None else declared_size)
+
+
+# --- seed models ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Seed:
+    """A valid model file, and its parts for mutations that rebuild its archive."""
+
+    name: str
+    data: bytes  # the model file as written
+    prefix: bytes  # the flatbuffer before the appended archive
+    entries: tuple[RawEntry, ...]
+
+    def rebuilt(self, entries: list[RawEntry], count: int | None = None) -> bytes:
+        return self.prefix + zip_archive(entries, len(self.prefix), count)
+
+    @property
+    def metadata_span(self) -> tuple[int, int]:
+        """Where the TFLITE_METADATA flatbuffer lies (it starts 4 bytes before its 'M001' identifier)."""
+        start = self.prefix.index(b"M001") - 4
+        return start, start + int.from_bytes(self.prefix[start - 4:start], "little")
+
+
+def _tiny_tflite() -> bytes:
+    """An untrained 16x16 RGB classifier of three classes as float32 TFLite (what matters is the file)."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((SIDE, SIDE, 3))
+    x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
+    return tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, outputs)).convert()
+
+
+def _with_score_calibration(raw: bytes) -> bytes:
+    """The metadata flatbuffer `raw` with a score calibration on its output, as Model Maker writes."""
+    import flatbuffers
+
+    from edge_runtime import metadata_schema_generated as schema
+
+    metadata = schema.ModelMetadataT.InitFromPackedBuf(raw, 0)
+    output = metadata.subgraphMetadata[0].outputTensorMetadata[0]
+    unit = schema.ProcessUnitT()
+    unit.optionsType = schema.ProcessUnitOptions.ScoreCalibrationOptions
+    unit.options = schema.ScoreCalibrationOptionsT()
+    unit.options.scoreTransformation = schema.ScoreTransformationType.LOG
+    unit.options.defaultScore = 0.1
+    output.processUnits = [unit]
+    calibration = schema.AssociatedFileT()
+    calibration.name = CALIBRATION_FILE
+    calibration.type = schema.AssociatedFileType.TENSOR_AXIS_SCORE_CALIBRATION
+    output.associatedFiles.append(calibration)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(metadata.Pack(builder), file_identifier=b"M001")
+    return bytes(builder.Output())
+
+
+@functools.lru_cache(maxsize=1)
+def build_seeds() -> tuple[Seed, ...]:
+    """Our export of a tiny model, and two third-party-style ones (stored and deflated files).
+    Built once per process (TensorFlow converts the model): the tests share them."""
+    from converter.official_metadata import ModelDescription, attach_metadata_buffer, metadata_flatbuffer, spec_normalization
+    from edge_runtime.labels import format_labels
+    from edge_runtime.metadata import ModelMetadata, embed_metadata, read_metadata_bytes
+    from edge_runtime.preprocess import PreprocessSpec
+
+    bare = _tiny_tflite()
+    spec = PreprocessSpec(height=SIDE, width=SIDE)
+    description = ModelDescription(name="fuzz seed", description="a tiny untrained classifier", version="1",
+                                   labels=LABELS, width=SIDE, height=SIDE, normalization=spec_normalization(spec))
+    ours_prefix = attach_metadata_buffer(bare, metadata_flatbuffer(description))
+    ours = embed_metadata(ours_prefix, ModelMetadata(LABELS, spec, {"variant": "float32"}))
+    ours_entries = []
+    with zipfile.ZipFile(io.BytesIO(ours)) as archive:
+        for name in (LABELS_ENTRY, PREPROCESS_ENTRY, INFO_ENTRY):
+            ours_entries.append(raw_entry(name, archive.read(name)))
+    if read_metadata_bytes(ours) is None:
+        raise RuntimeError("seed ours does not read back its own metadata")
+
+    theirs_prefix = attach_metadata_buffer(bare, _with_score_calibration(metadata_flatbuffer(description)))
+    files = {LABELS_ENTRY: format_labels(LABELS).encode("utf-8"), CALIBRATION_FILE: CALIBRATION_TEXT}
+    seeds = [Seed("ours", ours, ours_prefix, tuple(ours_entries))]
+    for name, method in (("official", zipfile.ZIP_STORED), ("official-deflated", zipfile.ZIP_DEFLATED)):
+        entries = tuple(raw_entry(file, data, method) for file, data in files.items())
+        model = theirs_prefix + zip_archive(list(entries), len(theirs_prefix))
+        seeds.append(Seed(name, model, theirs_prefix, entries))
+    for seed in seeds:
+        official = read_official_metadata(seed.data, seed.name)
+        if official is None or official.labels != LABELS:
+            raise RuntimeError(f"seed {seed.name} does not read back: {official}")
+    return tuple(seeds)
+
+
+def save_seeds(seeds: tuple[Seed, ...], folder: Path) -> None:
+    """Seeds as files a worker process reads back (`load_seeds`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    index = []
+    for seed in seeds:
+        (folder / f"{seed.name}.tflite").write_bytes(seed.data)
+        (folder / f"{seed.name}.prefix").write_bytes(seed.prefix)
+        entries = []
+        for number, entry in enumerate(seed.entries):
+            (folder / f"{seed.name}.{number}.entry").write_bytes(entry.payload)
+            entries.append({**dataclasses.asdict(entry), "payload": f"{seed.name}.{number}.entry"})
+        index.append({"name": seed.name, "entries": entries})
+    (folder / "seeds.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+def load_seeds(folder: Path) -> list[Seed]:
+    seeds = []
+    for item in json.loads((folder / "seeds.json").read_text(encoding="utf-8")):
+        entries = tuple(RawEntry(**{**entry, "payload": (folder / entry["payload"]).read_bytes()})
+                        for entry in item["entries"])
+        seeds.append(Seed(item["name"], (folder / f"{item['name']}.tflite").read_bytes(),
+                          (folder / f"{item['name']}.prefix").read_bytes(), entries))
+    return seeds
+
+
+# --- mutations ---------------------------------------------------------------------------------------------
+
+Draw = Callable[[Any], Any]
+
+
+def _st():
+    from hypothesis import strategies
+
+    return strategies
+
+
+def _archive_start(seed: Seed) -> int:
+    return len(seed.prefix)
+
+
+def _position(draw: Draw, data: bytes, seed: Seed) -> int:
+    """A byte position, drawn more often where the readers look: metadata, archive, its directory."""
+    st = _st()
+    if not data:
+        return 0
+    start, end = seed.metadata_span
+    directory = data.rfind(b"PK\x01\x02")
+    regions = {"anywhere": (0, len(data)), "metadata": (start, end), "archive": (_archive_start(seed), len(data)),
+               "directory": (max(directory, 0), len(data)), "model tables": (0, min(256, len(data)))}
+    low, high = regions[draw(st.sampled_from(sorted(regions)))]
+    low, high = min(low, len(data) - 1), max(min(high, len(data)), 1)
+    return draw(st.integers(low, max(low, high - 1)))
+
+
+def flip_bytes(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    st = _st()
+    damaged = bytearray(data)
+    count = draw(st.integers(1, 8))
+    for _ in range(count):
+        damaged[_position(draw, data, seed)] ^= draw(st.integers(1, 255))
+    return bytes(damaged), f"flip {count} bytes"
+
+
+def interesting_integer(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    st = _st()
+    width = draw(st.sampled_from((1, 2, 4, 8)))
+    value = draw(st.sampled_from(INTERESTING) | st.integers(0, (1 << (8 * width)) - 1)) & ((1 << (8 * width)) - 1)
+    position = _position(draw, data, seed)
+    damaged = bytearray(data)
+    damaged[position:position + width] = value.to_bytes(width, "little")
+    return bytes(damaged), f"write {value:#x} ({width} bytes) at {position}"
+
+
+def flatbuffer_offset(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    """An offset or length of the metadata flatbuffer, or of the model's tables, pointing out of range."""
+    st = _st()
+    start, end = seed.metadata_span
+    in_metadata = draw(st.booleans())
+    low, high = (start, end) if in_metadata else (0, min(len(seed.prefix), 4096))
+    position = low + 4 * draw(st.integers(0, max((high - low) // 4 - 1, 0)))
+    room = (end - start) if in_metadata else len(data)
+    value = draw(st.sampled_from((room, room + 1, room * 2, 0x7FFFFFFF, 0xFFFFFFFF, 0x80000000))
+                 | st.integers(room, 0xFFFFFFFF))
+    damaged = bytearray(data)
+    if position + 4 <= len(damaged):
+        damaged[position:position + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+    where = "metadata" if in_metadata else "model"
+    return bytes(damaged), f"{where} offset at {position} -> {value:#x}"
+
+
+def truncate(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    cut = _position(draw, data, seed)
+    return data[:cut], f"truncate at {cut}"
+
+
+def splice(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    st = _st()
+    position = _position(draw, data, seed)
+    if draw(st.booleans()):
+        length = draw(st.integers(1, 64))
+        return data[:position] + data[position + length:], f"delete {length} at {position}"
+    inserted = draw(st.binary(min_size=1, max_size=64))
+    return data[:position] + inserted + data[position:], f"insert {len(inserted)} at {position}"
+
+
+BYTE_MUTATIONS = (flip_bytes, interesting_integer, flatbuffer_offset, truncate, splice)
+
+
+def directory_lie(seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    """An archive whose directory lies: sizes, method, flags, names or its entry count."""
+    st = _st()
+    entries = list(seed.entries)
+    index = draw(st.integers(0, len(entries) - 1))
+    entry = entries[index]
+    field = draw(st.sampled_from(("file_size", "compress_size", "method", "flags", "name", "count")))
+    size = st.sampled_from((0, 1, len(entry.payload) - 1, len(entry.payload) + 1, LABELS_MAX_BYTES,
+                            LABELS_MAX_BYTES + 1, 0xFFFFFFFF)) | st.integers(0, 0xFFFFFFFF)
+    count = None
+    if field == "file_size":
+        entry = dataclasses.replace(entry, file_size=max(draw(size), 0))
+    elif field == "compress_size":
+        entry = dataclasses.replace(entry, compress_size=max(draw(size), 0))
+    elif field == "method":
+        entry = dataclasses.replace(entry, method=draw(st.sampled_from((0, 8, 12, 14, 99))))
+    elif field == "flags":
+        entry = dataclasses.replace(entry, flags=draw(st.sampled_from((1, 8, 0x40, 0x800, 0xFFFF))))
+    elif field == "name":
+        entry = dataclasses.replace(entry, name=draw(st.sampled_from((entries[0].name, "", "../" + entry.name))))
+    else:
+        count = draw(st.integers(0, 0xFFFF))
+    entries[index] = entry
+    return seed.rebuilt(entries, count), f"directory lie: {entry.name} {field}"
+
+
+def bomb(seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    """A deflate bomb in place of the labels (or calibration) file: honest about its size, or lying."""
+    st = _st()
+    entries = list(seed.entries)
+    index = draw(st.integers(0, len(entries) - 1))
+    inflated = draw(st.sampled_from((2 * MIB, 64 * MIB, 4096 * MIB - MIB)))
+    declared = draw(st.sampled_from((None, 0, 100, LABELS_MAX_BYTES, LABELS_MAX_BYTES + 1)))
+    entries[index] = bomb_entry(entries[index].name, inflated, declared)
+    return seed.rebuilt(entries), f"bomb {entries[index].name}: {inflated:,} bytes, declares {declared}"
+
+
+def many_entries(seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    st = _st()
+    extra = draw(st.sampled_from((ARCHIVE_MAX_ENTRIES, ARCHIVE_MAX_ENTRIES * 4)) | st.integers(1, 3000))
+    entries = list(seed.entries) + [raw_entry(f"f{number}", b"") for number in range(extra)]
+    count = draw(st.sampled_from((None, len(seed.entries), 0, 0xFFFF)))
+    return seed.rebuilt(entries, count), f"{len(entries)} entries, end record says {count}"
+
+
+def hostile_entry(seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    """An entry's content replaced: deep or wrongly typed JSON, too many lines, not UTF-8, too long."""
+    st = _st()
+    entries = list(seed.entries)
+    index = draw(st.integers(0, len(entries) - 1))
+    depth = draw(st.integers(1, 100_000))
+    content = draw(st.sampled_from((
+        b"[" * depth, b'{"a":' * depth, b"\n" * (LABELS_MAX_LINES + 1), b"x\n" * (LABELS_MAX_LINES + 1),
+        b"\xff\xfe" * 10, b"[]", b"null", b'"text"', b'{"height": "big", "scale": "x"}',
+        b'{"background": [1e999, 0, 0]}', b'{"width": 1e999}', b'{"background": 5}',
+        b'{"resize": [], "resample": {}}', b"1.0,2.0\n", b"nan,nan,nan\n" * 3, b"a" * (LABELS_MAX_BYTES + 1),
+        b"", b"1,1,1,1,1\n",
+    )))
+    method = draw(st.sampled_from((zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)))
+    entries[index] = raw_entry(entries[index].name, content, method)
+    return seed.rebuilt(entries), f"{entries[index].name} holds {content[:20]!r}... ({len(content):,} bytes)"
+
+
+STRUCTURAL_MUTATIONS = (directory_lie, bomb, many_entries, hostile_entry)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    seed: str
+    steps: tuple[str, ...]
+    data: bytes
+
+
+def mutated_models(seeds: list[Seed]):
+    """The hypothesis strategy of fuzz cases: a seed, maybe a structural change, then byte mutations."""
+    st = _st()
+
+    @st.composite
+    def cases(draw: Draw) -> Case:
+        seed = draw(st.sampled_from(seeds))
+        data, steps = seed.data, []
+        if draw(st.integers(0, 2)) == 0:
+            data, step = draw(st.sampled_from(STRUCTURAL_MUTATIONS))(seed, draw)
+            steps.append(step)
+        for _ in range(draw(st.integers(0 if steps else 1, 3))):
+            data, step = draw(st.sampled_from(BYTE_MUTATIONS))(data, seed, draw)
+            steps.append(step)
+        return Case(seed.name, tuple(steps), data)
+
+    return cases()
+
+
+# --- running one case --------------------------------------------------------------------------------------
+
+def read_everything(path: Path) -> str:
+    """What every path that opens a model reads from it, beside the interpreter: our metadata, the
+    official metadata and its files, and the summary `--info` prints. Returns how it went."""
+    ours = read_metadata(path)
+    official = read_official_metadata(path.read_bytes(), str(path))
+    if official is not None:
+        json.dumps(official.summary())
+    return "read" if ours is not None or official is not None else "no metadata"
+
+
+class CaseTimeout(Exception):
+    """A case ran past its time cap."""
+
+
+@dataclasses.dataclass
+class Tally:
+    """The figures of a run."""
+
+    cases: int = 0
+    read: int = 0
+    refused: int = 0
+    tracebacks: int = 0
+    hangs: int = 0
+    max_case_seconds: float = 0.0
+    failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def record(self, case: Case, path: Path, time_cap_s: float) -> None:
+        def expire(signum: int, frame: Any) -> None:
+            raise CaseTimeout(f"over {time_cap_s} s")
+
+        path.write_bytes(case.data)
+        previous = signal.signal(signal.SIGALRM, expire)
+        start = time.perf_counter()
+        signal.setitimer(signal.ITIMER_REAL, time_cap_s)
+        try:
+            read_everything(path)
+            self.read += 1
+        except ModelError as error:
+            message = str(error)
+            if "\n" in message or not message:
+                self._fail(case, "ModelError not on one line: " + repr(message))
+            self.refused += 1
+        except CaseTimeout:
+            self.hangs += 1
+            self._fail(case, "hang")
+        except BaseException as error:  # noqa: BLE001 - counting them is the point
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            self.tracebacks += 1
+            self._fail(case, traceback.format_exc())
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        self.max_case_seconds = max(self.max_case_seconds, time.perf_counter() - start)
+        self.cases += 1
+
+    def _fail(self, case: Case, what: str) -> None:
+        if len(self.failures) < KEPT_FAILURES:
+            self.failures.append({"seed": case.seed, "steps": list(case.steps), "error": what,
+                                  "data_hex_head": case.data[:64].hex()})
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def address_space_bytes() -> int:
+    """This process's current virtual memory size, from /proc (0 where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_cases(seeds: list[Seed], cases: int, seed: int, time_cap_s: float, folder: Path) -> Tally:
+    """Run `cases` hypothesis-drawn cases through `read_everything`; never raises for a case."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    tally = Tally()
+    path = folder / "case.tflite"
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=cases, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(mutated_models(seeds))
+    def fuzz(case: Case) -> None:
+        tally.record(case, path, time_cap_s)
+
+    fuzz()
+    return tally
+
+
+# --- the worker and the parent ------------------------------------------------------------------------------
+
+def worker(args: argparse.Namespace) -> int:
+    seeds = load_seeds(Path(args.seeds))
+    with tempfile.TemporaryDirectory(prefix="fuzz-case-") as folder:
+        run_cases(seeds, 20, args.seed + 1, args.time_cap, Path(folder))  # warm-up: imports, caches
+        baseline_rss = peak_rss_mib()
+        if args.address_space_mib:
+            limit = address_space_bytes() + args.address_space_mib * MIB
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        started = time.perf_counter()
+        tally = run_cases(seeds, args.cases, args.seed, args.time_cap, Path(folder))
+        seconds = time.perf_counter() - started
+    result = {**dataclasses.asdict(tally), "seconds": round(seconds, 1),
+              "baseline_rss_mib": round(baseline_rss, 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+    Path(args.result).write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def parent(args: argparse.Namespace) -> int:
+    from edge_runtime.atomic import write_text
+
+    print("Building the seed models (TensorFlow)...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="fuzz-seeds-") as folder:
+        save_seeds(build_seeds(), Path(folder) / "seeds")
+        result_file = Path(folder) / "result.json"
+        command = [sys.executable, __file__, "--worker", "--seeds", str(Path(folder) / "seeds"),
+                   "--result", str(result_file), "--cases", str(args.cases), "--seed", str(args.seed),
+                   "--time-cap", str(args.time_cap), "--address-space-mib", str(args.address_space_mib)]
+        timeout = max(WORKER_MIN_TIMEOUT_S, args.cases * WORKER_SECONDS_PER_CASE)
+        print(f"Fuzzing {args.cases:,} cases (seed {args.seed}, {args.time_cap} s a case)...", file=sys.stderr,
+              flush=True)
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        try:
+            completed = subprocess.run(command, timeout=timeout, env=environment)
+            worker_ok = completed.returncode == 0 and result_file.exists()
+        except subprocess.TimeoutExpired:
+            worker_ok = False
+        if not worker_ok:
+            print(f"make fuzz: the worker failed or hung (limit {timeout:.0f} s)", file=sys.stderr)
+            return 1
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+    rise = result["peak_rss_mib"] - result["baseline_rss_mib"]
+    record = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/fuzz_models.py", *sys.argv[1:]]),
+        "cpu": _cpu_model(), "python": platform.python_version(),
+        "seeds": ["ours", "official", "official-deflated"], "hypothesis_seed": args.seed,
+        "time_cap_s": args.time_cap, "memory_cap_mib": args.memory_cap_mib,
+        "address_space_cap_mib": args.address_space_mib, "rss_rise_mib": round(rise, 1), **result,
+    }
+    lines = [
+        f"cases:              {result['cases']:,} ({result['read']:,} read, {result['refused']:,} refused "
+        "with one line)",
+        f"tracebacks:         {result['tracebacks']}",
+        f"hangs:              {result['hangs']} (cap {args.time_cap} s a case)",
+        f"max time per case:  {result['max_case_seconds'] * 1000:.1f} ms",
+        f"peak memory:        {result['peak_rss_mib']:.1f} MiB resident, {rise:.1f} MiB above the "
+        f"{result['baseline_rss_mib']:.1f} MiB before the first case (cap {args.memory_cap_mib} MiB; "
+        f"address space capped at +{args.address_space_mib} MiB)",
+        f"total:              {result['seconds']:.0f} s",
+    ]
+    print("\n".join(lines))
+    for failure in result["failures"]:
+        print(f"FAILED {failure['seed']} {failure['steps']}:\n{failure['error']}", file=sys.stderr)
+    if args.record:
+        write_text(args.record, json.dumps(record, indent=2) + "\n")
+        print(f"Wrote {args.record}", file=sys.stderr)
+    failed = (result["tracebacks"] or result["hangs"] or rise > args.memory_cap_mib
+              or result["cases"] < args.cases)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=DEFAULT_CASES, help="mutated models to read")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="hypothesis seed (same seed, same cases)")
+    parser.add_argument("--time-cap", type=float, default=DEFAULT_TIME_CAP_S, help="seconds a case may take")
+    parser.add_argument("--memory-cap-mib", type=int, default=DEFAULT_MEMORY_CAP_MIB,
+                        help="peak resident MiB the cases may add")
+    parser.add_argument("--address-space-mib", type=int, default=DEFAULT_ADDRESS_SPACE_MIB,
+                        help="address space the worker may add after loading (0: no cap)")
+    parser.add_argument("--record", help="write the figures to this JSON file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return worker(args) if args.worker else parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
