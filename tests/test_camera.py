@@ -143,6 +143,38 @@ def test_without_opencv_the_message_says_what_to_install(runtime_models, two_sce
                                      "files and streams: pip install opencv-python-headless")
 
 
+def test_opencvs_own_warnings_stay_off_the_terminal_when_a_camera_cannot_be_opened(runtime_models, capfd) -> None:
+    pytest.importorskip("cv2")
+    missing_camera = "97"  # an index no machine running the tests has: OpenCV warns "can't open camera by index"
+    result = CliRunner().invoke(main, ["--model", str(runtime_models.int8), "--camera", missing_camera])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: camera 97 (OpenCV): cannot open it"
+    native = capfd.readouterr()  # what reached file descriptors 1 and 2, under click's own capture
+    assert "WARN" not in native.err + native.out and "[ERROR" not in native.err
+
+
+def test_what_opencvs_backends_print_themselves_goes_to_the_debug_log(monkeypatch, capfd, caplog) -> None:
+    import logging
+    import os
+
+    class Capture:
+        def __init__(self, source):
+            os.write(2, b"[ WARN:0@0.1] global cap_v4l.cpp:914 open VIDEOIO(V4L2:/dev/video5): can't open camera\n")
+
+        def isOpened(self) -> bool:
+            return False
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(VideoCapture=Capture))
+    with caplog.at_level(logging.DEBUG, logger="edge_runtime.camera"):
+        with pytest.raises(CameraError, match=r"^camera 5 \(OpenCV\): cannot open it$"):
+            OpenCVSource(5).open()
+    assert capfd.readouterr().err == ""
+    assert "opencv: [ WARN:0@0.1] global cap_v4l.cpp:914 open VIDEOIO(V4L2:/dev/video5): can't open camera" in caplog.text
+
+
 # --- picamera2 through a stand-in module --------------------------------------------------------
 
 class FakePicamera2:

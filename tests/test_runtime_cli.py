@@ -94,6 +94,36 @@ def test_two_models_in_the_folder_are_named(runtime_models, photo, tmp_path: Pat
                                       f"b.tflite); choose one with --model or ${MODEL_ENV_VAR}")
 
 
+def test_the_converters_two_models_give_int8_and_say_so(runtime_models, photo, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    import logging
+
+    shutil.copy(runtime_models.int8, tmp_path / "model_int8.tflite")
+    shutil.copy(runtime_models.dense_input, tmp_path / "model_float32.tflite")  # would fail if it were used
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    reason = (f"model_int8.tflite chosen over model_float32.tflite in {tmp_path} (int8 is the one made for "
+              f"devices; --model or ${MODEL_ENV_VAR} chooses another)")
+    quiet = run(photo[0])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout.split(": ")[1].split()[0] == photo[1] and quiet.stderr == ""
+    package_logger = logging.getLogger("edge_runtime")
+    saved = (package_logger.level, list(package_logger.handlers))
+    try:
+        verbose = run("-v", photo[0])
+    finally:
+        package_logger.setLevel(saved[0])
+        package_logger.handlers[:] = saved[1]
+    assert f"edge_runtime.cli: {reason}" in verbose.stderr.splitlines()
+    info = run("--info")
+    assert info.exit_code == 0
+    assert info.stdout.splitlines()[:2] == [f"model:        {tmp_path / 'model_int8.tflite'}",
+                                            f"chosen:       {reason}"]
+    assert json.loads(run("--info", "--json").stdout)["model_choice"] == reason
+    shutil.copy(runtime_models.int8, tmp_path / "mine.tflite")  # not the converter's pair any more: refused
+    assert run(photo[0]).exit_code == 2
+
+
 # --- bad models: exit 2, one line ---------------------------------------------------------------
 
 def bad_model(kind: str, runtime_models, folder: Path) -> tuple[Path, str]:
