@@ -26,6 +26,8 @@ CALIBRATION ?= 500
 MAX_DROP ?=
 ## test: extra pytest arguments (e.g. -m 'not slow')
 PYTEST_ARGS ?=
+## fuzz: how many mutated model files `make fuzz` reads
+FUZZ_CASES ?= 10000
 ## deploy: the device, as user@host
 DEVICE ?=
 ## deploy: the model file to copy
@@ -87,6 +89,9 @@ bench: $(STAMP) ## Benchmarks on ../shared/datasets/cifar10-jpeg (or DATA=); see
 	$(PY) benchmarks/bench_train.py $(DATA_ARG)
 	$(PY) benchmarks/bench_convert.py --out "$(OUT)" $(DATA_ARG)
 	$(PY) benchmarks/bench_runtime.py --out "$(OUT)" $(DATA_ARG)
+
+fuzz: $(STAMP) ## Read FUZZ_CASES mutated .tflite files: tracebacks, hangs, peak memory, time per case (OUT/fuzz.json)
+	$(PY) benchmarks/fuzz_models.py --cases $(FUZZ_CASES) --record "$(OUT)/fuzz.json"
 
 wheel: $(STAMP) ## Build dist/*.whl (install on a device with: pip install "<wheel>[edge]")
 	$(PY) -m pip wheel --no-deps -w dist .
