@@ -22,6 +22,7 @@ tests/test_fuzz_models.py runs the same strategy for a few seconds in the defaul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -46,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is one fol
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_runtime.errors import ModelError  # noqa: E402
+from edge_runtime.info import describe_calibration  # noqa: E402
 from edge_runtime.limits import ARCHIVE_MAX_ENTRIES, LABELS_MAX_BYTES, LABELS_MAX_LINES, MIB  # noqa: E402
 from edge_runtime.metadata import INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY, read_metadata  # noqa: E402
 from edge_runtime.official_metadata import read_official_metadata  # noqa: E402
@@ -441,6 +443,9 @@ def read_everything(path: Path) -> str:
     """What every path that opens a model reads from it, beside the interpreter: our metadata, the
     official metadata and its files, and the summary `--info` prints. Returns how it went."""
     ours = read_metadata(path)
+    if ours is not None:
+        describe_calibration(ours.info.get("calibration"))  # what --info makes of the embedded info
+        json.dumps(ours.info)
     official = read_official_metadata(path.read_bytes(), str(path))
     if official is not None:
         json.dumps(official.summary())
@@ -568,7 +573,9 @@ def parent(args: argparse.Namespace) -> int:
 
     print("Building the seed models (TensorFlow)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="fuzz-seeds-") as folder:
-        save_seeds(build_seeds(), Path(folder) / "seeds")
+        with contextlib.redirect_stdout(sys.stderr):  # TensorFlow's converter prints to stdout
+            seeds = build_seeds()
+        save_seeds(seeds, Path(folder) / "seeds")
         result_file = Path(folder) / "result.json"
         command = [sys.executable, __file__, "--worker", "--seeds", str(Path(folder) / "seeds"),
                    "--result", str(result_file), "--cases", str(args.cases), "--seed", str(args.seed),

@@ -48,11 +48,17 @@ def describe_calibration(calibration: dict[str, Any] | None) -> str | None:
     text = f"{calibration.get('count', '?')} {calibration.get('split', 'training')} images, seed {calibration.get('seed')}"
     logit_range = calibration.get("logit_range")
     if isinstance(logit_range, dict) and "low" in logit_range:
+        if not all(_is_number(logit_range.get(key)) for key in ("low", "high")):
+            return None  # written by something else: shown as it is
         text += (f"; logits quantized from {logit_range['low']:g} up to at most {logit_range['high']:g} "
                  "(lowest winning logit - ln 256 to highest logit)")
     elif isinstance(logit_range, dict):
         text += "; logits quantized over their full calibrated min/max"
     return text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _official_line(facts: dict[str, Any]) -> str:

@@ -406,3 +406,13 @@ def test_metadata_schema_names_every_field_the_generated_code_reads() -> None:
         generated[name] = {(offset - 4) // 2 for offset in offsets}
     described = {name: {field.slot for field in fields} for name, fields in METADATA_SCHEMA.items()}
     assert described == generated
+
+
+def test_info_shows_a_hostile_calibration_record_without_formatting_it() -> None:
+    from edge_runtime.info import describe_calibration
+
+    for hostile in ({"low": "x", "high": 1}, {"low": 1.0}, {"low": None, "high": True}):
+        assert describe_calibration({"count": 5, "logit_range": hostile}) is None, hostile
+    assert describe_calibration({"count": 5, "seed": 1, "logit_range": {"low": -1.5, "high": 2.0}}) == (
+        "5 training images, seed 1; logits quantized from -1.5 up to at most 2 "
+        "(lowest winning logit - ln 256 to highest logit)")
