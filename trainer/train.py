@@ -438,13 +438,15 @@ def prepare_phase(model: "keras.Model", config: TrainConfig, phase: Phase, steps
         model.get_layer(arch.backbone).trainable = phase.backbone_trainable
     optimizers = {"adam": keras.optimizers.Adam}
     optimizer = optimizers[arch.optimizer](learning_rate=learning_rate_schedule(config, phase, steps))
+    # XLA is left out under tf.distribute: the replicated step is not what it was measured on.
+    jit = arch.jit_compile and not config.distribute
     if config.distribute:
         # Distributed evaluation pads its batches with zero-weight copies (trainer.batches): the accuracy
         # must weigh them, so it counts real images only. (The loss's divisor still counts the copies of
         # the last batch: a slight bias of the validation and test loss, never of the accuracy.)
-        model.compile(optimizer=optimizer, loss=LOSS, weighted_metrics=list(METRICS))
+        model.compile(optimizer=optimizer, loss=LOSS, weighted_metrics=list(METRICS), jit_compile=jit)
     else:
-        model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS))
+        model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS), jit_compile=jit)
 
 
 def distribution_strategy(distribute: bool, progress: Progress) -> Any:
