@@ -45,10 +45,13 @@ PACKAGE_LOGGER = "edge_runtime"
 NORMALIZATION_SINGLE = 2  # MEAN,STD
 NORMALIZATION_PER_CHANNEL = 6  # three means, three stds
 # Images per invoke in the worker processes, where the model's batch dimension can be resized.
+# (8 to 32 did equally well on CIFAR-10 JPEGs in 2 workers, 64 and 128 worse; measured on a loaded
+# 2-core machine, so only the ranking is worth anything.)
 DEFAULT_BATCH = 32
 # Fewer files than this are classified in this process: starting the workers would cost more
-# than they save. Measured with benchmarks/bench_runtime.py --threshold (see BENCHMARKS.md).
-SMALL_JOB_FILES = 200
+# than they save. bench_runtime.py's small-job comparison measures where they start to pay: on a
+# loaded 2-core machine, between 200 and 400 CIFAR-10 JPEGs (2 workers slower at 200, faster at 400).
+SMALL_JOB_FILES = 300
 
 logger = logging.getLogger(__name__)
 

@@ -172,11 +172,14 @@ def test_small_jobs_stay_in_this_process_and_large_ones_use_the_workers(runtime_
     assert records_of(large) == records_of(small)
 
 
-def test_one_photo_imports_nothing_of_the_pool() -> None:
-    code = ("import sys, edge_runtime.cli; "
-            "print(sorted(m for m in ('multiprocessing', 'edge_runtime.workers') if m in sys.modules))")
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
-    assert output.stdout.strip() == "[]"
+def test_one_photo_imports_nothing_of_the_pool(runtime_models, split_dataset: Path) -> None:
+    photo = split_dataset / "test" / "cross" / "0003.png"
+    code = ("import atexit, sys; atexit.register(lambda: print(sorted(m for m in ('multiprocessing', "
+            "'edge_runtime.workers') if m in sys.modules))); " + CONSOLE_SCRIPT)
+    output = subprocess.run([sys.executable, "-c", code, "--model", str(runtime_models.int8), str(photo)],
+                            capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert output.stdout.splitlines() == [f"{photo}: cross " + output.stdout.split(" cross ")[1].splitlines()[0],
+                                          "[]"]
 
 
 def test_workers_and_batch_only_apply_to_image_inputs() -> None:
