@@ -49,8 +49,9 @@ NORMALIZATION_PER_CHANNEL = 6  # three means, three stds
 # 2-core machine, so only the ranking is worth anything.)
 DEFAULT_BATCH = 32
 # Fewer files than this are classified in this process: starting the workers would cost more
-# than they save. bench_runtime.py's small-job comparison measures where they start to pay: on a
-# loaded 2-core machine, between 200 and 400 CIFAR-10 JPEGs (2 workers slower at 200, faster at 400).
+# than they save. bench_runtime.py's small-job comparison measures where they start to pay. So
+# far only on a 2-core machine loaded by trainings, which is noisy: one run had 2 workers slower
+# up to 200 CIFAR-10 JPEGs and faster from 400; a run under heavier load, slower still at 400.
 SMALL_JOB_FILES = 300
 
 logger = logging.getLogger(__name__)
