@@ -269,3 +269,54 @@ def test_a_worker_that_dies_costs_its_chunk_only(runtime_models, split_dataset: 
     assert all(r["error"] == "not classified: the worker process reading it stopped (killed by SIGKILL)"
                for r in lost)
     assert result.stderr.strip().endswith(f"; {len(lost)} failed")
+
+
+# --- bounded memory and set-up failures ---------------------------------------------------------
+
+def test_the_file_list_is_drawn_only_a_few_chunks_ahead_of_the_output(runtime_models, split_dataset: Path) -> None:
+    items = list(expand_inputs([str(split_dataset / "train")], recursive=True))
+    drawn = []
+
+    def stream():
+        for item in items:
+            drawn.append(item)
+            yield item
+
+    class Out:
+        """Records, at every write, how many items had been drawn beyond the lines written."""
+
+        def __init__(self) -> None:
+            self.lines = 0
+            self.ahead: list[int] = []
+
+        def write(self, text: str) -> None:
+            self.lines += text.count("\n")
+            self.ahead.append(len(drawn) - self.lines)
+
+        def flush(self) -> None:
+            pass
+
+    out, workers, chunk = Out(), 2, 4
+    summary = BatchSummary()
+    with WorkerPool(ClassifierSettings(str(runtime_models.int8), batch=chunk), OutputSettings(as_json=True),
+                    workers) as pool:
+        pool.run(stream(), out, sys.stderr, summary, chunk_size=chunk)
+    assert out.lines == summary.classified == TRAIN_IMAGES
+    assert max(out.ahead) <= workers * workers_module.IN_FLIGHT_PER_WORKER * chunk
+    assert len(out.ahead) == TRAIN_IMAGES // chunk  # one write per chunk, none held back to the end
+
+
+@pytest.mark.skipif(start_method() != "fork", reason="the failure is planted through a forked worker's memory")
+def test_a_worker_that_cannot_build_its_classifier_stops_the_run_with_one_line(runtime_models, split_dataset: Path,
+                                                                               monkeypatch, pool_for_every_job) -> None:
+    from edge_runtime.errors import ModelError
+
+    def build(settings):
+        raise ModelError(f"{settings.model_path}: cannot read the model file (Permission denied)")
+
+    monkeypatch.setattr(ClassifierSettings, "build", build)
+    result = run("--model", runtime_models.int8, "--json", "-r", "--workers", "2", split_dataset / "test")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (f"Error: {runtime_models.int8}: cannot read the model file "
+                                                      "(Permission denied)")
+    assert "Traceback" not in result.output
