@@ -293,6 +293,8 @@ def _position(draw: Draw, data: bytes, seed: Seed) -> int:
 
 def flip_bytes(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
     st = _st()
+    if not data:
+        return data, "flip nothing (empty)"
     damaged = bytearray(data)
     count = draw(st.integers(1, 8))
     for _ in range(count):
@@ -466,6 +468,10 @@ class Tally:
     tracebacks: int = 0
     hangs: int = 0
     max_case_seconds: float = 0.0
+    slowest_case: list[str] = dataclasses.field(default_factory=list)
+    max_case_rss_rise_mib: float = 0.0  # the most resident memory one case added while it ran
+    max_case_peak_rss_mib: float = 0.0  # the worker's highest resident memory during a case
+    hungriest_case: list[str] = dataclasses.field(default_factory=list)
     failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def record(self, case: Case, path: Path, time_cap_s: float) -> None:
@@ -474,6 +480,7 @@ class Tally:
 
         path.write_bytes(case.data)
         previous = signal.signal(signal.SIGALRM, expire)
+        resident_before = reset_peak_rss()
         start = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, time_cap_s)
         try:
@@ -495,7 +502,15 @@ class Tally:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
-        self.max_case_seconds = max(self.max_case_seconds, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if seconds > self.max_case_seconds:
+            self.max_case_seconds, self.slowest_case = seconds, [case.seed, *case.steps]
+        if resident_before is not None:
+            peak = memory_status("VmHWM")
+            self.max_case_peak_rss_mib = max(self.max_case_peak_rss_mib, peak / MIB)
+            rise = max(peak - resident_before, 0) / MIB
+            if rise > self.max_case_rss_rise_mib:
+                self.max_case_rss_rise_mib, self.hungriest_case = rise, [case.seed, *case.steps]
         self.cases += 1
 
     def _fail(self, case: Case, what: str) -> None:
@@ -509,15 +524,27 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def address_space_bytes() -> int:
-    """This process's current virtual memory size, from /proc (0 where there is none)."""
+def memory_status(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in bytes (VmSize, VmRSS, VmHWM); 0 where
+    there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def reset_peak_rss() -> int | None:
+    """Reset this process's peak resident memory (VmHWM) to its current one, which is returned;
+    None where Linux's /proc/self/clear_refs is missing (then only the run's peak is known)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return None
+    return memory_status("VmRSS")
 
 
 def run_cases(seeds: list[Seed], cases: int, seed: int, time_cap_s: float, folder: Path) -> Tally:
@@ -545,15 +572,18 @@ def worker(args: argparse.Namespace) -> int:
     seeds = load_seeds(Path(args.seeds))
     with tempfile.TemporaryDirectory(prefix="fuzz-case-") as folder:
         run_cases(seeds, 20, args.seed + 1, args.time_cap, Path(folder))  # warm-up: imports, caches
-        baseline_rss = peak_rss_mib()
+        baseline_rss = memory_status("VmRSS") / MIB
         if args.address_space_mib:
-            limit = address_space_bytes() + args.address_space_mib * MIB
+            limit = memory_status("VmSize") + args.address_space_mib * MIB
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         started = time.perf_counter()
         tally = run_cases(seeds, args.cases, args.seed, args.time_cap, Path(folder))
         seconds = time.perf_counter() - started
-    result = {**dataclasses.asdict(tally), "seconds": round(seconds, 1),
-              "baseline_rss_mib": round(baseline_rss, 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+    if not tally.max_case_peak_rss_mib:  # no /proc/self/clear_refs: only the process's peak is known
+        tally.max_case_peak_rss_mib = peak_rss_mib()
+        tally.max_case_rss_rise_mib = max(peak_rss_mib() - baseline_rss, 0.0)
+    result = {**dataclasses.asdict(tally), "seconds": round(seconds, 1), "baseline_rss_mib": round(baseline_rss, 1),
+              "final_rss_mib": round(memory_status("VmRSS") / MIB, 1)}
     Path(args.result).write_text(json.dumps(result), encoding="utf-8")
     return 0
 
@@ -593,24 +623,25 @@ def parent(args: argparse.Namespace) -> int:
             print(f"make fuzz: the worker failed or hung (limit {timeout:.0f} s)", file=sys.stderr)
             return 1
         result = json.loads(result_file.read_text(encoding="utf-8"))
-    rise = result["peak_rss_mib"] - result["baseline_rss_mib"]
+    rise = result["max_case_rss_rise_mib"]
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/fuzz_models.py", *sys.argv[1:]]),
         "cpu": _cpu_model(), "python": platform.python_version(),
         "seeds": ["ours", "official", "official-deflated"], "hypothesis_seed": args.seed,
         "time_cap_s": args.time_cap, "memory_cap_mib": args.memory_cap_mib,
-        "address_space_cap_mib": args.address_space_mib, "rss_rise_mib": round(rise, 1), **result,
+        "address_space_cap_mib": args.address_space_mib, **result,
     }
     lines = [
         f"cases:              {result['cases']:,} ({result['read']:,} read, {result['refused']:,} refused "
         "with one line)",
         f"tracebacks:         {result['tracebacks']}",
         f"hangs:              {result['hangs']} (cap {args.time_cap} s a case)",
-        f"max time per case:  {result['max_case_seconds'] * 1000:.1f} ms",
-        f"peak memory:        {result['peak_rss_mib']:.1f} MiB resident, {rise:.1f} MiB above the "
-        f"{result['baseline_rss_mib']:.1f} MiB before the first case (cap {args.memory_cap_mib} MiB; "
-        f"address space capped at +{args.address_space_mib} MiB)",
+        f"max time per case:  {result['max_case_seconds'] * 1000:.1f} ms ({' / '.join(result['slowest_case'])})",
+        f"max memory:         a case added at most {rise:.1f} MiB resident (cap {args.memory_cap_mib} MiB; "
+        f"{' / '.join(result['hungriest_case'])}); the worker peaked at {result['max_case_peak_rss_mib']:.1f} MiB "
+        f"from {result['baseline_rss_mib']:.1f} MiB before the first case, its address space capped at "
+        f"+{args.address_space_mib} MiB",
         f"total:              {result['seconds']:.0f} s",
     ]
     print("\n".join(lines))

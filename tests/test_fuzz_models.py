@@ -105,4 +105,5 @@ def test_worker_runs_under_an_address_space_cap_and_writes_its_figures(seeds, tm
     figures = json.loads(result.read_text())
     assert figures["cases"] == WORKER_CASES
     assert (figures["tracebacks"], figures["hangs"]) == (0, 0), figures["failures"]
-    assert 0 < figures["baseline_rss_mib"] <= figures["peak_rss_mib"]
+    assert 0 < figures["baseline_rss_mib"] <= figures["max_case_peak_rss_mib"]
+    assert 0 <= figures["max_case_rss_rise_mib"] < fuzz_models.DEFAULT_MEMORY_CAP_MIB

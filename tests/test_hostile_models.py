@@ -15,9 +15,9 @@ import io
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -56,20 +56,33 @@ def seeds() -> dict[str, Seed]:
     return {seed.name: seed for seed in build_seeds()}
 
 
+# edge-classify under an address-space cap, writing its own peak resident memory (VmHWM) at exit.
+# (Not ru_maxrss from wait4: a child keeps the peak of the process it was forked from, here pytest's.)
+CAPPED_CLI = """
+import atexit, resource, sys
+cap, peak_file = int(sys.argv[1]), sys.argv[2]
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+def write_peak():
+    with open('/proc/self/status') as status, open(peak_file, 'w') as out:
+        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM:')))
+
+atexit.register(write_peak)
+from edge_runtime.cli import main
+main(sys.argv[3:], prog_name='edge-classify')
+"""
+
+
 def run_capped(*args: object, address_space: int = ADDRESS_SPACE_CAP) -> tuple[int, str, float]:
     """edge-classify in a subprocess under an address-space cap: (exit code, output, peak RSS in MiB)."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-    command = [sys.executable, "-m", "edge_runtime.cli", *map(str, args)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                               preexec_fn=cap, env=environment)
-    output = process.stdout.read().decode("utf-8", "replace")
-    _, status, usage = os.wait4(process.pid, 0)
-    process.stdout.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, output, usage.ru_maxrss / 1024
+    with tempfile.TemporaryDirectory() as folder:
+        peak_file = Path(folder) / "peak"
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        completed = subprocess.run([sys.executable, "-c", CAPPED_CLI, str(address_space), str(peak_file),
+                                    *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   cwd=REPO_ROOT, env=environment, timeout=300)
+        peak_kib = int(peak_file.read_text())
+    return completed.returncode, completed.stdout.decode("utf-8", "replace"), peak_kib / 1024
 
 
 def one_line(output: str) -> str:
