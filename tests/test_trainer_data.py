@@ -376,7 +376,7 @@ def test_process_pool_gives_the_same_arrays_in_the_same_order(split_dataset: Pat
                                cwd=Path(__file__).resolve().parent.parent, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
-    assert result["pools"] == [2]
+    assert result["pools"] == [2, 2]  # one pool per split: train/ and test/ are decoded (and cached) apart
     assert result["same_images"] and result["same_labels"] and result["same_paths"]
     serial_skipped, pooled_skipped = result["skipped"]
     assert len(serial_skipped) == 3 and pooled_skipped == serial_skipped

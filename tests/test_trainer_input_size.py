@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_runtime.preprocess import PreprocessSpec, array_to_input, load_image
 from trainer.data import Progress, load_dataset
@@ -34,10 +35,24 @@ def test_cifar_arrays_are_resized_to_the_spec_size(tmp_path: Path) -> None:
     np.testing.assert_array_equal(resized.test_labels, native.test_labels)
 
 
-def test_decoded_images_are_not_copied_when_every_file_reads(split_dataset: Path, tmp_path: Path) -> None:
-    """At 96 px and above a second copy of the set is what memory cannot afford: train and test are views."""
+def test_decoded_images_are_not_copied_when_every_file_reads(split_dataset: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 96 px and above a second copy of the set is what memory cannot afford: each split's array is
+    the one its files were decoded into."""
+    import trainer.data as data_module
+
+    decoded = []
+    decode = data_module.decode_images
+
+    def recording(*args, **kwargs):
+        result = decode(*args, **kwargs)
+        decoded.append(result[0])
+        return result
+
+    monkeypatch.setattr(data_module, "decode_images", recording)
     dataset = load_dataset(split_dataset, progress=QUIET, spec=SPEC_48)
-    assert dataset.train_images.base is not None and dataset.train_images.base is dataset.test_images.base
+    assert len(decoded) == 2
+    assert dataset.train_images is decoded[0] and dataset.test_images is decoded[1]
     # One unreadable file: the kept images are then a copy without it.
     damaged = tmp_path / "data"
     import shutil

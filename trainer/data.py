@@ -29,6 +29,8 @@ import numpy as np
 from edge_runtime.errors import DataError, ImageError
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, array_to_input, load_image
 
+from . import decoded_cache
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
@@ -287,22 +289,22 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
         test_files, test_labels = [], test_labels[:0]
     read = " and ".join(f"{split}/" for split in splits)
     progress.message(f"loading {len(train_files) + len(test_files):,} images from {root} ({read})")
-    images, kept, skipped = decode_images(train_files + test_files, progress, workers, spec)
-    n_train = len(train_files)
-    train_kept, test_kept = kept[:n_train], kept[n_train:]
+    # Each split is decoded (and cached) on its own: the converter reads only train/, the report only test/.
+    train_images, train_kept, train_skipped = decode_images(train_files, progress, workers, spec)
+    test_images, test_kept, test_skipped = decode_images(test_files, progress, workers, spec)
     for split, labels, split_kept in ((TRAIN_FOLDER, train_labels, train_kept), (TEST_FOLDER, test_labels, test_kept)):
         if split in splits:
             _check_every_class_readable(root / split, train_names, labels, split_kept)
     return Dataset(
-        train_images=_kept(images[:n_train], train_kept),
+        train_images=_kept(train_images, train_kept),
         train_labels=train_labels[train_kept],
-        test_images=_kept(images[n_train:], test_kept),
+        test_images=_kept(test_images, test_kept),
         test_labels=test_labels[test_kept],
         class_names=train_names,
         source=f"image folders {root}",
         train_paths=[str(p) for p, keep in zip(train_files, train_kept) if keep],
         test_paths=[str(p) for p, keep in zip(test_files, test_kept) if keep],
-        skipped=skipped,
+        skipped=train_skipped + test_skipped,
         loaded_splits=tuple(splits),
     )
 
@@ -374,15 +376,49 @@ def _check_every_class_readable(root: Path, names: Sequence[str], labels: np.nda
 # --- decoding ------------------------------------------------------------------------------------
 
 def decode_images(paths: Sequence[Path], progress: Progress, workers: int | None = None,
-                  spec: PreprocessSpec = DEFAULT_SPEC) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+                  spec: PreprocessSpec = DEFAULT_SPEC, cache: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode every file with the shared preprocessing at `spec`'s size, in order.
 
     Returns (images uint8 [len(paths), H, W, 3], kept bool [len(paths)], skipped (path, reason)).
     Unreadable files keep a zero image and `kept` False; each gets one warning. Large sets are
-    decoded by a pool of processes: the result is the same array, only sooner.
+    decoded by a pool of processes: the result is the same array, only sooner. With `cache`, sets
+    of `decoded_cache.MIN_FILES` files or more are decoded once into the on-disk cache and come back
+    memory-mapped (read-only) from there, now and in later runs over the same files.
     """
     total = len(paths)
-    images = np.zeros((total, spec.height, spec.width, 3), dtype=np.uint8)
+    root = decoded_cache.cache_root() if cache and total >= decoded_cache.MIN_FILES else None
+    key = decoded_cache.cache_key(paths, spec) if root is not None else None
+    entry = None
+    if root is not None and key is not None:
+        hit = decoded_cache.read(root, key, total, spec)
+        if hit is not None:
+            progress.message(f"decoded images: all {total:,} read from the cache {root / key}")
+            for path, reason in hit.skipped:
+                progress.warning(f"skipped {path}: {reason}")
+            return hit.images, hit.kept, hit.skipped
+        entry = decoded_cache.new_entry(root, total, spec)
+    if entry is None:
+        images = np.zeros((total, spec.height, spec.width, 3), dtype=np.uint8)
+    else:
+        images = entry[1]
+    try:
+        kept, skipped = _decode_into(images, paths, progress, workers, spec)
+    except BaseException:
+        if entry is not None:
+            del images
+            decoded_cache.discard(entry[0])
+        raise
+    if entry is None:
+        return images, kept, skipped
+    stored = decoded_cache.commit(entry[0].parent, key, entry[0], images, kept, skipped)
+    return stored.images, stored.kept, stored.skipped
+
+
+def _decode_into(images: np.ndarray, paths: Sequence[Path], progress: Progress, workers: int | None,
+                 spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode `paths` into `images` (in place); (kept, skipped) as `decode_images` returns them."""
+    total = len(paths)
     kept = np.ones(total, dtype=bool)
     skipped: list[tuple[str, str]] = []
     chunks = [[str(p) for p in paths[start:start + FILES_PER_TASK]] for start in range(0, total, FILES_PER_TASK)]
@@ -399,7 +435,7 @@ def decode_images(paths: Sequence[Path], progress: Progress, workers: int | None
             progress.warning(f"skipped {path}: {reason}")
         done += len(chunk_images)
         progress.count("decoded images", done, total)
-    return images, kept, skipped
+    return kept, skipped
 
 
 def _worker_count(workers: int | None) -> int:
