@@ -2,10 +2,10 @@
 
 A thin shell over the library: it parses options, picks the model, builds one Classifier and
 hands it to `batch.classify_files`, `live.classify_frames`, `bench.benchmark_model` or
-`info.model_facts`; a folder of at least SMALL_JOB_FILES files goes to `workers`, where each
-worker process builds its own. Exit codes: 0 when everything asked for was done, 1 when some input could not
-be classified (the others still were) or a model differs from its manifest, 2 for a bad model,
-backend or command line, 130 on Ctrl-C during a file run.
+`info.model_facts`; SMALL_JOB_FILES files or more go to `workers`, whose processes build their
+own. Exit codes: 0 when everything asked for was done, 1 when some input could not be classified
+(the others still were) or a model differs from its manifest, 2 for a bad model, backend or
+command line, 130 on Ctrl-C during a file run.
 
 Only what a run needs is imported, when it needs it: `edge-classify photo.jpg` loads numpy,
 Pillow, click and one interpreter package, and nothing from TensorFlow or OpenCV.
@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, TextIO
 
 import click
 
@@ -97,18 +97,16 @@ def _make_classifier(model_option: str | None, threads: int, backend: str | None
     return classifier, choice_reason
 
 
-class FileRun:
+class FileRun(NamedTuple):
     """How a file run classifies: the options that shape the output and the use of the CPUs."""
 
-    def __init__(self, as_json: bool, top_k: int, threshold: float, workers: int | None, batch: int | None,
-                 labels: str | None, normalization: Normalization | None):
-        self.as_json = as_json
-        self.top_k = top_k
-        self.threshold = threshold
-        self.workers = workers
-        self.batch = batch
-        self.labels = labels
-        self.normalization = normalization
+    as_json: bool
+    top_k: int
+    threshold: float
+    workers: int | None  # None: one per CPU
+    batch: int | None  # None: DEFAULT_BATCH in the workers, one image per invoke in this process
+    labels: str | None
+    normalization: Normalization | None
 
 
 def _check_output_folder(output: str) -> None:
