@@ -149,7 +149,6 @@ class _Worker:
     process: Any
     tasks: Any
     in_flight: list[int] = dataclasses.field(default_factory=list)
-    answered: bool = False
 
 
 def _stopped_reason(exit_code: int | None) -> str:
@@ -173,6 +172,7 @@ class WorkerPool:
         self._results: Any = None
         self._workers: dict[int, _Worker] = {}
         self._next_id = 0
+        self._answered = False  # a first answer proves that the workers can build their classifier
 
     def __enter__(self) -> "WorkerPool":
         self._results = self._context.Queue()
@@ -250,7 +250,7 @@ class WorkerPool:
                 next_sequence += 1
             if not outstanding:
                 return
-            for sequence, answer in self._receive():
+            for sequence, answer in self._receive(stop_requested):
                 if sequence in outstanding and sequence not in done:
                     done[sequence] = answer
             while next_to_write in done and not stop_requested():
@@ -270,14 +270,14 @@ class WorkerPool:
                 summary.classified += classified
                 summary.failed += failed
 
-    def _receive(self) -> list[tuple[int, Any]]:
-        """The next answers: one chunk's result, or the chunks of workers found dead."""
+    def _receive(self, stop_requested: Callable[[], bool]) -> list[tuple[int, Any]]:
+        """The next answers: one chunk's result, or the chunks of workers found dead (none on a stop)."""
         while True:
             try:
                 worker_id, sequence, payload, classified, failed = self._results.get(timeout=LIVENESS_POLL_S)
             except queue.Empty:
                 lost = self._replace_dead_workers()
-                if lost:
+                if lost or stop_requested():
                     return lost
                 continue
             if sequence == SETUP_FAILED:
@@ -287,7 +287,7 @@ class WorkerPool:
                 continue
             if sequence in worker.in_flight:
                 worker.in_flight.remove(sequence)
-            worker.answered = True
+            self._answered = True
             return [(sequence, (payload, classified, failed))]
 
     def _replace_dead_workers(self) -> list[tuple[int, str]]:
@@ -297,7 +297,7 @@ class WorkerPool:
                 continue
             reason = _stopped_reason(worker.process.exitcode)
             logger.debug("worker %d (pid %s) %s", worker_id, worker.process.pid, reason)
-            if not worker.answered:
+            if not self._answered:  # no worker got as far as one chunk: replacing it would not help
                 raise WorkerError(f"a worker process stopped ({reason}) before classifying anything")
             del self._workers[worker_id]
             worker.tasks.cancel_join_thread()
