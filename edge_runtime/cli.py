@@ -372,8 +372,8 @@ def _normalization_option(ctx: click.Context, param: click.Parameter, value: str
               help=f"Processes classifying files (default: one per CPU; 1 classifies in this process). "
                    f"Under {SMALL_JOB_FILES} files, always this process.")
 @click.option("--batch", type=click.IntRange(min=1), metavar="N",
-              help=f"Images per inference in the workers, where the model allows it (default {DEFAULT_BATCH}; "
-                   "1 for one at a time).")
+              help=f"Images per inference, where the model allows it (default: {DEFAULT_BATCH} in worker "
+                   "processes, 1 in this process).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Interpreter threads (per worker).")
 @click.option("--backend", type=click.Choice(BACKEND_ORDER),
@@ -405,7 +405,7 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
 
     \b
     edge-classify photo.jpg
-    edge-classify --json -r photos/ > results.jsonl   (every CPU; --workers 1 for one)
+    edge-classify --json -r photos/ > results.jsonl
     edge-classify --camera --frames 100
     edge-classify --info model.tflite
     """
