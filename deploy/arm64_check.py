@@ -119,8 +119,33 @@ print(json.dumps({"python": platform.python_version(), "numpy": numpy.__version_
 """
 
 
+# Run with the device environment's python from the work folder: the raw int8 output bytes of every
+# image under LiteRT's portable reference kernels (no XNNPACK, no NEON/AVX2 paths), one line per image.
+# Equal lines on both machines show that the emulated arm64 userland computes exactly what x86 does.
+REFERENCE_KERNEL_PROBE = """
+import glob, importlib, sys
+from edge_runtime.classify import Classifier
+from edge_runtime.interpreter import BACKEND_MODULES, load_interpreter_class
+model = sys.argv[1]
+name, interpreter_class = load_interpreter_class(None)
+resolver = importlib.import_module(BACKEND_MODULES[name]).OpResolverType.BUILTIN_REF
+classifier = Classifier(model)
+interpreter = interpreter_class(model_path=model, experimental_op_resolver_type=resolver, num_threads=1)
+interpreter.allocate_tensors()
+source, target = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+for path in sorted(glob.glob("images/**/*.*", recursive=True)):
+    interpreter.set_tensor(source, classifier.quantize_input(classifier.load(path)))
+    interpreter.invoke()
+    print(path, interpreter.get_tensor(target).tobytes().hex())
+"""
+
+
 class Unavailable(Exception):
     """Emulation cannot run here: exit 2 with this reason."""
+
+
+class CheckFailed(Exception):
+    """Something other than a difference stops the check (edge-classify fails on x86): exit 1."""
 
 
 def log(message: str) -> None:
@@ -235,20 +260,26 @@ def last_lines(path: Path, count: int) -> str:
     return " | ".join(lines[-count:]) if lines else "no output"
 
 
-def prepare_rootfs(root: Path, cache: Path) -> None:
-    """Name resolution and the host's extra CA certificates (a proxy's, where there is one) inside the chroot."""
+def prepare_rootfs(root: Path) -> None:
+    """Name resolution and the host's extra CA certificates (a proxy's, where there is one) inside the chroot.
+
+    The certificates go where update-ca-certificates looks for them and are appended to the bundle pip
+    reads; running update-ca-certificates itself under emulation costs about 90 s for the same result.
+    """
     shutil.copyfile("/etc/resolv.conf", root / "etc" / "resolv.conf")
     extra = sorted(HOST_CA_FOLDER.glob("*.crt")) if HOST_CA_FOLDER.is_dir() else []
     target = root / "usr" / "local" / "share" / "ca-certificates"
     target.mkdir(parents=True, exist_ok=True)
-    changed = False
+    bundle = root / CA_BUNDLE.lstrip("/")
+    text = bundle.read_text(encoding="ascii", errors="replace") if bundle.exists() else ""
+    added = []
     for certificate in extra:
-        destination = target / certificate.name
-        if not destination.exists() or destination.read_bytes() != certificate.read_bytes():
-            shutil.copyfile(certificate, destination)
-            changed = True
-    if changed:
-        chroot(root, cache, "cortex-a72", ["update-ca-certificates"], timeout=COMMAND_TIMEOUT_S, check=True)
+        shutil.copyfile(certificate, target / certificate.name)
+        pem = certificate.read_text(encoding="ascii", errors="replace").strip()
+        if pem and pem not in text:
+            added.append(pem)
+    if added:
+        write_text(bundle, text.rstrip("\n") + "\n" + "\n".join(added) + "\n")
 
 
 def cpuinfo_file(cache: Path, cpu: str) -> Path:
@@ -382,6 +413,7 @@ class ModelAnswers:
     verify: tuple[int, str]
     benchmark: dict[str, Any] | None
     problems: list[str]
+    reference_kernels: str | None = None   # int8 models: REFERENCE_KERNEL_PROBE's output
 
 
 def answer_commands(model: str, classes: int) -> dict[str, list[str]]:
@@ -394,8 +426,9 @@ def answer_commands(model: str, classes: int) -> dict[str, list[str]]:
     }
 
 
-def collect_answers(run: Any, model: str, classes: int, where: str) -> ModelAnswers:
-    """Run the four commands through `run(args) -> CompletedProcess` and read what they printed."""
+def collect_answers(run: Any, model: str, classes: int, where: str, python: Any = None) -> ModelAnswers:
+    """Run the four commands through `run(args) -> CompletedProcess` and read what they printed; for an
+    int8 model also the reference-kernel probe through `python(args)`."""
     commands = answer_commands(model, classes)
     problems: list[str] = []
     info: dict[str, Any] = {}
@@ -424,7 +457,14 @@ def collect_answers(run: Any, model: str, classes: int, where: str) -> ModelAnsw
         benchmark = json.loads(timed.stdout)
     else:
         problems.append(f"{model}: edge-classify --benchmark failed on {where}: {first_error(timed)}")
-    return ModelAnswers(results, info, verify_answer, benchmark, problems)
+    reference_kernels = None
+    if python is not None and info.get("output", {}).get("quantization"):
+        probed = python(["-c", REFERENCE_KERNEL_PROBE, model])
+        if probed.returncode == 0 and probed.stdout.strip():
+            reference_kernels = probed.stdout
+        else:
+            problems.append(f"{model}: the reference-kernel probe failed on {where}: {first_error(probed)}")
+    return ModelAnswers(results, info, verify_answer, benchmark, problems, reference_kernels)
 
 
 def first_error(completed: subprocess.CompletedProcess) -> str:
@@ -433,16 +473,16 @@ def first_error(completed: subprocess.CompletedProcess) -> str:
     return (errors or lines or [f"exit {completed.returncode}, no message"])[-1].strip()
 
 
-def host_runner(edge_classify: Path, work: Path) -> Any:
+def host_runner(program: Path, work: Path) -> Any:
     def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run([str(edge_classify), *args], cwd=work, capture_output=True, text=True,
+        return subprocess.run([str(program), *args], cwd=work, capture_output=True, text=True,
                               timeout=COMMAND_TIMEOUT_S)
     return run
 
 
-def chroot_runner(root: Path, cache: Path, cpu: str, venv: str) -> Any:
+def chroot_runner(root: Path, cache: Path, cpu: str, venv: str, program: str = "edge-classify") -> Any:
     def run(args: list[str]) -> subprocess.CompletedProcess:
-        return chroot(root, cache, cpu, [f"{device_path(venv)}/bin/edge-classify", *args], timeout=COMMAND_TIMEOUT_S,
+        return chroot(root, cache, cpu, [f"{device_path(venv)}/bin/{program}", *args], timeout=COMMAND_TIMEOUT_S,
                       cwd=DEVICE_WORK)
     return run
 
@@ -497,7 +537,7 @@ def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, 
     notes: list[str] = []
     outcomes: list[RunOutcome] = []
     started = time.monotonic()
-    prepare_rootfs(root, cache)
+    prepare_rootfs(root)
     device_work = root / DEVICE_WORK.lstrip("/")
     shutil.rmtree(device_work, ignore_errors=True)
     shutil.copytree(work, device_work, symlinks=False)
@@ -549,13 +589,15 @@ def run_one(distro: str, install: Install, cpu: str, root: Path, cache: Path, mo
         outcome.tensorflow_installed = bool(facts["tensorflow"])
         outcome.backend_version = facts[BACKEND_PACKAGES[expected_backend]]
         run = chroot_runner(root, cache, cpu, install.venv)
+        python = chroot_runner(root, cache, cpu, install.venv, "python")
         reference_set = references.get(expected_backend)
         if reference_set is None:
             raise RunError(f"no x86 reference for the {expected_backend} backend")
         for model in models:
             name = f"models/{model.name}"
             reference = reference_set[model.name]
-            answers = collect_answers(run, name, int(reference.info.get("num_classes", 1)), f"{distro}/{cpu}")
+            answers = collect_answers(run, name, int(reference.info.get("num_classes", 1)), f"{distro}/{cpu}",
+                                      python)
             outcome.problems.extend(answers.problems)
             if answers.info:
                 if answers.info.get("backend") != expected_backend:
@@ -568,10 +610,12 @@ def run_one(distro: str, install: Install, cpu: str, root: Path, cache: Path, mo
             if answers.benchmark:
                 outcome.benchmarks[model.name] = {key: answers.benchmark[key] for key in
                                                   ("runs", "init_ms", "first_ms", "mean_ms", "p50_ms", "p90_ms")}
-            quantized = bool(reference.info.get("quantized"))
-            outcome.parities.append(compare_models(model.name, quantized, reference.results, answers.results))
-            if quantized:
+            int8_scale = (reference.info.get("output", {}).get("quantization") or {}).get("scale")
+            outcome.parities.append(compare_models(model.name, int8_scale, reference.results, answers.results))
+            if int8_scale is not None:
                 check_score_resolution(reference.info, name, outcome)
+                if answers.reference_kernels is not None and reference.reference_kernels is not None:
+                    outcome.reference_kernels[model.name] = answers.reference_kernels == reference.reference_kernels
     except (RunError, ValueError, KeyError) as error:
         outcome.problems.append(f"stopped: {error}")
     outcome.seconds = time.monotonic() - began
@@ -658,13 +702,14 @@ def run_check(out: Path, cache: Path, data: Path | None, images: int, mirror: st
             notes.append(f"x86 reference for {backend} not available: {error}")
             continue
         run = host_runner(edge_classify, work)
+        python = host_runner(edge_classify.parent / "python", work)
         references[backend] = {}
         for model in models:
             first = run(["--info", f"models/{model.name}", "--json"])
             classes = json.loads(first.stdout).get("num_classes", 1) if first.returncode == 0 else 1
-            answers = collect_answers(run, f"models/{model.name}", classes, "x86")
+            answers = collect_answers(run, f"models/{model.name}", classes, "x86", python)
             if answers.problems:
-                raise Unavailable(f"edge-classify fails on x86 already: {answers.problems[0]}")
+                raise CheckFailed(f"edge-classify fails on x86 already: {answers.problems[0]}")
             references[backend][model.name] = answers
     timings["x86 reference s"] = round(time.monotonic() - started, 1)
 
@@ -773,6 +818,9 @@ def main(out: Path, cache: Path, data: Path | None, images: int, distros: str, c
     except Unavailable as reason:
         click.echo(f"arm64-check: cannot run: {reason}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+    except CheckFailed as reason:
+        click.echo(f"arm64-check: FAILED: {reason}", err=True)
+        sys.exit(EXIT_MISMATCH)
     except KeyboardInterrupt:
         click.echo("arm64-check: interrupted", err=True)
         sys.exit(130)
