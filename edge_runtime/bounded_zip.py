@@ -1,12 +1,14 @@
 """The zip archive appended to a model, read within limits.
 
-`zipfile` trusts an archive: it builds an object for every entry of the central directory, and it
-inflates whatever an entry holds. Here the end record is read first and an archive with too many
-entries or too large a directory is refused before `zipfile` parses it; an entry is refused before
-it is opened when it declares more bytes than its kind allows or inflates more than
-`ARCHIVE_MAX_RATIO` times, and it is streamed with a cap, so an entry that lies about its size
-is caught after at most one chunk past its limit. Only stored and deflated entries are read: the
-other methods `zipfile` knows (bzip2, lzma) cannot be streamed with a bound on their output.
+`zipfile` trusts an archive: it builds an object for every entry of the central directory, and its
+`read()` inflates a whole entry in one go (a 4 MB deflate stream becomes 4 GiB in memory before the
+declared size cuts it). Here the end record is read first and an archive with too many entries or
+too large a directory is refused before `zipfile` parses it; an entry is refused before it is
+opened when it declares more bytes than its kind allows or inflates more than `ARCHIVE_MAX_RATIO`
+times; then it is streamed in `READ_CHUNK_BYTES` pieces with a cap at its limit, and refused when
+what it holds disagrees with its directory (CRC, size): an entry that lies about its size is caught
+while it is read. Only stored and deflated entries are read: the other methods `zipfile` knows
+(bzip2, lzma) inflate a whole input chunk at once, with no bound on their output.
 """
 
 from __future__ import annotations
