@@ -6,6 +6,7 @@ import pytest
 
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from trainer.models import ARCH_NAMES, ARCHS, CONSTANT, WARMUP_COSINE, get_arch
+from trainer.models import mobilenetv2
 from trainer.models.cnn import RECIPE_PARAMETER_COUNT
 from trainer.models.resnet8 import REFERENCE_PARAMETER_COUNT
 
@@ -42,8 +43,9 @@ def test_each_arch_has_its_own_input_range(name: str, scale: float, offset: floa
 
 def test_schedules_and_help_lines() -> None:
     assert ARCHS["resnet8"].schedule == ARCHS["mobilenetv2"].schedule == WARMUP_COSINE
-    assert ARCHS["resnet8"].help_line() == ("resnet8: MLPerf Tiny ResNet-8; 32px raw 0-255, adam lr 0.001 "
-                                            "3 warm-up epochs + cosine, 25 epochs, batch 32, augment on")
+    assert ARCHS["resnet8"].help_line() == ("resnet8: MLPerf Tiny ResNet-8; 32px raw 0-255, sgd (Nesterov momentum "
+                                            "0.9) lr 0.1 3 warm-up epochs + cosine, 60 epochs, batch 32, augment on")
+    assert ARCHS["resnet8"].defaults()["momentum"] == 0.9 and "momentum" not in ARCHS["cnn"].defaults()
     assert ARCHS["cnn"].help_line().endswith("adam lr 0.001 constant, 15 epochs, batch 64, augment off")
     assert "96px [-1,1]" in ARCHS["mobilenetv2"].help_line() and "alpha 0.35" in ARCHS["mobilenetv2"].help_line()
 
@@ -82,5 +84,8 @@ def test_mobilenetv2_at_96_with_alpha_035() -> None:
     assert model.get_layer("backbone").count_params() == 410_208
     head = model.layers[-1]
     assert (head.units, head.activation.__name__) == (10, "softmax")
+    # From scratch, batch norm forgets its initial statistics within a few hundred steps (see the module).
+    norms = [layer for layer in model.get_layer("backbone").layers if "BatchNormalization" in type(layer).__name__]
+    assert norms and {layer.momentum for layer in norms} == {mobilenetv2.SCRATCH_BN_MOMENTUM}
     wider = ARCHS["mobilenetv2"].build(4, 32, alpha=0.5)
     assert wider.count_params() > model.count_params() - 6 * 1281

@@ -35,7 +35,7 @@ from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from .batches import DEFAULT_AUGMENTATION, evaluation_batches, one_hot, steps_per_epoch, training_batches
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Dataset, Progress, load_dataset
 from .keep import KEEP_BEST, KEEP_CHOICES, KeptEpoch, best_validation_epoch, choose_epoch
-from .models import ARCHS, CONSTANT, DEFAULT_ARCH, Arch, get_arch
+from .models import ARCHS, CONSTANT, DEFAULT_ARCH, SGD, SGD_MOMENTUM, Arch, get_arch
 from .tensorflow_env import import_tensorflow, native_output_to_log
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -436,8 +436,11 @@ def prepare_phase(model: "keras.Model", config: TrainConfig, phase: Phase, steps
     arch = config.network
     if arch.backbone is not None:
         model.get_layer(arch.backbone).trainable = phase.backbone_trainable
-    optimizers = {"adam": keras.optimizers.Adam}
-    optimizer = optimizers[arch.optimizer](learning_rate=learning_rate_schedule(config, phase, steps))
+    learning_rate = learning_rate_schedule(config, phase, steps)
+    if arch.optimizer == SGD:
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=SGD_MOMENTUM, nesterov=True)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     # XLA is left out under tf.distribute: the replicated step is not what it was measured on.
     jit = arch.jit_compile and not config.distribute
     if config.distribute:

@@ -16,6 +16,8 @@ from edge_runtime.preprocess import PIXEL_SCALE, PreprocessSpec
 from . import cnn, mobilenetv2, resnet8
 
 ADAM = "adam"
+SGD = "sgd"  # with Nesterov momentum SGD_MOMENTUM
+SGD_MOMENTUM = 0.9
 CONSTANT = "constant"  # the learning rate never changes
 WARMUP_COSINE = "warmup_cosine"  # linear warm-up from 0, then cosine decay to 0 at the last step
 SCHEDULES = (CONSTANT, WARMUP_COSINE)
@@ -64,6 +66,8 @@ class Arch:
                 "optimizer": self.optimizer, "learning_rate": self.learning_rate, "schedule": self.schedule,
                 "warmup_epochs": self.warmup_epochs, "epochs": self.epochs, "batch_size": self.batch_size,
                 "augment": self.augment, "jit_compile": self.jit_compile, **self.options}
+        if self.optimizer == SGD:
+            data.update(momentum=SGD_MOMENTUM, nesterov=True)
         if self.backbone is not None:
             data.update(freeze_epochs=self.freeze_epochs, fine_tune_factor=self.fine_tune_factor)
         return data
@@ -76,7 +80,8 @@ class Arch:
         if self.backbone is not None:
             extra += (f"; from pretrained weights: backbone frozen for {self.freeze_epochs} epochs, then lr "
                       f"x{self.fine_tune_factor:g}")
-        return (f"{self.name}: {self.summary}; {self.image_size}px {inputs}, {self.optimizer} lr "
+        optimizer = f"sgd (Nesterov momentum {SGD_MOMENTUM:g})" if self.optimizer == SGD else self.optimizer
+        return (f"{self.name}: {self.summary}; {self.image_size}px {inputs}, {optimizer} lr "
                 f"{self.learning_rate:g} {schedule}, {self.epochs} epochs, batch {self.batch_size}, "
                 f"augment {'on' if self.augment else 'off'}{extra}")
 
@@ -84,8 +89,10 @@ class Arch:
 ARCHS: dict[str, Arch] = {arch.name: arch for arch in (
     Arch("cnn", cnn.build, "the documented CNN", image_size=32, scale=1.0 / PIXEL_SCALE, offset=0.0,
          optimizer=ADAM, learning_rate=1e-3, schedule=CONSTANT, epochs=15, batch_size=64, augment=False),
+    # SGD rather than the reference's Adam: with this short cosine schedule it was 2.9 points better at 40
+    # epochs (84.3% vs 81.4% test accuracy, float, one seed; BENCHMARKS.md, issue 10's exploration).
     Arch("resnet8", resnet8.build, "MLPerf Tiny ResNet-8", image_size=32, scale=1.0, offset=0.0,
-         optimizer=ADAM, learning_rate=1e-3, schedule=WARMUP_COSINE, warmup_epochs=3, epochs=25, batch_size=32,
+         optimizer=SGD, learning_rate=0.1, schedule=WARMUP_COSINE, warmup_epochs=3, epochs=60, batch_size=32,
          augment=True, jit_compile=True),
     Arch("mobilenetv2", mobilenetv2.build, "Keras MobileNetV2", image_size=96, scale=2.0 / PIXEL_SCALE,
          offset=-1.0, optimizer=ADAM, learning_rate=1e-3, schedule=WARMUP_COSINE, warmup_epochs=2, epochs=30,
