@@ -18,7 +18,7 @@ from edge_runtime.manifest import sha256_file
 from trainer.tensorflow_env import CONVERT_PACKAGES, TRAIN_EXTRA_PACKAGES, require_packages
 
 from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, KERAS_MODEL_NAME, LABELS_NAME, VARIANTS,
-                      check_calibration_size, check_keras_file, convert_model, load_data, load_keras_model,
+                      calibration_indices, check_calibration_size, check_keras_file, convert_model, load_data, load_keras_model,
                       load_labels_for, needs_calibration, parse_variants, resolve_data, training_spec)
 
 DEFAULT_ARTIFACTS = Path("artifacts")
@@ -95,19 +95,22 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
         model = load_keras_model(model_path)
         labels = load_labels_for(model, labels_path)
         spec = training_spec(model_path, model)  # the input size and scaling the model was trained with
-        train_images, data_source, chosen_seed = None, None, seed
+        train_images, train_available, data_source, chosen_seed = None, None, None, seed
         if needs_calibration(variants):
             choice = resolve_data(model_path, data, seed)
             say(f"Loading calibration data: {choice.describe()}")
-            dataset = load_data(choice, quiet=quiet, splits=("train",), spec=spec)
+            # Only the drawn images are decoded: the same draw over the split's files as over its images.
+            dataset = load_data(choice, quiet=quiet, splits=("train",), spec=spec,
+                                pick=lambda split, count: calibration_indices(count, calibration_size, choice.seed))
             train_images, data_source, chosen_seed = dataset.train_images, dataset.source, choice.seed
+            train_available = dataset.train_available
             if list(dataset.class_names) != labels:
                 click.echo(f"warning: calibrating on {dataset.source}, whose classes "
                            f"({', '.join(dataset.class_names)}) are not the model's labels", err=True)
         result = convert_model(model_path, out_dir, labels_path=labels_path, variants=variants,
                                train_images=train_images, calibration_size=calibration_size, seed=chosen_seed, spec=spec,
                                data_source=data_source, model=model, clip_logits=not minmax_logits,
-                               progress=say)
+                               progress=say, train_available=train_available)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:  # e.g. an output folder that cannot be written
@@ -157,11 +160,11 @@ def report_main(out_dir: Path | None, model_path: Path | None, data: str | None,
         choice = resolve_data(model_path, data, seed)
         say(f"Loading test data: {choice.describe()}")
         spec = training_spec(model_path, keras_model)
-        dataset = load_data(choice, quiet=quiet, splits=("test",), spec=spec)
-        chosen = sample_indices(len(dataset.test_labels), max_images, choice.seed)
-        paths = [dataset.test_paths[i] for i in chosen] if dataset.test_paths is not None else None
-        report = build_report(keras_model, models, dataset.test_images[chosen], dataset.test_labels[chosen],
-                              dataset.class_names, test_paths=paths, data_source=dataset.source,
+        # With --max-images only the sampled test files are decoded (the same draw as over the decoded images).
+        pick = None if max_images is None else (lambda split, count: sample_indices(count, max_images, choice.seed))
+        dataset = load_data(choice, quiet=quiet, splits=("test",), spec=spec, pick=pick)
+        report = build_report(keras_model, models, dataset.test_images, dataset.test_labels,
+                              dataset.class_names, test_paths=dataset.test_paths, data_source=dataset.source,
                               seed=choice.seed, keras_sha256=sha256_file(model_path), spec=spec, progress=say)
         failures = threshold_failures(report, max_drop, min_agreement)
         files = write_report(report, out_dir, failures=failures)

@@ -359,10 +359,13 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                   data_source: str | None = None,
                   model: Any = None,
                   clip_logits: bool = True,
-                  progress: Progress = _quiet) -> ConversionResult:
+                  progress: Progress = _quiet,
+                  train_available: int | None = None) -> ConversionResult:
     """Convert `model_path` to each variant in `out_dir`, then write the manifest.
 
-    `train_images` (uint8 [N, H, W, 3]) and `seed` are needed only for int8. `model` may be the
+    `train_images` (uint8 [N, H, W, 3]) and `seed` are needed only for int8; they may be the whole
+    training split, or only the images the calibration draw picked out of `train_available` (the draw
+    over those then takes them all, in order). `model` may be the
     already-loaded Keras model of `model_path` (saves loading it twice). `spec` None embeds (and
     calibrates with) the preprocessing the model was trained with (`training_spec`). `clip_logits` quantizes
     int8's logits over the range that decides the answer (see converter.logit_range); False keeps
@@ -386,7 +389,8 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         if seed is None:
             raise DataError("int8 calibration needs a seed (none given and none in training.json)")
         calibration = calibration_batch(train_images, calibration_size, seed, spec)
-        progress(f"Calibration: {len(calibration)} of {len(train_images)} training images, seed {seed}")
+        available = train_available if train_available is not None else len(train_images)
+        progress(f"Calibration: {len(calibration)} of {available:,} training images, seed {seed}")
         bounds = int8_logit_range(model, calibration, progress) if clip_logits else None
 
     converted_bytes: dict[str, bytes] = {}
@@ -560,18 +564,19 @@ def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None =
 
 
 def load_data(choice: DataChoice, quiet: bool = False, splits: Sequence[str] = ("train", "test"),
-              spec: PreprocessSpec = DEFAULT_SPEC) -> Any:
+              spec: PreprocessSpec = DEFAULT_SPEC, pick: Callable[[str, int], np.ndarray] | None = None) -> Any:
     """Load the data set through the trainer's loader (the same decoding, at `spec`'s size, and split as in
     training).
 
     `splits` names what the caller needs ("train" for calibration, "test" for the report); a
-    train/ + test/ image tree then decodes only those files.
+    train/ + test/ image tree then decodes only those files, and with `pick` (split, count) -> indices
+    only the picked ones (the calibration draw, the report's --max-images sample).
     """
     from trainer.data import Progress as LoadProgress
     from trainer.data import load_dataset
 
     kwargs: dict[str, Any] = {"seed": choice.split_seed, "progress": LoadProgress(quiet=quiet), "splits": splits,
-                              "spec": spec}
+                              "spec": spec, "pick": pick}
     if choice.test_fraction is not None:
         kwargs["test_fraction"] = choice.test_fraction
     return load_dataset(choice.source, **kwargs)

@@ -160,3 +160,38 @@ def test_default_location_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv(decoded_cache.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert decoded_cache.cache_root() == tmp_path / "edge-image-toolkit" / "decoded"
+
+
+def test_a_pick_decodes_only_the_picked_files(tmp_path, monkeypatch):
+    """The converter's calibration draw and the report's --max-images sample decode only what they use."""
+    root = write_split_dataset(tmp_path / "data")
+    whole = load_dataset(root, progress=QUIET)
+    decoded: list[int] = []
+    decode = data_module._decode_chunk
+
+    def counting(paths, *args, **kwargs):
+        decoded.append(len(paths))
+        return decode(paths, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "_decode_chunk", counting)
+    chosen = np.array([0, 3, 7, 20])
+    picked = load_dataset(root, progress=QUIET, splits=("train",), pick=lambda split, count: chosen)
+    assert sum(decoded) == len(chosen)
+    np.testing.assert_array_equal(picked.train_images, whole.train_images[chosen])
+    np.testing.assert_array_equal(picked.train_labels, whole.train_labels[chosen])
+    assert picked.train_paths == [whole.train_paths[i] for i in chosen]
+    assert picked.train_available == whole.train_count and picked.test_count == 0
+
+
+def test_a_pick_that_leaves_a_class_out_is_not_an_unreadable_class(tmp_path):
+    root = write_split_dataset(tmp_path / "data")
+    picked = load_dataset(root, progress=QUIET, splits=("test",), pick=lambda split, count: np.array([0]))
+    assert picked.test_count == 1
+
+
+def test_a_pick_from_a_source_loaded_whole(tmp_path):
+    root = write_image_folder(tmp_path / "data", per_class=6)  # one tree: split after decoding
+    whole = load_dataset(root, progress=QUIET)
+    picked = load_dataset(root, progress=QUIET, pick=lambda split, count: np.array([1, 2]))
+    np.testing.assert_array_equal(picked.test_images, whole.test_images[[1, 2]])
+    assert picked.test_available == whole.test_count and picked.train_available == whole.train_count

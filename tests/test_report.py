@@ -477,3 +477,22 @@ def test_benchmark_script_checks_the_targets(converted: Converted, tmp_path: Pat
         (100.0 - row["clipped_agreement_percent"]) / max(100.0 - row["minmax_agreement_percent"], 1e-9))
     table = bench.format_comparison(summary["logit_range_comparison"])
     assert table.splitlines()[-1].split()[0] == "mean"
+
+
+@pytest.mark.slow
+def test_max_images_decodes_only_the_sampled_test_files(bad_int8_folder: Path, converted: Converted) -> None:
+    from converter.report import sample_indices
+
+    result = _report(["--model", str(bad_int8_folder / "model.keras"), "--data", str(converted.trained.data_root),
+                      "--seed", str(SEED), "--max-images", "40"])
+    assert result.exit_code == 0, result.output
+    test_count = converted.trained.dataset.test_count
+    assert (f"loading 40 images from {converted.trained.data_root} (test/) (picked from {test_count:,} in test/)"
+            in result.output.splitlines())
+    data = json.loads((bad_int8_folder / "report.json").read_text(encoding="utf-8"))
+    assert data["data"]["images"] == 40
+    # The same 40 images as the draw over the whole decoded split would have evaluated.
+    expected = np.bincount(converted.trained.dataset.test_labels[sample_indices(test_count, 40, SEED)],
+                           minlength=converted.trained.dataset.num_classes)
+    per_class = [sum(row) for row in data["formats"][0]["confusion"]]
+    assert per_class == expected.tolist()

@@ -26,7 +26,7 @@ pytest_plugins = ("runtime_fixtures",)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DIST_NAME = "edge-image-toolkit"
 # What the edge extra must bring, and what must never come with it.
-EDGE_REQUIREMENTS = {"numpy", "pillow", "click", "flatbuffers", "tflite", "ai-edge-litert", DIST_NAME}
+EDGE_REQUIREMENTS = {"numpy", "pillow", "click", "flatbuffers", "ai-edge-litert", DIST_NAME}
 FORBIDDEN_PREFIXES = ("tensorflow", "tf-nightly", "keras", "tf-keras")
 # Paths of the checkout that are not part of the source distribution (outputs, environments).
 NOT_SOURCES = (".git", ".venv", "artifacts", "build", "dist", "bench-out", "ci-artifacts", ".pytest_cache",

@@ -55,6 +55,8 @@ MAX_BATCH_BYTES = 256 * 1024 * 1024
 PARALLEL_MIN_FILES = 4000
 FILES_PER_TASK = 500
 # Modules that run threads of their own; a process that has loaded one is not forked.
+# `load_dataset(pick=...)`: (split name, image count) -> sorted indices of the images to keep.
+Picker = Callable[[str, int], np.ndarray]
 HEAVY_THREADED_MODULES = ("tensorflow", "keras", "torch", "jax")
 PROGRESS_INTERVAL_SECONDS = 2.0
 
@@ -138,6 +140,9 @@ class Dataset:
     test_paths: list[str] | None = None
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     loaded_splits: tuple[str, ...] = SPLITS  # a split not named here was not read (its arrays are empty)
+    # With `load_dataset(pick=...)`: how many images each picked split had before the pick (else None).
+    train_available: int | None = None
+    test_available: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -184,7 +189,7 @@ class Dataset:
 def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
                  test_fraction: float = DEFAULT_TEST_FRACTION, progress: Progress | None = None,
                  workers: int | None = None, splits: Sequence[str] = SPLITS,
-                 spec: PreprocessSpec = DEFAULT_SPEC) -> Dataset:
+                 spec: PreprocessSpec = DEFAULT_SPEC, pick: Picker | None = None) -> Dataset:
     """Load a data set into memory as uint8 images of `spec`'s size (default 32x32).
 
     `source` None is CIFAR-10 through Keras' download. Otherwise a path to: a folder with `train/`
@@ -196,11 +201,39 @@ def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
     (the other split comes back empty, see `Dataset.loaded_splits`); the other sources read both,
     since a single tree's split depends on which of its files decode. Image files are decoded by
     `edge_runtime.preprocess.load_image` with `spec`; CIFAR-10's 32x32 arrays are resized to it.
+
+    `pick(split, count)` returns the sorted indices of the images of `split` to keep out of its
+    `count` (a calibration draw, a sample for a quick report). A `train/` + `test/` tree then decodes
+    only the picked files; a drawn file that cannot be read is skipped, so a split can come back a
+    little smaller. Other sources are loaded whole and picked from afterwards.
     """
     splits = tuple(split for split in SPLITS if split in splits)
     if not splits:
         raise ValueError(f"splits must name at least one of {', '.join(SPLITS)}")
     progress = progress if progress is not None else Progress()
+    dataset = _load(source, seed, test_fraction, progress, workers, splits, spec, pick)
+    return dataset if pick is None or dataset.train_available is not None or dataset.test_available is not None \
+        else _picked(dataset, pick, splits)
+
+
+def _picked(dataset: Dataset, pick: Picker, splits: Sequence[str]) -> Dataset:
+    """`dataset` with only the picked images of `splits` (for sources that are loaded whole)."""
+    changes: dict[str, Any] = {}
+    for split, prefix in ((TRAIN_FOLDER, "train"), (TEST_FOLDER, "test")):
+        if split not in splits:
+            continue
+        labels = getattr(dataset, f"{prefix}_labels")
+        chosen = np.asarray(pick(split, len(labels)), dtype=np.int64)
+        paths = getattr(dataset, f"{prefix}_paths")
+        changes.update({f"{prefix}_images": getattr(dataset, f"{prefix}_images")[chosen],
+                        f"{prefix}_labels": labels[chosen], f"{prefix}_available": len(labels),
+                        f"{prefix}_paths": None if paths is None else [paths[i] for i in chosen]})
+    return dataclasses.replace(dataset, **changes)
+
+
+def _load(source: str | os.PathLike | None, seed: int, test_fraction: float, progress: Progress,
+          workers: int | None, splits: tuple[str, ...], spec: PreprocessSpec, pick: Picker | None) -> Dataset:
+    """`load_dataset` by kind of source; only a train/ + test/ tree applies `pick` itself."""
     if source is None:
         return resize_dataset(load_keras_cifar10(progress), spec, progress)
     path = Path(source).expanduser()
@@ -218,7 +251,7 @@ def load_dataset(source: str | os.PathLike | None, seed: int = DEFAULT_SEED,
         return resize_dataset(load_cifar_folder(path / CIFAR_FOLDER, progress), spec, progress)
     has_train, has_test = (path / TRAIN_FOLDER).is_dir(), (path / TEST_FOLDER).is_dir()
     if has_train and has_test:
-        return load_split_tree(path, progress, workers, splits, spec)
+        return load_split_tree(path, progress, workers, splits, spec, pick)
     if has_train or has_test:
         present, missing = (TRAIN_FOLDER, TEST_FOLDER) if has_train else (TEST_FOLDER, TRAIN_FOLDER)
         raise DataError(f"{path}: has a {present}/ folder but no {missing}/ folder "
@@ -262,10 +295,12 @@ def _list_files(folder: Path) -> list[Path]:
 
 
 def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
-                    splits: Sequence[str] = SPLITS, spec: PreprocessSpec = DEFAULT_SPEC) -> Dataset:
+                    splits: Sequence[str] = SPLITS, spec: PreprocessSpec = DEFAULT_SPEC,
+                    pick: Picker | None = None) -> Dataset:
     """Load `root/train/<class>/...` and `root/test/<class>/...`; both must have the same classes.
 
-    Only the files of `splits` are decoded; a split left out comes back with no images.
+    Only the files of `splits` are decoded; a split left out comes back with no images. With `pick`,
+    only the picked files of each split (see `load_dataset`).
     """
     train_classes = find_class_folders(root / TRAIN_FOLDER)
     test_classes = find_class_folders(root / TEST_FOLDER)
@@ -287,14 +322,22 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
         train_files, train_labels = [], train_labels[:0]
     if TEST_FOLDER not in splits:
         test_files, test_labels = [], test_labels[:0]
+    available = {TRAIN_FOLDER: len(train_files), TEST_FOLDER: len(test_files)}
+    if pick is not None:
+        train_files, train_labels = _pick_files(pick, TRAIN_FOLDER, splits, train_files, train_labels)
+        test_files, test_labels = _pick_files(pick, TEST_FOLDER, splits, test_files, test_labels)
     read = " and ".join(f"{split}/" for split in splits)
-    progress.message(f"loading {len(train_files) + len(test_files):,} images from {root} ({read})")
+    picked = "" if pick is None else " (picked from " + " and ".join(
+        f"{available[split]:,} in {split}/" for split in splits) + ")"
+    progress.message(f"loading {len(train_files) + len(test_files):,} images from {root} ({read}){picked}")
     # Each split is decoded (and cached) on its own: the converter reads only train/, the report only test/.
     train_images, train_kept, train_skipped = decode_images(train_files, progress, workers, spec)
     test_images, test_kept, test_skipped = decode_images(test_files, progress, workers, spec)
     for split, labels, split_kept in ((TRAIN_FOLDER, train_labels, train_kept), (TEST_FOLDER, test_labels, test_kept)):
         if split in splits:
-            _check_every_class_readable(root / split, train_names, labels, split_kept)
+            # Picked files may leave a class out on purpose; only a class that had files must read.
+            _check_every_class_readable(root / split, train_names, labels, split_kept,
+                                        only_present=pick is not None)
     return Dataset(
         train_images=_kept(train_images, train_kept),
         train_labels=train_labels[train_kept],
@@ -306,7 +349,18 @@ def load_split_tree(root: Path, progress: Progress, workers: int | None = None,
         test_paths=[str(p) for p, keep in zip(test_files, test_kept) if keep],
         skipped=train_skipped + test_skipped,
         loaded_splits=tuple(splits),
+        train_available=available[TRAIN_FOLDER] if pick is not None and TRAIN_FOLDER in splits else None,
+        test_available=available[TEST_FOLDER] if pick is not None and TEST_FOLDER in splits else None,
     )
+
+
+def _pick_files(pick: Picker, split: str, splits: Sequence[str], files: list[Path],
+                labels: np.ndarray) -> tuple[list[Path], np.ndarray]:
+    """The picked files of `split` and their labels (all of them when the split is not wanted: none)."""
+    if split not in splits:
+        return files, labels
+    chosen = np.asarray(pick(split, len(files)), dtype=np.int64)
+    return [files[index] for index in chosen], labels[chosen]
 
 
 def load_single_tree(root: Path, seed: int, test_fraction: float, progress: Progress,
@@ -364,11 +418,14 @@ def _flatten(classes: list[tuple[str, list[Path]]]) -> tuple[list[Path], np.ndar
     return files, np.asarray(labels, dtype=np.int64)
 
 
-def _check_every_class_readable(root: Path, names: Sequence[str], labels: np.ndarray, kept: np.ndarray) -> None:
-    """Stop when a class folder had files but none of them could be read."""
+def _check_every_class_readable(root: Path, names: Sequence[str], labels: np.ndarray, kept: np.ndarray,
+                                only_present: bool = False) -> None:
+    """Stop when a class folder had files but none of them could be read (with `only_present`, a class
+    with no files in `labels` is not checked)."""
     readable = np.bincount(labels[kept], minlength=len(names))
-    for name, count in zip(names, readable):
-        if count == 0:
+    present = np.bincount(labels, minlength=len(names)) > 0
+    for name, count, has_files in zip(names, readable, present):
+        if count == 0 and (has_files or not only_present):
             raise DataError(f"{root / name}: no readable images in class folder "
                             f"(every file was skipped, see the warnings above)")
 
