@@ -6,7 +6,6 @@ import pytest
 
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from trainer.models import ARCH_NAMES, ARCHS, CONSTANT, WARMUP_COSINE, get_arch
-from trainer.models import mobilenetv2
 from trainer.models.cnn import RECIPE_PARAMETER_COUNT
 from trainer.models.resnet8 import REFERENCE_PARAMETER_COUNT
 
@@ -84,8 +83,5 @@ def test_mobilenetv2_at_96_with_alpha_035() -> None:
     assert model.get_layer("backbone").count_params() == 410_208
     head = model.layers[-1]
     assert (head.units, head.activation.__name__) == (10, "softmax")
-    # From scratch, batch norm forgets its initial statistics within a few hundred steps (see the module).
-    norms = [layer for layer in model.get_layer("backbone").layers if "BatchNormalization" in type(layer).__name__]
-    assert norms and {layer.momentum for layer in norms} == {mobilenetv2.SCRATCH_BN_MOMENTUM}
     wider = ARCHS["mobilenetv2"].build(4, 32, alpha=0.5)
     assert wider.count_params() > model.count_params() - 6 * 1281

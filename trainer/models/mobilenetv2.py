@@ -26,10 +26,6 @@ IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 # The layer that `trainer.train` freezes for the first epochs of a run from pretrained weights.
 BACKBONE_NAME = "backbone"
 MODEL_NAME = "mobilenetv2"
-# Batch-norm momentum when training from scratch. Keras builds MobileNetV2 with 0.999, whose moving
-# averages need thousands of steps to forget their initial values: on 2,500 images (5 classes x 500,
-# 63 steps an epoch) validation read chance (0.194) for the first 9 epochs while training accuracy rose.
-SCRATCH_BN_MOMENTUM = 0.99
 
 
 def build(num_classes: int, image_size: int, alpha: float = DEFAULT_ALPHA,
@@ -55,10 +51,6 @@ def build(num_classes: int, image_size: int, alpha: float = DEFAULT_ALPHA,
                              f"without the internet, pass --weights PATH with a local copy") from error
         raise ModelError(f"{source}: cannot load it as MobileNetV2 (alpha {alpha:g}) backbone weights "
                          f"({reason})") from error
-    if source is None:
-        for layer in backbone.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = SCRATCH_BN_MOMENTUM
     inputs = keras.Input(shape=(image_size, image_size, 3), name="pixels")
     features = backbone(inputs, training=False) if source is not None else backbone(inputs)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(features)
