@@ -317,7 +317,7 @@ def test_cli_data_set_without_training_images(trained_model: TrainedModel, tmp_p
     dataset = trained_model.dataset
     no_training = dataclasses.replace(dataset, train_images=dataset.train_images[:0],
                                       train_labels=dataset.train_labels[:0], train_paths=[])
-    monkeypatch.setattr(cli, "load_data", lambda choice, quiet=False, splits=None, spec=None: no_training)
+    monkeypatch.setattr(cli, "load_data", lambda choice, **options: no_training)
     out = tmp_path / "out"
     result = _convert(["--model", str(trained_model.model_path), "--out", str(out)])
     assert result.exit_code == 1
