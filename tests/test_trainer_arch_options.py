@@ -27,6 +27,10 @@ def test_unset_settings_take_the_arch_defaults_and_given_ones_win() -> None:
         "cnn", 15, 64, 32, False, 1e-3, None)
     resnet = TrainConfig(arch="resnet8")
     assert (resnet.epochs, resnet.batch_size, resnet.augment, resnet.spec().scale) == (60, 32, True, 1.0)
+    # ResNet-8 holds out a tenth for validation, the others a fifth; a given share wins.
+    assert (cnn.validation_fraction, resnet.validation_fraction) == (0.2, 0.1)
+    assert TrainConfig(arch="resnet8", validation_fraction=0.0).validation_fraction == 0.0
+    assert resnet.recipe()["validation_fraction"] == 0.1
     mobile = TrainConfig(arch="mobilenetv2", epochs=2, image_size=48, augment=False, learning_rate=0.01)
     assert (mobile.epochs, mobile.image_size, mobile.augment, mobile.learning_rate, mobile.alpha) == (
         2, 48, False, 0.01, 0.35)

@@ -17,9 +17,9 @@ from edge_runtime.errors import EdgeError
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Progress
 from .tensorflow_env import require_packages
 from .keep import KEEP_BEST, KEEP_CHOICES, KEEP_LAST, RULE_BEST
-from .models import ARCH_NAMES, ARCHS, DEFAULT_ARCH
+from .models import ARCH_NAMES, ARCHS, DEFAULT_ARCH, DEFAULT_VALIDATION_FRACTION
 from .models.mobilenetv2 import IMAGENET
-from .train import DEFAULT_OUT, DEFAULT_VALIDATION_FRACTION, TrainConfig, TrainingInterrupted, TrainResult, read_checkpoint, train
+from .train import DEFAULT_OUT, TrainConfig, TrainingInterrupted, TrainResult, read_checkpoint, train
 
 EXIT_DATA_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for a program stopped by SIGINT
@@ -73,8 +73,11 @@ def resume_command(out: Path) -> str:
 @click.option("--distribute", is_flag=True,
               help="Train through tf.distribute.MirroredStrategy over every GPU (every logical CPU without one).")
 @click.option("--validation-fraction", type=click.FloatRange(0.0, 1.0, max_open=True),
-              default=DEFAULT_VALIDATION_FRACTION, show_default=True,
-              help="Share of the (shuffled) training images held out for validation.")
+              default=None,
+              help="Share of the (shuffled) training images held out for validation.  [default: the arch's: "
+                   + ", ".join([f"{DEFAULT_VALIDATION_FRACTION:g}"] + [
+                       f"{arch.name} {arch.validation_fraction:g}" for arch in ARCHS.values()
+                       if arch.validation_fraction != DEFAULT_VALIDATION_FRACTION]) + "]")
 @click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
               default=DEFAULT_TEST_FRACTION, show_default=True,
               help="Share of each class held out for testing when --data is a single class-folder tree.")
@@ -95,7 +98,7 @@ def resume_command(out: Path) -> str:
 @click.pass_context
 def main(ctx: click.Context, arch: str, data: Path | None, out: Path, epochs: int | None, batch_size: int | None,
          learning_rate: float | None, image_size: int | None, augment: bool | None, alpha: float | None,
-         weights: str | None, freeze_epochs: int | None, distribute: bool, validation_fraction: float, test_fraction: float, seed: int,
+         weights: str | None, freeze_epochs: int | None, distribute: bool, validation_fraction: float | None, test_fraction: float, seed: int,
          keep: str, resume: bool, force: bool, workers: int | None, quiet: bool) -> None:
     """Train a network (default: the documented CIFAR-10 CNN, 15 epochs, batch 64, Adam) and write its
     outputs to --out.

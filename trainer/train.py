@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUT = Path("artifacts")
 DEFAULT_EPOCHS = ARCHS[DEFAULT_ARCH].epochs
 DEFAULT_BATCH_SIZE = ARCHS[DEFAULT_ARCH].batch_size
-DEFAULT_VALIDATION_FRACTION = 0.2
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -94,15 +93,15 @@ class TrainingInterrupted(KeyboardInterrupt):
 class TrainConfig:
     """What to train on, where to write, and the recipe's knobs (defaults are the documented recipe).
 
-    `epochs`, `batch_size`, `image_size`, `augment`, `learning_rate` and `alpha` left at None take the
-    arch's defaults (`trainer.models`): after construction every one of them holds a value.
+    `epochs`, `batch_size`, `image_size`, `augment`, `learning_rate`, `validation_fraction` and `alpha`
+    left at None take the arch's defaults (`trainer.models`): after construction every one of them holds a value.
     """
 
     data: str | os.PathLike | None = None
     out: Path = DEFAULT_OUT
     epochs: int | None = None
     batch_size: int | None = None
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    validation_fraction: float | None = None
     seed: int = DEFAULT_SEED
     resume: bool = False
     # Only used when `data` is a single class-folder tree that has to be split into train and test.
@@ -129,7 +128,8 @@ class TrainConfig:
         if arch is None:
             return  # validate() names the choices
         defaults = {"epochs": arch.epochs, "batch_size": arch.batch_size, "image_size": arch.image_size,
-                    "augment": arch.augment, "learning_rate": arch.learning_rate}
+                    "augment": arch.augment, "learning_rate": arch.learning_rate,
+                    "validation_fraction": arch.validation_fraction}
         if "alpha" in arch.options:
             defaults["alpha"] = arch.options["alpha"]
         if arch.backbone is not None:
