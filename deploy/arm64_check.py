@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -41,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script: `deploy.` and `edge_runti
 from deploy.arm64_parity import (EMULATED_TIMING_NOTE, JSON_SCORE_RESOLUTION, ParseError,  # noqa: E402
                                  RunOutcome, ScoredImage, benchmark_line, compare_models, info_differences,
                                  parse_results, summary_lines)
+from deploy import arm64_ssh  # noqa: E402
 from edge_runtime.atomic import write_text  # noqa: E402
 
 EXIT_OK = 0
@@ -61,6 +61,7 @@ INSTALL_TIMEOUT_S = 15 * 60
 COMMAND_TIMEOUT_S = 10 * 60
 REPORT_NAME = "arm64-check.json"
 CHROOT_SCRIPT = Path(__file__).resolve().parent / "arm64_chroot.sh"
+DEPLOY_SCRIPT = Path(__file__).resolve().parent / "deploy.sh"
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_ENTRY = BINFMT_DIR / "qemu-aarch64"
 TOOLS_HINT = "apt-get install qemu-user-static binfmt-support debootstrap"
@@ -90,8 +91,14 @@ INSTALLS = (
     # README: "On Bookworm it [tflite-runtime] could replace ai-edge-litert (the tflite extra instead of edge)".
     Install("tflite", "tflite", "~/edge-venv-tflite", ("bookworm",)),
 )
+# The device workflow end to end on one distro and CPU model (a Pi 4 on Bookworm): the [edge] install,
+# its sshd, `make deploy` of every model to where the chroot runs had them, every command over SSH.
+SSH_INSTALL = Install("ssh", "edge", "~/edge-venv", ("bookworm",))
+SSH_DISTRO = "bookworm"
+SSH_CPU = "cortex-a72"
+SSH_DEST = DEVICE_WORK.removeprefix(DEVICE_HOME + "/") + "/models"  # deploy.sh's DEST, relative to the home
 # The backend each install path must end up using, as edge-classify --info names it.
-INSTALL_BACKENDS = {"edge": "ai_edge_litert", "tflite": "tflite_runtime"}
+INSTALL_BACKENDS = {"edge": "ai_edge_litert", "tflite": "tflite_runtime", "ssh": "ai_edge_litert"}
 BACKEND_PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
 
 # A Raspberry Pi 4 (Cortex-A72, part 0xd08) and Pi 5 (Cortex-A76, part 0xd0b) /proc/cpuinfo, as the
@@ -179,7 +186,7 @@ def enable_binfmt() -> None:
         raise Unavailable(f"no binfmt handler for aarch64 ({BINFMT_ENTRY} is missing): install `{TOOLS_HINT}`")
     entry = BINFMT_ENTRY.read_text(encoding="utf-8", errors="replace")
     if not entry.startswith("enabled"):
-        raise Unavailable(f"the aarch64 binfmt handler is disabled: run `update-binfmts --enable qemu-aarch64`")
+        raise Unavailable("the aarch64 binfmt handler is disabled: run `update-binfmts --enable qemu-aarch64`")
     flags = next((line.split(":", 1)[1].strip() for line in entry.splitlines() if line.startswith("flags:")), "")
     if "F" not in flags:
         raise Unavailable("the aarch64 binfmt handler lacks the F (fix-binary) flag, so qemu cannot start inside "
@@ -303,12 +310,15 @@ def device_env(cpu: str) -> list[str]:
             "PIP_DEFAULT_TIMEOUT=120", "PIP_NO_INPUT=1"]
 
 
+def chroot_prefix(root: Path, cache: Path, cpu: str) -> list[str]:
+    """The command line before a program that runs it in the chroot under QEMU_CPU=cpu."""
+    return ["sh", str(CHROOT_SCRIPT), str(root), str(cpuinfo_file(cache, cpu)), *device_env(cpu)]
+
+
 def chroot(root: Path, cache: Path, cpu: str, command: Sequence[str], timeout: float, check: bool = False,
            cwd: str = DEVICE_HOME) -> subprocess.CompletedProcess:
     """Run `command` in the chroot under QEMU_CPU=cpu, from `cwd`; its output is returned, not printed."""
-    shell = f"cd {shlex.quote(cwd)} && exec " + " ".join(shlex.quote(part) for part in command)
-    full = ["sh", str(CHROOT_SCRIPT), str(root), str(cpuinfo_file(cache, cpu)), *device_env(cpu),
-            "/bin/sh", "-c", shell]
+    full = [*chroot_prefix(root, cache, cpu), "/bin/sh", "-c", arm64_ssh.remote_command(command, cwd)]
     try:
         completed = subprocess.run(full, capture_output=True, text=True, timeout=timeout, errors="replace")
     except subprocess.TimeoutExpired as error:
@@ -327,6 +337,10 @@ def device_path(path: str) -> str:
 
 class RunError(Exception):
     """One step inside a chroot failed: recorded in its run, the others still run."""
+
+
+# Runs a command on the device from a folder there: (command, cwd) -> its completed process.
+Shell = Callable[[Sequence[str], str], subprocess.CompletedProcess]
 
 
 # ---------------------------------------------------------------- inputs
@@ -481,11 +495,36 @@ def host_runner(program: Path, work: Path) -> Any:
     return run
 
 
-def chroot_runner(root: Path, cache: Path, cpu: str, venv: str, program: str = "edge-classify") -> Any:
-    def run(args: list[str]) -> subprocess.CompletedProcess:
-        return chroot(root, cache, cpu, [f"{device_path(venv)}/bin/{program}", *args], timeout=COMMAND_TIMEOUT_S,
-                      cwd=DEVICE_WORK)
+def chroot_shell(root: Path, cache: Path, cpu: str) -> Shell:
+    """Commands on the device through chroot (the default way of this check)."""
+    def run(command: Sequence[str], cwd: str) -> subprocess.CompletedProcess:
+        return chroot(root, cache, cpu, command, timeout=COMMAND_TIMEOUT_S, cwd=cwd)
     return run
+
+
+def ssh_shell(session: arm64_ssh.Session) -> Shell:
+    """Commands on the device over SSH, as a person would type them."""
+    def run(command: Sequence[str], cwd: str) -> subprocess.CompletedProcess:
+        try:
+            return session.run(command, cwd)
+        except arm64_ssh.SshError as error:
+            raise RunError(str(error)) from error
+    return run
+
+
+def device_runner(shell: Shell, venv: str, program: str = "edge-classify") -> Any:
+    """`run(args)`: one of the virtual environment's programs on the device, from the work folder."""
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return shell([f"{device_path(venv)}/bin/{program}", *args], DEVICE_WORK)
+    return run
+
+
+def checked(completed: subprocess.CompletedProcess, command: Sequence[str], where: str) -> subprocess.CompletedProcess:
+    """`completed`, or RunError naming the command and its last line when it failed."""
+    if completed.returncode != 0:
+        last = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no message"]
+        raise RunError(f"`{' '.join(command)}` failed on {where} (exit {completed.returncode}): {last[0]}")
+    return completed
 
 
 def host_reference_venv(cache: Path, wheel: Path, install: Install) -> Path:
@@ -530,9 +569,9 @@ class DistroResult:
     notes: list[str]
 
 
-def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, models: list[Path],
+def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, out: Path, models: list[Path],
                  references: dict[str, dict[str, ModelAnswers]], cpus: Sequence[str],
-                 log_folder: Path) -> DistroResult:
+                 log_folder: Path, ssh: bool) -> DistroResult:
     """Install and run every install path and CPU model in one root filesystem; never raises RunError."""
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -556,9 +595,59 @@ def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, 
             notes.append(f"{distro}: README's [{install.extra}] install failed: {reason} (log: {log_path})")
             continue
         for cpu in cpus:
-            outcomes.append(run_one(distro, install, cpu, root, cache, models, references))
+            outcomes.append(run_one(distro, install, cpu, chroot_shell(root, cache, cpu), models, references))
+    edge_installed = any(outcome.install == INSTALLS[0].name and outcome.cpu != "-" for outcome in outcomes)
+    if ssh and distro == SSH_DISTRO and edge_installed:
+        # Last, because it replaces the models the chroot runs read by the deployed copies.
+        began = time.monotonic()
+        outcomes.append(run_over_ssh(distro, root, cache, out, models, references, log_folder))
+        timings["ssh deploy and runs"] = round(time.monotonic() - began, 1)
     timings["total"] = round(time.monotonic() - started, 1)
     return DistroResult(outcomes, timings, notes)
+
+
+def ensure_ssh_server(root: Path, cache: Path) -> None:
+    """openssh-server in the root filesystem (installed with apt once, then kept in the cache), with host keys."""
+    if not (root / arm64_ssh.SSHD.lstrip("/")).exists():
+        log(f"{root.name}: installing {', '.join(arm64_ssh.SERVER_PACKAGES)} in the root filesystem for the SSH "
+            "run (once; apt under emulation takes a few minutes)")
+        script = ("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                  f"--no-install-recommends {' '.join(arm64_ssh.SERVER_PACKAGES)}")
+        completed = chroot(root, cache, SSH_CPU, ["/bin/sh", "-c", script], timeout=INSTALL_TIMEOUT_S)
+        if completed.returncode != 0:
+            raise RunError(f"apt-get install {' '.join(arm64_ssh.SERVER_PACKAGES)} failed in the {root.name} root "
+                           f"filesystem: {first_error(completed)}")
+    chroot(root, cache, SSH_CPU, ["ssh-keygen", "-A"], timeout=COMMAND_TIMEOUT_S, check=True)
+
+
+def run_over_ssh(distro: str, root: Path, cache: Path, out: Path, models: list[Path],
+                 references: dict[str, dict[str, ModelAnswers]], log_folder: Path) -> RunOutcome:
+    """The device workflow over SSH: sshd in the root filesystem, `make deploy` of each model, then every
+    edge-classify command over SSH, compared with x86 like the chroot runs. Never raises RunError."""
+    began = time.monotonic()
+    try:
+        ensure_ssh_server(root, cache)
+        # The chroot runs read the models from here; the deploy puts them back, with their manifest.
+        shutil.rmtree(root / DEVICE_WORK.lstrip("/") / "models", ignore_errors=True)
+        with contextlib.ExitStack() as stack:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ssh-", dir=cache)))
+            session = stack.enter_context(arm64_ssh.running_sshd(
+                root, chroot_prefix(root, cache, SSH_CPU), SSH_CPU, folder, log_folder / f"{distro}-sshd.log",
+                COMMAND_TIMEOUT_S))
+            log(f"{distro}: sshd listening on {arm64_ssh.LOOPBACK}:{session.port}; make deploy of "
+                f"{', '.join(model.name for model in models)} to {session.destination}:{SSH_DEST}")
+            for model in models:
+                deployed = session.deploy(DEPLOY_SCRIPT, model, SSH_DEST)
+                if deployed.returncode != 0:
+                    raise RunError(f"make deploy of {model.name} to {session.destination} (port {session.port}) "
+                                   f"failed: {first_error(deployed)}")
+            return run_one(distro, SSH_INSTALL, SSH_CPU, ssh_shell(session), models, references, began)
+    except (RunError, arm64_ssh.SshError, OSError, subprocess.SubprocessError) as error:
+        outcome = RunOutcome(distro=distro, install=SSH_INSTALL.name, cpu=SSH_CPU, machine="", python="",
+                             backend=INSTALL_BACKENDS[SSH_INSTALL.name], backend_version="", numpy_version="",
+                             pillow_version="", tensorflow_installed=False, seconds=time.monotonic() - began)
+        outcome.problems.append(f"over SSH: {error}")
+        return outcome
 
 
 def failed_install(distro: str, install: Install, reason: str, seconds: float, log_path: Path) -> RunOutcome:
@@ -569,19 +658,22 @@ def failed_install(distro: str, install: Install, reason: str, seconds: float, l
     return outcome
 
 
-def run_one(distro: str, install: Install, cpu: str, root: Path, cache: Path, models: list[Path],
-            references: dict[str, dict[str, ModelAnswers]]) -> RunOutcome:
-    """One distro, install path and CPU model: facts about the environment, then every model against x86."""
-    began = time.monotonic()
+def run_one(distro: str, install: Install, cpu: str, shell: Shell, models: list[Path],
+            references: dict[str, dict[str, ModelAnswers]], began: float | None = None) -> RunOutcome:
+    """One distro, install path and CPU model: facts about the environment, then every model against x86.
+
+    `shell` runs each command on the device (through chroot, or over SSH); `began` is when the run's
+    clock started (default: now)."""
+    began = time.monotonic() if began is None else began
     expected_backend = INSTALL_BACKENDS[install.name]
     outcome = RunOutcome(distro=distro, install=install.name, cpu=cpu, machine="", python="",
                          backend=expected_backend, backend_version="", numpy_version="", pillow_version="",
                          tensorflow_installed=False, seconds=0.0)
+    where = f"{distro}/{install.name}/{cpu}"
     try:
-        outcome.machine = chroot(root, cache, cpu, ["uname", "-m"], timeout=COMMAND_TIMEOUT_S,
-                                 check=True).stdout.strip()
-        probe = chroot(root, cache, cpu, [f"{device_path(install.venv)}/bin/python", "-c", PROBE], timeout=COMMAND_TIMEOUT_S,
-                       check=True)
+        outcome.machine = checked(shell(["uname", "-m"], DEVICE_HOME), ["uname", "-m"], where).stdout.strip()
+        probe_command = [f"{device_path(install.venv)}/bin/python", "-c", PROBE]
+        probe = checked(shell(probe_command, DEVICE_HOME), probe_command[:2], where)
         facts = json.loads(probe.stdout)
         outcome.python = facts["python"]
         outcome.numpy_version = facts["numpy"] + (" (Debian's)" if facts["numpy_file"].startswith("/usr/lib/")
@@ -589,8 +681,8 @@ def run_one(distro: str, install: Install, cpu: str, root: Path, cache: Path, mo
         outcome.pillow_version = facts["pillow"]
         outcome.tensorflow_installed = bool(facts["tensorflow"])
         outcome.backend_version = facts[BACKEND_PACKAGES[expected_backend]]
-        run = chroot_runner(root, cache, cpu, install.venv)
-        python = chroot_runner(root, cache, cpu, install.venv, "python")
+        run = device_runner(shell, install.venv)
+        python = device_runner(shell, install.venv, "python")
         reference_set = references.get(expected_backend)
         if reference_set is None:
             raise RunError(f"no x86 reference for the {expected_backend} backend")
@@ -672,7 +764,7 @@ def fresh_folder(path: Path) -> Iterator[Path]:
 
 
 def run_check(out: Path, cache: Path, data: Path | None, images: int, mirror: str, distros: Sequence[str],
-              cpus: Sequence[str], wheel: Path, host_edge_classify: Path, rebuild: bool) -> int:
+              cpus: Sequence[str], wheel: Path, host_edge_classify: Path, rebuild: bool, ssh: bool = True) -> int:
     started = time.monotonic()
     models = find_models(out)
     cache.mkdir(parents=True, exist_ok=True)
@@ -727,7 +819,7 @@ def run_check(out: Path, cache: Path, data: Path | None, images: int, mirror: st
         building = time.monotonic()
         root = roots[distro] or build_rootfs(cache, distro, mirror)
         built_s = round(time.monotonic() - building, 1)
-        result = check_distro(distro, root, cache, work, wheel, models, references, cpus, log_folder)
+        result = check_distro(distro, root, cache, work, wheel, out, models, references, cpus, log_folder, ssh)
         result.timings["debootstrap"] = built_s
         return result
 
@@ -801,8 +893,11 @@ def run_check(out: Path, cache: Path, data: Path | None, images: int, mirror: st
 @click.option("--wheel", type=click.Path(path_type=Path), default=None,
               help="The project's wheel (default: the newest dist/edge_image_toolkit-*.whl).")
 @click.option("--rebuild", is_flag=True, help="Build the root filesystems again even when cached.")
+@click.option("--ssh/--no-ssh", default=True, show_default=True,
+              help=f"Also run the device workflow over SSH on {SSH_DISTRO} ({SSH_CPU}): the root filesystem's own "
+                   "sshd on a loopback port, `make deploy` of the models, every command over SSH.")
 def main(out: Path, cache: Path, data: Path | None, images: int, distros: str, cpus: str, mirror: str,
-         wheel: Path | None, rebuild: bool) -> None:
+         wheel: Path | None, rebuild: bool, ssh: bool) -> None:
     """Install the wheel in emulated arm64 Bookworm and Trixie and compare edge-classify with x86 (as root)."""
     distro_list = [name for name in distros.split(",") if name]
     cpu_list = [name for name in cpus.split(",") if name]
@@ -816,7 +911,7 @@ def main(out: Path, cache: Path, data: Path | None, images: int, distros: str, c
         if not host_edge_classify.exists():
             raise Unavailable(f"{host_edge_classify} is missing: run `make install` first")
         code = run_check(out.resolve(), cache.resolve(), data, images, mirror, distro_list, cpu_list,
-                         (wheel or find_wheel(REPO_ROOT / "dist")).resolve(), host_edge_classify, rebuild)
+                         (wheel or find_wheel(REPO_ROOT / "dist")).resolve(), host_edge_classify, rebuild, ssh)
     except Unavailable as reason:
         click.echo(f"arm64-check: cannot run: {reason}", err=True)
         sys.exit(EXIT_UNAVAILABLE)

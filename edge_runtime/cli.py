@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, TextIO
@@ -26,7 +27,7 @@ import click
 from . import __version__
 from .errors import BackendError, EdgeError
 from .interpreter import BACKEND_ORDER
-from .model_select import MODEL_ENV_VAR
+from .model_select import MODEL_ENV_VAR, MODEL_SUFFIX
 
 if TYPE_CHECKING:  # for annotations only: the modules themselves load when a run needs them
     from .batch import BatchSummary
@@ -329,6 +330,12 @@ def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: st
                           ("--workers", workers is not None), ("--batch", batch is not None)):
         if given and not inputs:
             raise click.UsageError(f"{option} only applies to image inputs")
+    models = [path for path in inputs if path.lower().endswith(MODEL_SUFFIX)]
+    if models:
+        images = [path for path in inputs if path not in models] or ["photo.jpg"]
+        raise click.UsageError(f"{models[0]} is a model, not an image: give it with --model, e.g. "
+                               f"edge-classify -m {shlex.quote(models[0])} "
+                               f"{' '.join(shlex.quote(path) for path in images)}")
 
 
 def _normalization_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Normalization | None:

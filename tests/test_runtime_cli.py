@@ -60,6 +60,18 @@ def test_photo_alone_uses_the_only_tflite_in_the_current_folder(runtime_models, 
     assert result.stderr == ""  # nothing else for one image: not even the interpreter's INFO line
 
 
+def test_a_model_given_as_an_input_is_pointed_to_the_model_option(tmp_path: Path) -> None:
+    model = tmp_path / "model_int8.tflite"
+    model.write_bytes(b"not read")
+    result = run(model, "cat.jpg")
+    assert result.exit_code == 2
+    assert f"{model} is a model, not an image: give it with --model, e.g. edge-classify -m {model} cat.jpg" \
+        in result.output
+    assert "Traceback" not in result.output
+    alone = run("model.tflite")
+    assert alone.exit_code == 2 and "edge-classify -m model.tflite photo.jpg" in alone.output
+
+
 def test_model_option_beats_environment_beats_current_folder(runtime_models, photo, tmp_path: Path,
                                                             monkeypatch) -> None:
     shutil.copy(runtime_models.dense_input, tmp_path / "other.tflite")  # would fail if it were used

@@ -1,0 +1,183 @@
+"""An OpenSSH server inside an emulated arm64 root filesystem, so `make deploy` can reach it like a Pi.
+
+`make arm64-check` uses it after the chroot runs on Bookworm: it starts the root filesystem's own
+aarch64 sshd (under qemu-user, in the same private mount namespace as every chroot command) on a free
+loopback port, lets a throwaway key log in as root, sends the models with `deploy/deploy.sh` (what
+`make deploy` runs), and then runs every edge-classify command over SSH, as a person would on a Pi.
+
+qemu-user reads QEMU_CPU from the environment of each program it starts. sshd gives a session only
+what its configuration says, so `SetEnv QEMU_CPU=...` carries the CPU model into every command run
+over SSH; without it qemu's default model (`max`) would run them, whose SME makes XNNPACK's int8
+kernels wrong (issue 12).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+LOOPBACK = "127.0.0.1"
+LOGIN = "root"
+# Files written into the root filesystem for one session and removed after it.
+CONFIG_PATH = "/etc/ssh/arm64-check_sshd_config"
+AUTHORIZED_KEYS_PATH = "/etc/ssh/arm64-check_authorized_keys"
+PRIVSEP_DIR = "/run/sshd"
+HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
+SSHD = "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+# An emulated sshd takes a few seconds to start on a loaded 2-core machine; a minute means it will not.
+START_TIMEOUT_S = 60
+BANNER_PREFIX = b"SSH-2.0-"
+STOP_TIMEOUT_S = 10
+# The Debian packages that make the root filesystem an SSH server (ssh-keygen -A makes its host keys).
+SERVER_PACKAGES = ("openssh-server",)
+
+
+class SshError(Exception):
+    """The server could not be started or reached: the message says which step and why."""
+
+
+def sshd_config(port: int, cpu: str) -> str:
+    """The whole sshd configuration: loopback only, key login as root, the CPU model passed to sessions."""
+    return "\n".join([
+        f"ListenAddress {LOOPBACK}",
+        f"Port {port}",
+        f"HostKey {HOST_KEY_PATH}",
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        f"AuthorizedKeysFile {AUTHORIZED_KEYS_PATH}",
+        f"SetEnv QEMU_CPU={cpu}",
+        # scp speaks SFTP since OpenSSH 9.0, as a Pi's own configuration allows.
+        f"Subsystem sftp {SFTP_SERVER}",
+        "PidFile none",
+        "",
+    ])
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def client_options(known_hosts: Path) -> list[str]:
+    """ssh and scp options: no user configuration, only the given key, this session's own known_hosts."""
+    return ["-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={known_hosts}"]
+
+
+def remote_command(command: Sequence[str], cwd: str) -> str:
+    """One shell line for the device: change to `cwd`, then run `command` with every word quoted."""
+    return f"cd {shlex.quote(cwd)} && exec " + " ".join(shlex.quote(word) for word in command)
+
+
+def wait_for_banner(port: int, process: subprocess.Popen, log_path: Path, timeout: float = START_TIMEOUT_S) -> None:
+    """Return once an SSH server greets on `port`; SshError with its last log line if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SshError(f"sshd exited with status {process.returncode} before listening: {last_line(log_path)}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=2) as connection:
+                if connection.recv(len(BANNER_PREFIX)).startswith(BANNER_PREFIX):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SshError(f"sshd did not answer on {LOOPBACK}:{port} within {timeout:.0f} s: {last_line(log_path)}")
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"
+
+
+class Session:
+    """A running sshd in the root filesystem and how to reach it: `run` a command, `deploy` a model."""
+
+    def __init__(self, port: int, key: Path, known_hosts: Path, timeout: float) -> None:
+        self.port = port
+        self.key = key
+        self.known_hosts = known_hosts
+        self.timeout = timeout
+        self.destination = f"{LOGIN}@{LOOPBACK}"
+
+    def run(self, command: Sequence[str], cwd: str) -> subprocess.CompletedProcess:
+        """`command` on the device over SSH, from `cwd`; its output is returned, not printed."""
+        ssh = ["ssh", *client_options(self.known_hosts), "-i", str(self.key), "-o", "BatchMode=yes", "-p", str(self.port),
+               self.destination, remote_command(command, cwd)]
+        try:
+            return subprocess.run(ssh, capture_output=True, text=True, timeout=self.timeout, errors="replace")
+        except subprocess.TimeoutExpired as error:
+            raise SshError(f"`{' '.join(command[:3])}` over SSH did not finish within {self.timeout:.0f} s") from error
+
+    def deploy_env(self) -> dict[str, str]:
+        """The environment deploy/deploy.sh reads to reach this server."""
+        return {**os.environ, "SSH_PORT": str(self.port), "SSH_IDENTITY": str(self.key),
+                "SSH_OPTS": " ".join(client_options(self.known_hosts))}
+
+    def deploy(self, script: Path, model: Path, dest: str) -> subprocess.CompletedProcess:
+        """`sh deploy/deploy.sh root@127.0.0.1 MODEL DEST`, what `make deploy` runs."""
+        try:
+            return subprocess.run(["sh", str(script), self.destination, str(model), dest], capture_output=True,
+                                  text=True, timeout=self.timeout, env=self.deploy_env(), errors="replace")
+        except subprocess.TimeoutExpired as error:
+            raise SshError(f"deploy of {model.name} did not finish within {self.timeout:.0f} s") from error
+
+
+@contextlib.contextmanager
+def running_sshd(root: Path, launch: Sequence[str], cpu: str, folder: Path, log_path: Path,
+                 timeout: float) -> Iterator[Session]:
+    """Start the root filesystem's sshd through `launch` (the chroot command prefix) and stop it afterwards.
+
+    `folder` (on the host) receives the throwaway client key and known_hosts. The configuration and
+    authorized key written into `root` are removed when the block ends, whatever happens in it.
+    """
+    key = folder / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "arm64-check", "-f", str(key)],
+                   check=True, capture_output=True)
+    port = free_port()
+    written = [root / CONFIG_PATH.lstrip("/"), root / AUTHORIZED_KEYS_PATH.lstrip("/")]
+    written[0].write_text(sshd_config(port, cpu), encoding="utf-8")
+    written[1].write_text(key.with_suffix(".pub").read_text(encoding="utf-8"), encoding="utf-8")
+    written[1].chmod(0o600)
+    (root / PRIVSEP_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen([*launch, SSHD, "-D", "-e", "-f", CONFIG_PATH], stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_banner(port, process, log_path)
+        yield Session(port, key, folder / "known_hosts", timeout)
+    finally:
+        stop(process)
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End sshd and anything it started (its process group); the chroot's mounts go with them."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

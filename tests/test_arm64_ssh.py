@@ -1,0 +1,120 @@
+"""The SSH half of `make arm64-check` without emulation: the sshd configuration it writes into the root
+filesystem, the commands it sends, how it waits for the server, and that a failure becomes a named
+problem of the run instead of stopping the check. The real server runs in CI through `make arm64-check`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy import arm64_check, arm64_ssh
+
+
+def test_sshd_listens_on_loopback_only_takes_keys_only_and_passes_the_cpu_model() -> None:
+    lines = arm64_ssh.sshd_config(2345, "cortex-a76").splitlines()
+    assert "ListenAddress 127.0.0.1" in lines and "Port 2345" in lines
+    assert "PasswordAuthentication no" in lines and "PermitRootLogin prohibit-password" in lines
+    assert f"AuthorizedKeysFile {arm64_ssh.AUTHORIZED_KEYS_PATH}" in lines
+    # qemu-user reads QEMU_CPU from each program's environment: every session must get it.
+    assert "SetEnv QEMU_CPU=cortex-a76" in lines
+    assert "Subsystem sftp /usr/lib/openssh/sftp-server" in lines  # scp uses SFTP since OpenSSH 9.0
+
+
+def test_remote_commands_quote_every_word() -> None:
+    line = arm64_ssh.remote_command(["edge-classify", "-m", "models/a b.tflite", "it's.jpg"], "/root/arm64-check")
+    assert line.startswith("cd /root/arm64-check && exec ")
+    assert shlex.split(line.split(" && exec ", 1)[1]) == ["edge-classify", "-m", "models/a b.tflite", "it's.jpg"]
+
+
+def test_the_deploy_reaches_the_server_through_deploy_sh_settings(tmp_path: Path) -> None:
+    session = arm64_ssh.Session(2345, tmp_path / "id_ed25519", tmp_path / "known_hosts", timeout=5)
+    env = session.deploy_env()
+    assert env["SSH_PORT"] == "2345" and env["SSH_IDENTITY"] == str(tmp_path / "id_ed25519")
+    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in env["SSH_OPTS"].split()
+    assert "StrictHostKeyChecking=accept-new" in env["SSH_OPTS"].split()
+    assert session.destination == "root@127.0.0.1"
+    # The models land where the chroot runs read them, so the same commands run over SSH.
+    assert arm64_check.SSH_DEST == "arm64-check/models"
+    assert f"{arm64_check.DEVICE_HOME}/{arm64_check.SSH_DEST}" == f"{arm64_check.DEVICE_WORK}/models"
+
+
+def serve_once(greeting: bytes) -> int:
+    """A one-connection TCP server on the loopback that sends `greeting`; its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer() -> None:
+        with server:
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(greeting)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def test_waiting_ends_when_an_ssh_server_greets(tmp_path: Path) -> None:
+    port = serve_once(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u7\r\n")
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        arm64_ssh.wait_for_banner(port, process, tmp_path / "sshd.log", timeout=10)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_server_that_exits_is_reported_with_its_last_log_line(tmp_path: Path) -> None:
+    log = tmp_path / "sshd.log"
+    log.write_text("Server listening...\n/etc/ssh/ssh_host_ed25519_key: No such file or directory\n")
+    process = subprocess.Popen(["sh", "-c", "exit 255"])
+    process.wait()
+    with pytest.raises(arm64_ssh.SshError, match=r"exited with status 255 .*ssh_host_ed25519_key: No such file"):
+        arm64_ssh.wait_for_banner(arm64_ssh.free_port(), process, log, timeout=10)
+
+
+def test_a_silent_port_is_reported_after_the_timeout(tmp_path: Path) -> None:
+    port = serve_once(b"HTTP/1.1 400 Bad Request\r\n")
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(arm64_ssh.SshError, match=f"did not answer on 127.0.0.1:{port} within 1 s"):
+            arm64_ssh.wait_for_banner(port, process, tmp_path / "missing.log", timeout=1)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_stopping_ends_the_whole_process_group(tmp_path: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+    process = subprocess.Popen(["sh", "-c", f"sleep 60 & echo $! > {child_pid}; wait"], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not child_pid.exists() or not child_pid.read_text().strip():
+        assert time.monotonic() < deadline, "the test's child never started"
+        time.sleep(0.05)
+    arm64_ssh.stop(process)
+    assert process.returncode is not None
+    status = Path(f"/proc/{child_pid.read_text().strip()}/stat")
+    while status.exists() and status.read_text().split(") ")[1][0] != "Z":  # gone, or dead and not yet reaped
+        assert time.monotonic() < deadline, "a process sshd started outlived stop()"
+        time.sleep(0.05)
+
+
+def test_a_failed_ssh_run_is_a_named_problem_of_its_run_not_a_crash(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_server(root: Path, cache: Path) -> None:
+        raise arm64_check.RunError("apt-get install openssh-server failed in the bookworm root filesystem: "
+                                   "Temporary failure resolving 'deb.debian.org'")
+
+    monkeypatch.setattr(arm64_check, "ensure_ssh_server", no_server)
+    outcome = arm64_check.run_over_ssh("bookworm", tmp_path / "root", tmp_path, tmp_path, [], {}, tmp_path)
+    assert (outcome.distro, outcome.install, outcome.cpu) == ("bookworm", "ssh", "cortex-a72")
+    assert not outcome.ok
+    assert outcome.problems == ["over SSH: apt-get install openssh-server failed in the bookworm root filesystem: "
+                                "Temporary failure resolving 'deb.debian.org'"]
