@@ -100,7 +100,7 @@ deploy: ## Copy MODEL (default int8) and its manifest to DEVICE=user@host:DEST o
 	@if [ -z "$(DEVICE)" ]; then echo "make deploy: set DEVICE=user@host (and optionally MODEL=, DEST=)" >&2; exit 2; fi
 	sh deploy/deploy.sh "$(DEVICE)" "$(MODEL)" "$(DEST)"
 
-arm64-check: wheel ## As root: install the wheel in emulated arm64 Bookworm and Trixie (qemu), compare OUT's models with x86
+arm64-check: wheel ## As root: install the wheel in emulated arm64 Bookworm and Trixie (qemu), compare OUT's models with x86, make deploy over SSH
 	$(PY) deploy/arm64_check.py --out "$(OUT)"
 
 clean: ## Remove build outputs (keeps OUT and .venv)
