@@ -323,11 +323,7 @@ def chroot(root: Path, cache: Path, cpu: str, command: Sequence[str], timeout: f
         completed = subprocess.run(full, capture_output=True, text=True, timeout=timeout, errors="replace")
     except subprocess.TimeoutExpired as error:
         raise RunError(f"{' '.join(command[:3])} did not finish within {timeout:.0f} s under emulation") from error
-    if check and completed.returncode != 0:
-        last = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no message"]
-        raise RunError(f"`{' '.join(command)}` failed in the {root.name} chroot (exit {completed.returncode}): "
-                       f"{last[0]}")
-    return completed
+    return checked(completed, command, f"the {root.name} chroot") if check else completed
 
 
 def device_path(path: str) -> str:
@@ -523,7 +519,7 @@ def checked(completed: subprocess.CompletedProcess, command: Sequence[str], wher
     """`completed`, or RunError naming the command and its last line when it failed."""
     if completed.returncode != 0:
         last = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no message"]
-        raise RunError(f"`{' '.join(command)}` failed on {where} (exit {completed.returncode}): {last[0]}")
+        raise RunError(f"`{' '.join(command)}` failed in {where} (exit {completed.returncode}): {last[0]}")
     return completed
 
 
@@ -569,7 +565,7 @@ class DistroResult:
     notes: list[str]
 
 
-def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, out: Path, models: list[Path],
+def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, models: list[Path],
                  references: dict[str, dict[str, ModelAnswers]], cpus: Sequence[str],
                  log_folder: Path, ssh: bool) -> DistroResult:
     """Install and run every install path and CPU model in one root filesystem; never raises RunError."""
@@ -600,7 +596,7 @@ def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, 
     if ssh and distro == SSH_DISTRO and edge_installed:
         # Last, because it replaces the models the chroot runs read by the deployed copies.
         began = time.monotonic()
-        outcomes.append(run_over_ssh(distro, root, cache, out, models, references, log_folder))
+        outcomes.append(run_over_ssh(distro, root, cache, models, references, log_folder))
         timings["ssh deploy and runs"] = round(time.monotonic() - began, 1)
     timings["total"] = round(time.monotonic() - started, 1)
     return DistroResult(outcomes, timings, notes)
@@ -620,7 +616,7 @@ def ensure_ssh_server(root: Path, cache: Path) -> None:
     chroot(root, cache, SSH_CPU, ["ssh-keygen", "-A"], timeout=COMMAND_TIMEOUT_S, check=True)
 
 
-def run_over_ssh(distro: str, root: Path, cache: Path, out: Path, models: list[Path],
+def run_over_ssh(distro: str, root: Path, cache: Path, models: list[Path],
                  references: dict[str, dict[str, ModelAnswers]], log_folder: Path) -> RunOutcome:
     """The device workflow over SSH: sshd in the root filesystem, `make deploy` of each model, then every
     edge-classify command over SSH, compared with x86 like the chroot runs. Never raises RunError."""
@@ -669,7 +665,7 @@ def run_one(distro: str, install: Install, cpu: str, shell: Shell, models: list[
     outcome = RunOutcome(distro=distro, install=install.name, cpu=cpu, machine="", python="",
                          backend=expected_backend, backend_version="", numpy_version="", pillow_version="",
                          tensorflow_installed=False, seconds=0.0)
-    where = f"{distro}/{install.name}/{cpu}"
+    where = f"the {distro}/{install.name}/{cpu} run"
     try:
         outcome.machine = checked(shell(["uname", "-m"], DEVICE_HOME), ["uname", "-m"], where).stdout.strip()
         probe_command = [f"{device_path(install.venv)}/bin/python", "-c", PROBE]
@@ -819,7 +815,7 @@ def run_check(out: Path, cache: Path, data: Path | None, images: int, mirror: st
         building = time.monotonic()
         root = roots[distro] or build_rootfs(cache, distro, mirror)
         built_s = round(time.monotonic() - building, 1)
-        result = check_distro(distro, root, cache, work, wheel, out, models, references, cpus, log_folder, ssh)
+        result = check_distro(distro, root, cache, work, wheel, models, references, cpus, log_folder, ssh)
         result.timings["debootstrap"] = built_s
         return result
 

@@ -113,7 +113,7 @@ def test_a_failed_ssh_run_is_a_named_problem_of_its_run_not_a_crash(tmp_path: Pa
                                    "Temporary failure resolving 'deb.debian.org'")
 
     monkeypatch.setattr(arm64_check, "ensure_ssh_server", no_server)
-    outcome = arm64_check.run_over_ssh("bookworm", tmp_path / "root", tmp_path, tmp_path, [], {}, tmp_path)
+    outcome = arm64_check.run_over_ssh("bookworm", tmp_path / "root", tmp_path, [], {}, tmp_path)
     assert (outcome.distro, outcome.install, outcome.cpu) == ("bookworm", "ssh", "cortex-a72")
     assert not outcome.ok
     assert outcome.problems == ["over SSH: apt-get install openssh-server failed in the bookworm root filesystem: "
