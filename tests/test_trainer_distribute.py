@@ -31,7 +31,8 @@ def test_distribute_trains_on_two_logical_cpus(tmp_path: Path) -> None:
     data = write_split_dataset(tmp_path / "data", train_per_class=8, test_per_class=2)
     out = tmp_path / "out"
     completed = subprocess.run([sys.executable, "-c", TWO_CPUS, "--arch", "resnet8", "--distribute", "--data",
-                                str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--seed", "1"],
+                                str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--seed", "1",
+                                "--validation-fraction", "0.2"],
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert completed.returncode == 0, completed.stderr[-2000:]
     lines = completed.stderr.splitlines()
@@ -40,8 +41,8 @@ def test_distribute_trains_on_two_logical_cpus(tmp_path: Path) -> None:
     assert completed.stdout.startswith("kept epoch 1 of 1 ")
     report = json.loads((out / "training.json").read_text())
     assert report["arch"]["settings"]["distribute"] is True and report["config"]["distribute"] is True
-    # 32 images: 25 to train (3 whole batches of 8 per epoch), 7 to validate: an odd count the two devices
-    # cannot share, padded with a zero-weight copy that the accuracy does not count.
+    # 32 images, a fifth held out: 25 to train (3 whole batches of 8 per epoch), 7 to validate: an odd
+    # count the two devices cannot share, padded with a zero-weight copy that the accuracy does not count.
     assert (report["data"]["train"], report["data"]["validation"]) == (25, 7)
     validation_correct = report["history"]["val_accuracy"][0] * 7
     assert validation_correct == pytest.approx(round(validation_correct), abs=1e-4)
