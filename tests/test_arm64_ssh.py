@@ -61,14 +61,18 @@ def serve_once(greeting: bytes) -> int:
     return server.getsockname()[1]
 
 
-def test_waiting_ends_when_an_ssh_server_greets(tmp_path: Path) -> None:
-    port = serve_once(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u7\r\n")
+@pytest.fixture
+def running() -> subprocess.Popen:
+    """A process that stays up, standing in for an sshd that has not exited."""
     process = subprocess.Popen(["sleep", "30"])
-    try:
-        arm64_ssh.wait_for_banner(port, process, tmp_path / "sshd.log", timeout=10)
-    finally:
-        process.kill()
-        process.wait()
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_waiting_ends_when_an_ssh_server_greets(tmp_path: Path, running: subprocess.Popen) -> None:
+    port = serve_once(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u7\r\n")
+    arm64_ssh.wait_for_banner(port, running, tmp_path / "sshd.log", timeout=10)
 
 
 def test_a_server_that_exits_is_reported_with_its_last_log_line(tmp_path: Path) -> None:
@@ -80,15 +84,10 @@ def test_a_server_that_exits_is_reported_with_its_last_log_line(tmp_path: Path) 
         arm64_ssh.wait_for_banner(arm64_ssh.free_port(), process, log, timeout=10)
 
 
-def test_a_silent_port_is_reported_after_the_timeout(tmp_path: Path) -> None:
+def test_a_silent_port_is_reported_after_the_timeout(tmp_path: Path, running: subprocess.Popen) -> None:
     port = serve_once(b"HTTP/1.1 400 Bad Request\r\n")
-    process = subprocess.Popen(["sleep", "30"])
-    try:
-        with pytest.raises(arm64_ssh.SshError, match=f"did not answer on 127.0.0.1:{port} within 1 s"):
-            arm64_ssh.wait_for_banner(port, process, tmp_path / "missing.log", timeout=1)
-    finally:
-        process.kill()
-        process.wait()
+    with pytest.raises(arm64_ssh.SshError, match=f"did not answer on 127.0.0.1:{port} within 1 s"):
+        arm64_ssh.wait_for_banner(port, running, tmp_path / "missing.log", timeout=1)
 
 
 def test_stopping_ends_the_whole_process_group(tmp_path: Path) -> None:
