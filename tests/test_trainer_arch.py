@@ -44,7 +44,7 @@ def test_schedules_and_help_lines() -> None:
     assert ARCHS["resnet8"].schedule == ARCHS["mobilenetv2"].schedule == WARMUP_COSINE
     assert ARCHS["resnet8"].help_line() == ("resnet8: MLPerf Tiny ResNet-8; 32px raw 0-255, sgd (Nesterov momentum "
                                             "0.9) lr 0.1 3 warm-up epochs + cosine, 60 epochs, batch 32, augment on, "
-                                            "10% held out for validation")
+                                            "label smoothing 0.1, 5% held out for validation")
     assert ARCHS["resnet8"].defaults()["momentum"] == 0.9 and "momentum" not in ARCHS["cnn"].defaults()
     assert ARCHS["cnn"].help_line().endswith("adam lr 0.001 constant, 15 epochs, batch 64, augment off, "
                                              "20% held out for validation")

@@ -27,10 +27,10 @@ def test_unset_settings_take_the_arch_defaults_and_given_ones_win() -> None:
         "cnn", 15, 64, 32, False, 1e-3, None)
     resnet = TrainConfig(arch="resnet8")
     assert (resnet.epochs, resnet.batch_size, resnet.augment, resnet.spec().scale) == (60, 32, True, 1.0)
-    # ResNet-8 holds out a tenth for validation, the others a fifth; a given share wins.
-    assert (cnn.validation_fraction, resnet.validation_fraction) == (0.2, 0.1)
+    # ResNet-8 holds out a twentieth for validation, the others a fifth; a given share wins.
+    assert (cnn.validation_fraction, resnet.validation_fraction) == (0.2, 0.05)
     assert TrainConfig(arch="resnet8", validation_fraction=0.0).validation_fraction == 0.0
-    assert resnet.recipe()["validation_fraction"] == 0.1
+    assert resnet.recipe()["validation_fraction"] == 0.05
     mobile = TrainConfig(arch="mobilenetv2", epochs=2, image_size=48, augment=False, learning_rate=0.01)
     assert (mobile.epochs, mobile.image_size, mobile.augment, mobile.learning_rate, mobile.alpha) == (
         2, 48, False, 0.01, 0.35)
@@ -146,3 +146,19 @@ def test_resume_takes_the_network_from_the_checkpoint(split_dataset: Path, tmp_p
     (resumed,) = configs
     assert resumed.recipe() == made_with.recipe()
     assert (resumed.arch, resumed.augment, resumed.learning_rate, resumed.batch_size) == ("resnet8", False, 0.002, 32)
+
+
+def test_resnet8_compiles_with_label_smoothing_and_the_documented_cnn_without() -> None:
+    import numpy as np
+
+    for arch, smoothing in (("resnet8", 0.1), ("cnn", 0.0)):
+        config = TrainConfig(arch=arch, epochs=4)
+        model = train_module.build_network(config, 10)
+        train_module.prepare_phase(model, config, train_module.training_phases(config)[0], steps=2)
+        target, predicted = np.eye(10, dtype=np.float32)[:1], np.eye(10, dtype=np.float32)[:1] * 0.9 + 0.01
+        # Cross-entropy against the smoothed target (0.91 for the class, 0.01 for each other one).
+        smoothed = target * (1 - smoothing) + smoothing / 10
+        expected = float(-(smoothed * np.log(predicted)).sum())
+        loss = model.loss if callable(model.loss) else __import__("keras").losses.get(model.loss)
+        assert float(np.mean(loss(target, predicted))) == pytest.approx(expected, rel=1e-4)
+        assert ARCHS[arch].defaults()["label_smoothing"] == smoothing  # what training.json records

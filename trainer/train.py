@@ -437,6 +437,7 @@ def prepare_phase(model: "keras.Model", config: TrainConfig, phase: Phase, steps
     if arch.backbone is not None:
         model.get_layer(arch.backbone).trainable = phase.backbone_trainable
     learning_rate = learning_rate_schedule(config, phase, steps)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=arch.label_smoothing) if arch.label_smoothing else LOSS
     if arch.optimizer == SGD:
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=SGD_MOMENTUM, nesterov=True)
     else:
@@ -447,9 +448,9 @@ def prepare_phase(model: "keras.Model", config: TrainConfig, phase: Phase, steps
         # Distributed evaluation pads its batches with zero-weight copies (trainer.batches): the accuracy
         # must weigh them, so it counts real images only. (The loss's divisor still counts the copies of
         # the last batch: a slight bias of the validation and test loss, never of the accuracy.)
-        model.compile(optimizer=optimizer, loss=LOSS, weighted_metrics=list(METRICS), jit_compile=jit)
+        model.compile(optimizer=optimizer, loss=loss, weighted_metrics=list(METRICS), jit_compile=jit)
     else:
-        model.compile(optimizer=optimizer, loss=LOSS, metrics=list(METRICS), jit_compile=jit)
+        model.compile(optimizer=optimizer, loss=loss, metrics=list(METRICS), jit_compile=jit)
 
 
 def distribution_strategy(distribute: bool, progress: Progress) -> Any:
