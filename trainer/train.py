@@ -16,6 +16,7 @@ documented script does (float32 arrays in memory, Keras' own shuffle); augmented
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from edge_runtime.errors import DataError, EdgeError
 from edge_runtime.labels import write_labels
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
+from .batch_norm import RECALIBRATION_IMAGES, recalibration_batches, recalibration_callback
 from .batches import DEFAULT_AUGMENTATION, evaluation_batches, one_hot, steps_per_epoch, training_batches
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Dataset, Progress, load_dataset
 from .keep import KEEP_BEST, KEEP_CHOICES, KeptEpoch, best_validation_epoch, choose_epoch
@@ -217,6 +219,13 @@ def training_phases(config: TrainConfig) -> list[Phase]:
     if freeze < config.epochs:
         phases.append(Phase(freeze, config.epochs, config.learning_rate * arch.fine_tune_factor))
     return phases
+
+
+def recalibrates_batch_norm(config: TrainConfig) -> bool:
+    """Whether the run recomputes batch-norm statistics after each epoch (trainer.batch_norm): for networks
+    that ask for it, trained from scratch (pretrained backbones keep theirs) and not distributed (the
+    replicated variables are not updated outside a replica step)."""
+    return config.network.recalibrate_batch_norm and config.weights is None and not config.distribute
 
 
 def streams_batches(config: TrainConfig) -> bool:
@@ -478,8 +487,6 @@ def _stream(generate: Any, *args: Any, batches: int | None = None, weighted: boo
 
     `batches` is how many a finite stream yields: Keras then knows where an evaluation ends.
     """
-    import functools
-
     tf = import_tensorflow()
     images, num_classes = args[0], args[3]
     signature = (tf.TensorSpec((None, *images.shape[1:]), tf.float32), tf.TensorSpec((None, num_classes), tf.float32))
@@ -624,6 +631,13 @@ def train(config: TrainConfig, progress: Progress | None = None,
         steps = steps_per_epoch(len(train_index), config.batch_size, drop_remainder=whole_batches)
         epoch_callback = _epoch_callback(folder, history, config.recipe(), dataset.class_names, config.epochs,
                                          config.batch_size, prior_seconds, progress)
+        fit_callbacks = [epoch_callback, *callbacks]
+        if recalibrates_batch_norm(config):
+            # Before the checkpointing callback, so that each saved epoch carries the new statistics.
+            fit_callbacks.insert(0, recalibration_callback(functools.partial(
+                recalibration_batches, dataset.train_images, train_index, spec, config.batch_size)))
+            progress.message(f"batch-norm statistics recomputed after each epoch from "
+                             f"{min(RECALIBRATION_IMAGES, len(train_index)):,} training images")
         augmentation = "augmented, " if config.augment else ""
         progress.message(f"training {config.arch} on {len(train_index):,} {spec.width}x{spec.height} images "
                          f"({augmentation}{'streamed' if streaming else 'in memory'}), validating on "
@@ -648,12 +662,12 @@ def train(config: TrainConfig, progress: Progress | None = None,
                                       dataset.num_classes, spec, config.batch_size, config.seed, first, None,
                                       DEFAULT_AUGMENTATION if config.augment else None, whole_batches),
                               epochs=phase.end_epoch, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
-                              validation_data=validation, verbose=0, callbacks=[epoch_callback, *callbacks])
+                              validation_data=validation, verbose=0, callbacks=fit_callbacks)
                 else:
                     x_train, y_train = _fit_data(dataset, train_index, config, spec, streaming)
                     model.fit(x_train, y_train, batch_size=config.batch_size, epochs=phase.end_epoch,
                               initial_epoch=first, validation_data=validation, shuffle=True, verbose=0,
-                              callbacks=[epoch_callback, *callbacks])
+                              callbacks=fit_callbacks)
                     del x_train, y_train
         except KeyboardInterrupt as interrupt:
             progress.end_status()

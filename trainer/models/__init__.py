@@ -51,6 +51,9 @@ class Arch:
     # Compile the training step with XLA: for ResNet-8 on a 2-core AVX2 CPU it cut the CPU time of a
     # step by about a fifth (measured with benchmarks/bench_arch.py's network, batch 32).
     jit_compile: bool = False
+    # Recompute batch-norm statistics from training images after each epoch when training from scratch
+    # (trainer.batch_norm): for deep stacks whose moving averages lag behind fast-changing weights.
+    recalibrate_batch_norm: bool = False
     min_image_size: int = MIN_IMAGE_SIZE
     # Options of `build` beyond the class count and image size, with their defaults.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -72,7 +75,8 @@ class Arch:
                 "warmup_epochs": self.warmup_epochs, "epochs": self.epochs, "batch_size": self.batch_size,
                 "augment": self.augment, "label_smoothing": self.label_smoothing,
                 "validation_fraction": self.validation_fraction,
-                "jit_compile": self.jit_compile, **self.options}
+                "jit_compile": self.jit_compile, "recalibrate_batch_norm": self.recalibrate_batch_norm,
+                **self.options}
         if self.optimizer == SGD:
             data.update(momentum=SGD_MOMENTUM, nesterov=True)
         if self.backbone is not None:
@@ -85,6 +89,8 @@ class Arch:
         inputs = {1.0 / PIXEL_SCALE: "x/255", 1.0: "raw 0-255", 2.0 / PIXEL_SCALE: "[-1,1]"}.get(self.scale, "")
         extra = "".join(f", {key} {value}" for key, value in self.options.items() if value is not None)
         smoothing = f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else ""
+        if self.recalibrate_batch_norm:
+            extra += "; from scratch, batch-norm statistics recomputed after each epoch"
         if self.backbone is not None:
             extra += (f"; from pretrained weights: backbone frozen for {self.freeze_epochs} epochs, then lr "
                       f"x{self.fine_tune_factor:g}")
@@ -109,7 +115,7 @@ ARCHS: dict[str, Arch] = {arch.name: arch for arch in (
          augment=True, label_smoothing=0.1, validation_fraction=0.05, jit_compile=True),
     Arch("mobilenetv2", mobilenetv2.build, "Keras MobileNetV2", image_size=96, scale=2.0 / PIXEL_SCALE,
          offset=-1.0, optimizer=ADAM, learning_rate=1e-3, schedule=WARMUP_COSINE, warmup_epochs=2, epochs=30,
-         batch_size=32, augment=True, min_image_size=32,
+         batch_size=32, augment=True, min_image_size=32, recalibrate_batch_norm=True,
          options={"alpha": mobilenetv2.DEFAULT_ALPHA, "weights": None},
          backbone=mobilenetv2.BACKBONE_NAME, freeze_epochs=5, fine_tune_factor=0.1),
 )}
