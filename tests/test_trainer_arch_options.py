@@ -149,6 +149,7 @@ def test_resume_takes_the_network_from_the_checkpoint(split_dataset: Path, tmp_p
 
 
 def test_resnet8_compiles_with_label_smoothing_and_the_documented_cnn_without() -> None:
+    import keras
     import numpy as np
 
     for arch, smoothing in (("resnet8", 0.1), ("cnn", 0.0)):
@@ -159,6 +160,6 @@ def test_resnet8_compiles_with_label_smoothing_and_the_documented_cnn_without() 
         # Cross-entropy against the smoothed target (0.91 for the class, 0.01 for each other one).
         smoothed = target * (1 - smoothing) + smoothing / 10
         expected = float(-(smoothed * np.log(predicted)).sum())
-        loss = model.loss if callable(model.loss) else __import__("keras").losses.get(model.loss)
+        loss = model.loss if callable(model.loss) else keras.losses.get(model.loss)
         assert float(np.mean(loss(target, predicted))) == pytest.approx(expected, rel=1e-4)
         assert ARCHS[arch].defaults()["label_smoothing"] == smoothing  # what training.json records
