@@ -6,7 +6,9 @@ index, a video file or a stream URL through OpenCV's VideoCapture. Both hand out
 when no frame came. `frames()` turns a source into a stream that reopens a live source that
 drops out, a few times, before giving up with a CameraError that says what happened.
 
-picamera2 and cv2 are imported only when a source is opened. OpenCV's own `[ WARN ... ]` lines
+picamera2 and cv2 are imported only when a source is opened; when the automatic choice finds
+neither, the error names both installs (picamera2 comes from apt, not pip, and a virtual
+environment sees it only when made with --system-site-packages). OpenCV's own `[ WARN ... ]` lines
 (a camera index that does not exist, a backend that cannot open a device) go to the debug log,
 not the terminal: our one-line CameraError says what happened.
 """
@@ -36,6 +38,12 @@ DEFAULT_REOPENS = 3
 DEFAULT_REOPEN_DELAY_S = 1.0
 URL_MARKER = "://"
 OPENCV_HINT = "install OpenCV for USB cameras, video files and streams: pip install opencv-python-headless"
+OPENCV_MISSING = f"OpenCV is not installed; {OPENCV_HINT}"
+PICAMERA2_HINT = ("sudo apt install python3-picamera2, in a venv made with --system-site-packages "
+                  "(see deploy/README.md)")
+NO_CAMERA_PACKAGE = ("neither picamera2 nor OpenCV can be imported: for the Pi camera, sudo apt install "
+                     "python3-picamera2 and make the venv with --system-site-packages; for USB cameras, video files "
+                     "and streams, install the [camera] extra (opencv-python-headless); see deploy/README.md")
 
 
 class CameraError(EdgeError):
@@ -93,7 +101,10 @@ class PiCamera2Source(FrameSource):
         try:
             from picamera2 import Picamera2
         except ImportError as error:
-            raise BackendError("picamera2 is not installed: sudo apt install python3-picamera2") from error
+            raise BackendError(f"picamera2 cannot be imported: {PICAMERA2_HINT}") from error
+        except Exception as error:  # found but broken, e.g. ValueError from a numpy it was not built for
+            raise BackendError(f"picamera2 is installed but fails to import ({type(error).__name__}: {error}); "
+                               "see deploy/README.md, 'Which numpy'") from error
         try:
             camera = Picamera2()
             config = camera.create_preview_configuration(main={"size": self.size, "format": PICAMERA2_FORMAT})
@@ -124,10 +135,15 @@ class PiCamera2Source(FrameSource):
 
 
 class OpenCVSource(FrameSource):
-    """A camera index, video file or stream URL through OpenCV's VideoCapture."""
+    """A camera index, video file or stream URL through OpenCV's VideoCapture.
 
-    def __init__(self, source: int | str):
+    `missing_message` is the error when cv2 cannot be imported (the automatic choice, which has
+    already found no picamera2, names both).
+    """
+
+    def __init__(self, source: int | str, missing_message: str = OPENCV_MISSING):
         self.source = source
+        self.missing_message = missing_message
         self.live = not (isinstance(source, str) and os.path.isfile(source))
         if isinstance(source, int):
             self.description = f"camera {source} (OpenCV)"
@@ -141,7 +157,7 @@ class OpenCVSource(FrameSource):
         try:
             import cv2
         except ImportError as error:
-            raise BackendError(f"OpenCV is not installed; {OPENCV_HINT}") from error
+            raise BackendError(self.missing_message) from error
         with _opencv_quiet(cv2):
             capture = cv2.VideoCapture(self.source)
             opened = capture.isOpened()
@@ -199,12 +215,15 @@ def picamera2_available() -> bool:
 def open_source(source: str | None = None) -> FrameSource:
     """The frame source that `--camera [SOURCE]` names (not yet opened).
 
-    None or "auto": the Pi camera when picamera2 is importable, else OpenCV camera 0.
+    None or "auto": the Pi camera when picamera2 is importable, else OpenCV camera 0 (whose
+    error without OpenCV names both packages).
     "picamera2": the Pi camera. Digits: an OpenCV camera index. Anything else: a video file
     or a stream URL for OpenCV.
     """
     if source is None or source == AUTO_SOURCE:
-        return PiCamera2Source() if picamera2_available() else OpenCVSource(DEFAULT_DEVICE_INDEX)
+        if picamera2_available():
+            return PiCamera2Source()
+        return OpenCVSource(DEFAULT_DEVICE_INDEX, missing_message=NO_CAMERA_PACKAGE)
     if source == PICAMERA2_SOURCE:
         return PiCamera2Source()
     if source.isdigit():

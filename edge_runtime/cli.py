@@ -122,10 +122,11 @@ def _check_output_folder(output: str) -> None:
 def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool, run: FileRun,
                output: str | None) -> int:
     from .atomic import atomic_path
-    from .inputs import expand_inputs
-    from .output import BlockWriter
+    from .inputs import PassedOver, expand_inputs, passed_over_notes
+    from .output import BlockWriter, display_path
 
-    items = expand_inputs(inputs, recursive=recursive)
+    passed_over: list[PassedOver] = []
+    items = expand_inputs(inputs, recursive=recursive, passed_over=passed_over)
     if output is None:
         # Line by line to a terminal; in blocks to a pipe or file, whatever PYTHONUNBUFFERED says.
         stream = sys.stdout if _is_terminal(sys.stdout) else BlockWriter(sys.stdout)
@@ -137,6 +138,8 @@ def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool,
                     summary = _classify_to(stream, classifier, items, run)
         except OSError as error:
             raise FatalError(f"{output}: cannot write results ({error.strerror or error})") from error
+    for note in passed_over_notes(passed_over, errors_shown=not run.as_json):
+        click.echo(f"note: {display_path(note)}", err=True)
     if summary.total > 1 or summary.interrupted:
         click.echo(_summary_line(summary), err=True)
     if summary.interrupted:

@@ -10,6 +10,7 @@ from .classify import Classifier
 from .errors import ModelError
 from .manifest import sha256_file
 from .official_metadata import read_official_metadata
+from .output import LABEL_SEPARATOR
 
 PREVIEW_LABELS = 10
 CALIBRATION_KEY = "calibration"
@@ -88,8 +89,8 @@ def format_facts(facts: dict[str, Any]) -> list[str]:
     """The facts for people, one per line."""
     labels = facts["labels"]
     if labels:
-        shown = ", ".join(labels[:PREVIEW_LABELS]) + (", ..." if len(labels) > PREVIEW_LABELS else "")
-        label_text = f"{len(labels)} ({facts['labels_source']}): {shown}"
+        preview = list(labels[:PREVIEW_LABELS]) + (["..."] if len(labels) > PREVIEW_LABELS else [])
+        label_text = f"{len(labels)} ({facts['labels_source']}): {LABEL_SEPARATOR.join(preview)}"
     else:
         label_text = f"none ({facts['num_classes']} classes shown as indices)"
     spec = facts["preprocess"]

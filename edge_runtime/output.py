@@ -14,6 +14,9 @@ from typing import Sequence, TextIO
 from .classify import Class
 
 UNCERTAIN_LABEL = "uncertain"
+# Between the classes of a text line and the labels --info lists: labels themselves hold commas
+# (ImageNet's "bow tie, bow-tie, bowtie"), so a comma cannot separate them.
+LABEL_SEPARATOR = " | "
 HUMAN_SCORE_DIGITS = 3
 JSON_SCORE_DIGITS = 6
 JSON_LATENCY_DIGITS = 3
@@ -74,7 +77,11 @@ class BlockWriter:
 
 
 class HumanWriter:
-    """`photo.jpg: cat 0.912` lines on `out`; problems as `photo.jpg: error: reason` on `err`."""
+    """`photo.jpg: cat 0.912` lines on `out`; problems as `photo.jpg: error: reason` on `err`.
+
+    With several classes: `photo.jpg: cat 0.912 | dog 0.051`, each class a label, a space and
+    its score, classes apart by LABEL_SEPARATOR (labels may contain commas and spaces).
+    """
 
     def __init__(self, out: TextIO, err: TextIO):
         self._out = out
@@ -82,7 +89,7 @@ class HumanWriter:
 
     def result(self, path: str, classes: Sequence[Class], uncertain: bool, latency_ms: float) -> None:
         digits = HUMAN_SCORE_DIGITS
-        shown = ", ".join(f"{c.label} {c.score:.{digits}f}" for c in classes)
+        shown = LABEL_SEPARATOR.join(f"{c.label} {c.score:.{digits}f}" for c in classes)
         text = f"{UNCERTAIN_LABEL} ({shown})" if uncertain else shown
         self._out.write(f"{display_path(path)}: {text}\n")
 

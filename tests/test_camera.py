@@ -143,6 +143,17 @@ def test_without_opencv_the_message_says_what_to_install(runtime_models, two_sce
                                      "files and streams: pip install opencv-python-headless")
 
 
+def test_with_neither_picamera2_nor_opencv_the_message_names_both_installs(runtime_models, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    result = CliRunner().invoke(main, ["--model", str(runtime_models.int8), "--camera"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "Error: neither picamera2 nor OpenCV can be imported: for the Pi camera, sudo apt install python3-picamera2 "
+        "and make the venv with --system-site-packages; for USB cameras, video files and streams, install the "
+        "[camera] extra (opencv-python-headless); see deploy/README.md")
+
+
 def test_opencvs_own_warnings_stay_off_the_terminal_when_a_camera_cannot_be_opened(runtime_models, capfd) -> None:
     pytest.importorskip("cv2")
     missing_camera = "97"  # an index no machine running the tests has: OpenCV warns "can't open camera by index"
@@ -243,6 +254,32 @@ def test_auto_source_prefers_picamera2_and_falls_back_to_opencv_camera_0(fake_pi
     monkeypatch.setitem(sys.modules, "picamera2", None)
     fallback = open_source("auto")
     assert isinstance(fallback, OpenCVSource) and fallback.source == 0 and fallback.live
+
+
+def test_picamera2_asked_for_but_not_importable_says_apt_and_system_site_packages(runtime_models,
+                                                                                    monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    result = CliRunner().invoke(main, ["--model", str(runtime_models.int8), "--camera", "picamera2"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("Error: picamera2 cannot be imported: sudo apt install python3-picamera2, in a "
+                                     "venv made with --system-site-packages (see deploy/README.md)")
+
+
+def test_a_picamera2_that_fails_to_import_is_one_line_not_a_traceback(runtime_models, monkeypatch) -> None:
+    numpy_mismatch = "numpy.dtype size changed, may indicate binary incompatibility"
+
+    def broken(name: str):
+        raise ValueError(numpy_mismatch)
+
+    module = types.ModuleType("picamera2")
+    module.__getattr__ = broken  # `from picamera2 import Picamera2` raises as a wrong numpy makes it
+    module.__spec__ = importlib.machinery.ModuleSpec("picamera2", loader=None)
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    result = CliRunner().invoke(main, ["--model", str(runtime_models.int8), "--camera"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"Error: picamera2 is installed but fails to import (ValueError: "
+                                     f"{numpy_mismatch}); see deploy/README.md, 'Which numpy'")
+    assert "Traceback" not in result.output
 
 
 def test_picamera2_without_a_camera_is_a_camera_error(fake_picamera2, monkeypatch) -> None:

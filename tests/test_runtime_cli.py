@@ -212,11 +212,25 @@ def test_human_lines_show_top_k_classes_best_first(runtime_models, photo) -> Non
     result = run("--model", runtime_models.int8, "-k", "4", photo[0])
     assert result.exit_code == 0, result.output
     path, classes = result.stdout.strip().split(": ")
-    shown = [item.rsplit(" ", 1) for item in classes.split(", ")]
+    shown = [item.rsplit(" ", 1) for item in classes.split(" | ")]
     assert sorted(name for name, _ in shown) == sorted(CLASS_NAMES)
     scores = [float(score) for _, score in shown]
     assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1.0) < 0.02
     assert shown[0][0] == photo[1]
+
+
+def test_labels_with_commas_stay_apart_in_lines_and_info(runtime_models, photo, tmp_path: Path) -> None:
+    names = ["circle, round thing", "cross", "stripes, lines", "waves"]  # CLASS_NAMES with commas added
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(names) + "\n")
+    result = run("--model", runtime_models.plain_int8, "--labels", labels, "-k", "4", photo[0])
+    assert result.exit_code == 0, result.output
+    classes = result.stdout.strip().split(": ", 1)[1].split(" | ")
+    assert sorted(item.rsplit(" ", 1)[0] for item in classes) == sorted(names)
+    info = run("--info", runtime_models.plain_int8, "--labels", labels)
+    assert info.exit_code == 0, info.output
+    shown = f"labels:       4 ({labels}): circle, round thing | cross | stripes, lines | waves"
+    assert shown in info.stdout.splitlines()
 
 
 def test_threshold_says_uncertain_below_it(runtime_models, photo) -> None:
@@ -297,6 +311,45 @@ def test_recursive_descends_and_plain_folder_asks_for_it(runtime_models, split_d
     assert [r["path"] for r in records] == expected
     correct = sum(Path(r["path"]).parent.name == r["label"] for r in records)
     assert correct >= MIN_ACCURACY * len(records)
+
+
+def images_at_the_top_and_below(photo: Path, folder: Path) -> Path:
+    """`folder` with one image at its top, two in sub-folders and an empty sub-folder."""
+    for name in ["top.png", "more/one.png", "more/deeper/two.png"]:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, folder / name)
+    (folder / "also").mkdir()
+    return folder
+
+
+def test_a_folder_without_r_says_which_sub_folders_it_did_not_search(runtime_models, photo, tmp_path: Path) -> None:
+    folder = images_at_the_top_and_below(photo[0], tmp_path / "photos")
+    note = f"note: {folder}: 2 sub-folders not searched (also, more): use -r (--recursive) to search sub-folders too"
+    text = run("--model", runtime_models.int8, folder)
+    assert text.exit_code == 0, text.output
+    assert [line.split(": ")[0] for line in text.stdout.splitlines()] == [str(folder / "top.png")]
+    assert text.stderr.splitlines() == [note]
+    as_json = run("--model", runtime_models.int8, "--json", folder)
+    assert as_json.exit_code == 0, as_json.output
+    assert [json.loads(line)["path"] for line in as_json.stdout.splitlines()] == [str(folder / "top.png")]
+    assert as_json.stderr.splitlines() == [note]
+    deep = run("--model", runtime_models.int8, "-r", folder)
+    assert deep.exit_code == 0 and len(deep.stdout.splitlines()) == 3 and "note:" not in deep.stderr
+
+
+def test_a_folder_with_only_sub_folders_is_one_error_and_said_on_stderr_with_json(runtime_models, photo,
+                                                                                  tmp_path: Path) -> None:
+    folder = images_at_the_top_and_below(photo[0], tmp_path / "photos")
+    (folder / "top.png").unlink()
+    text = run("--model", runtime_models.int8, folder)
+    assert text.exit_code == 1
+    assert text.stderr.splitlines() == [f"{folder}: error: folder has no image files, only sub-folders: use -r "
+                                        "(--recursive) to classify the images in them"]  # said once, not twice
+    as_json = run("--model", runtime_models.int8, "--json", folder)
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout)["error"].startswith("folder has no image files, only sub-folders")
+    assert as_json.stderr.splitlines() == [f"note: {folder}: 2 sub-folders not searched (also, more): use -r "
+                                           "(--recursive) to search sub-folders too"]
 
 
 def test_folder_answers_are_the_classifiers_answers(runtime_models, split_dataset: Path) -> None:
@@ -389,7 +442,7 @@ def test_info_shows_input_quantization_labels_size_sha256_and_backend(runtime_mo
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines())
     assert lines["input"].strip() == "[1, 32, 32, 3] int8, scale 0.00392157, zero point -128"
     assert lines["output"].strip().startswith("[1, 4] int8, scale 0.00390625, zero point -128")
-    assert lines["labels"].strip() == "4 (embedded): circle, cross, stripes, waves"
+    assert lines["labels"].strip() == "4 (embedded): circle | cross | stripes | waves"
     assert lines["size"].strip() == f"{runtime_models.int8.stat().st_size:,} bytes"
     assert lines["sha256"].strip() == sha256_file(runtime_models.int8)
     assert lines["backend"].strip() == "ai_edge_litert, 1 thread"

@@ -11,7 +11,8 @@ import pytest
 
 from edge_runtime.classify import Class
 from edge_runtime.errors import ModelError
-from edge_runtime.inputs import FOLDER_NAMED_LIKE_IMAGE, InputItem, expand_inputs, has_image_extension
+from edge_runtime.inputs import (FOLDER_NAMED_LIKE_IMAGE, InputItem, PassedOver, expand_inputs, has_image_extension,
+                                  passed_over_notes)
 from edge_runtime.model_select import MODEL_ENV_VAR, find_model
 from edge_runtime.output import BlockWriter, HumanWriter, JsonWriter, display_path, error_reason
 
@@ -69,6 +70,30 @@ def test_an_empty_folder_is_reported_and_one_with_only_sub_folders_asks_for_r(tm
                                             "to classify the images in them")]
     assert [item.path for item in expand_inputs([str(tmp_path / "nested")], recursive=True)] == [
         str(tmp_path / "nested" / "inside" / "a.jpg")]
+
+
+def test_sub_folders_passed_over_without_r_are_recorded_by_name(tree: Path, tmp_path: Path) -> None:
+    passed_over: list[PassedOver] = []
+    list(expand_inputs([str(tree)], passed_over=passed_over))
+    assert passed_over == [PassedOver(str(tree), ("sub",), reported=False)]  # album.jpg/ is an error item instead
+    walked: list[PassedOver] = []
+    list(expand_inputs([str(tree)], recursive=True, passed_over=walked))
+    assert walked == []
+    touch(tmp_path / "nested" / "inside" / "a.jpg")
+    only_sub_folders: list[PassedOver] = []
+    assert [item.error for item in expand_inputs([str(tmp_path / "nested")], passed_over=only_sub_folders)] == [
+        "folder has no image files, only sub-folders: use -r (--recursive) to classify the images in them"]
+    assert only_sub_folders == [PassedOver(str(tmp_path / "nested"), ("inside",), reported=True)]
+
+
+def test_passed_over_notes_name_a_few_sub_folders_and_skip_folders_already_reported() -> None:
+    passed_over = [PassedOver("photos", ("2023",)), PassedOver("trips", ("a", "b", "c", "d", "e")),
+                   PassedOver("nested", ("x", "y"), reported=True)]
+    hint = "use -r (--recursive) to search sub-folders too"
+    assert passed_over_notes(passed_over, errors_shown=True) == [
+        f"photos: 1 sub-folder not searched (2023): {hint}",
+        f"trips: 5 sub-folders not searched (a, b, c and 2 more): {hint}"]
+    assert passed_over_notes(passed_over, errors_shown=False)[2] == f"nested: 2 sub-folders not searched (x, y): {hint}"
 
 
 def test_a_symlink_loop_is_walked_once(tmp_path: Path) -> None:
@@ -133,8 +158,22 @@ def test_human_writer_lines() -> None:
     writer.result("a.jpg", CLASSES, False, 1.0)
     writer.result("b.jpg", CLASSES[:1], True, 1.0)
     writer.error("c.jpg", "file is empty (0 bytes)")
-    assert out.getvalue() == "a.jpg: cat 0.875, dog 0.125\nb.jpg: uncertain (cat 0.875)\n"
+    assert out.getvalue() == "a.jpg: cat 0.875 | dog 0.125\nb.jpg: uncertain (cat 0.875)\n"
     assert err.getvalue() == "c.jpg: error: file is empty (0 bytes)\n"
+
+
+def test_human_writer_keeps_labels_with_commas_apart() -> None:
+    out = io.StringIO()
+    classes = [Class(653, "military uniform", 0.926), Class(458, "bow tie, bow-tie, bowtie", 0.008),
+               Class(752, "racket, racquet", 0.008)]
+    writer = HumanWriter(out, io.StringIO())
+    writer.result("grace_hopper.bmp", classes, False, 1.0)
+    writer.result("grace_hopper.bmp", classes[1:2], True, 1.0)
+    first, second = out.getvalue().splitlines()
+    assert first == ("grace_hopper.bmp: military uniform 0.926 | bow tie, bow-tie, bowtie 0.008 | "
+                     "racket, racquet 0.008")
+    assert [item.rsplit(" ", 1)[0] for item in first.split(": ", 1)[1].split(" | ")] == [c.label for c in classes]
+    assert second == "grace_hopper.bmp: uncertain (bow tie, bow-tie, bowtie 0.008)"
 
 
 def test_display_path_replaces_undecodable_bytes() -> None:
