@@ -210,7 +210,7 @@ def test_our_embedded_spec_wins_over_the_official_normalization(brightness, tmp_
 
 def test_info_says_where_labels_and_normalization_came_from(brightness) -> None:
     lines = dict(line.split(":", 1) for line in run("--info", brightness["uint8"]).stdout.splitlines())
-    assert lines["labels"].strip() == f"3 (TFLite metadata, {LABELS_FILE}): dark, mid, bright"
+    assert lines["labels"].strip() == f"3 (TFLite metadata, {LABELS_FILE}): dark | mid | bright"
     assert lines["input values"].strip() == ("(pixel - 127.5) / 127.5, then the input's scale and zero point "
                                              "(TFLite metadata NormalizationOptions)")
     assert lines["preprocess"].strip() == f"{SIDE}x{SIDE} RGB, stretch, bilinear"
