@@ -72,13 +72,13 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 train: $(STAMP) ## Train the network ARCH: writes OUT/model.keras, labels.txt, training.json, accuracy.png
-	$(PY) -m trainer.cli --arch "$(ARCH)" --out "$(OUT)" $(EPOCHS_ARG) --seed $(SEED) --keep "$(KEEP)" $(FORCE_ARG) $(DATA_ARG)
+	EDGE_TOOLKIT_MAKE=1 $(PY) -m trainer.cli --arch "$(ARCH)" --out "$(OUT)" $(EPOCHS_ARG) --seed $(SEED) --keep "$(KEEP)" $(FORCE_ARG) $(DATA_ARG)
 
 convert: $(STAMP) ## Export OUT/model_float32.tflite and model_int8.tflite with manifest.json
-	$(PY) -m converter.cli --model "$(OUT)/model.keras" --out "$(OUT)" --calibration-size $(CALIBRATION) $(DATA_ARG)
+	EDGE_TOOLKIT_MAKE=1 $(PY) -m converter.cli --model "$(OUT)/model.keras" --out "$(OUT)" --calibration-size $(CALIBRATION) $(DATA_ARG)
 
 report: $(STAMP) ## Quantization accuracy report: OUT/report.md, report.json and pictures
-	$(PY) -m converter.cli report --out "$(OUT)" $(DATA_ARG) $(MAX_DROP_ARG)
+	EDGE_TOOLKIT_MAKE=1 $(PY) -m converter.cli report --out "$(OUT)" $(DATA_ARG) $(MAX_DROP_ARG)
 
 test: $(STAMP) ## Run the test suite (no network, no ../shared needed)
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \

@@ -88,3 +88,39 @@ def test_train_passes_keep_and_force() -> None:
 def test_train_passes_arch_and_epochs() -> None:
     command = train_command("ARCH=resnet8", "EPOCHS=3")
     assert '--arch "resnet8"' in command and "--epochs 3 " in command
+
+
+def test_train_convert_and_report_tell_the_programs_they_run_under_make() -> None:
+    from trainer.invocation import MAKE_ENV
+
+    for target, module in (("train", "-m trainer.cli"), ("convert", "-m converter.cli --model"),
+                           ("report", "-m converter.cli report")):
+        lines = [line for line in make("-n", target).splitlines() if module in line]
+        assert len(lines) == 1 and lines[0].startswith(f"{MAKE_ENV}=1 "), (target, lines)
+
+
+def test_make_train_refusal_names_force_and_out_not_options(tmp_path: Path) -> None:
+    """Through the real Makefile and edge-train: a stand-in venv whose python is this one, and an OUT that
+    holds a finished run, which the trainer refuses before it loads data or TensorFlow."""
+    import sys
+
+    from trainer.invocation import MAKE_ENV
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    python.chmod(0o755)
+    (venv / ".installed").touch()  # newer than pyproject.toml: make installs nothing
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("model.keras", "training.json"):
+        (out / name).write_text("stand-in\n", encoding="utf-8")
+    inherited = set(makefile_variables()) | {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", MAKE_ENV}
+    env = {key: value for key, value in os.environ.items() if key not in inherited}
+    completed = subprocess.run(["make", "-s", "train", f"VENV={venv}", f"OUT={out}"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=120, env=env)
+    assert completed.returncode != 0
+    assert (f"Error: {out}: already holds a finished run (model.keras, training.json); it is complete: replace it "
+            f"with FORCE=1, or train into another folder with OUT=FOLDER\n") in completed.stderr
+    assert "--force" not in completed.stderr and "--out" not in completed.stderr

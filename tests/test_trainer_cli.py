@@ -13,7 +13,9 @@ from click.testing import CliRunner
 import trainer.cli as cli
 from synthetic import CLASS_NAMES, write_image_folder
 from trainer import train as train_module
-from trainer.train import CHECKPOINT_DIR, TrainConfig, TrainingInterrupted
+from trainer.invocation import MAKE_ENV, train_program
+from trainer.keep import KEEP_BEST, RULE_BEST, KeptEpoch
+from trainer.train import CHECKPOINT_DIR, TrainConfig, TrainingInterrupted, TrainResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
@@ -21,6 +23,12 @@ EXIT_USAGE = 2
 
 def run(*args: str):
     return CliRunner().invoke(cli.main, [str(arg) for arg in args])
+
+
+@pytest.fixture(autouse=True)
+def as_edge_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages name edge-train's options unless a test says the command runs under make."""
+    monkeypatch.delenv(MAKE_ENV, raising=False)
 
 
 def test_help_does_not_import_tensorflow() -> None:
@@ -131,13 +139,19 @@ def test_training_through_the_cli(split_dataset: Path, tmp_path: Path) -> None:
     assert "\r" not in result.stderr
     assert (out / "model.keras").is_file()
 
-    # A second fresh run into the same folder refuses, naming --resume and --force, and changes nothing.
+    # 240 training images: a fifth held out is 48, fewer than the kept epoch should be chosen on.
+    assert ("warning: validating on 48 of 240 training images (validation fraction 0.2): one image is 2.1 points "
+            "of validation accuracy, too coarse to choose the kept epoch; hold out 100 or more with "
+            "--validation-fraction 0.42") in progress
+    assert report["test"]["one_class_answer"] is None and "answers" not in result.stderr
+
+    # A second fresh run into the same folder refuses: the run is complete; --force or another --out.
     model_bytes = (out / "model.keras").read_bytes()
     checkpoint_files = sorted(p.name for p in (out / CHECKPOINT_DIR).iterdir())
     again = run("--data", split_dataset, "--out", out, "--epochs", "1", "--batch-size", "32")
     assert again.exit_code == 1
-    assert again.stderr == (f"Error: {out}: already holds a finished run (model.keras, training.json); finish or "
-                            f"check it with --resume, or replace it with --force (or choose another --out)\n")
+    assert again.stderr == (f"Error: {out}: already holds a finished run (model.keras, training.json); it is "
+                            f"complete: replace it with --force, or train into another folder with --out FOLDER\n")
     assert (out / "model.keras").read_bytes() == model_bytes
     assert sorted(p.name for p in (out / CHECKPOINT_DIR).iterdir()) == checkpoint_files
 
@@ -147,6 +161,58 @@ def test_training_through_the_cli(split_dataset: Path, tmp_path: Path) -> None:
     assert done.stdout.startswith("the run is already complete; nothing to do. kept epoch 1 of 1 ")
     assert "loading" not in done.stderr and "epoch 1/1" not in done.stderr
     assert (out / "model.keras").read_bytes() == model_bytes
+
+
+def finished_run(folder: Path) -> Path:
+    """A folder that looks like a finished run to the refusal (which only checks that the files are there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.keras", "training.json"):
+        (folder / name).write_text("stand-in\n")
+    return folder
+
+
+def test_under_make_the_refusal_names_make_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = finished_run(tmp_path / "run")
+    monkeypatch.setenv(MAKE_ENV, "1")
+    result = run("--out", out)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {out}: already holds a finished run (model.keras, training.json); it is "
+                             f"complete: replace it with FORCE=1, or train into another folder with OUT=FOLDER\n")
+
+
+def test_under_make_ctrl_c_names_the_edge_train_beside_python(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(config, progress):
+        raise TrainingInterrupted(1, 3, config.out)
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    monkeypatch.setenv(MAKE_ENV, "1")
+    result = run("--out", tmp_path, "--epochs", "3")
+    assert result.exit_code == cli.EXIT_INTERRUPTED
+    assert result.stderr == (f"Interrupted after epoch 1 of 3; continue with: {train_program()} --resume "
+                             f"--out {tmp_path}\n")
+    # The make recipe runs the venv's Python, whose edge-train need not be on PATH.
+    beside = Path(sys.executable).parent / "edge-train"
+    if beside.is_file():
+        assert (Path.cwd() / train_program()).resolve() == beside.resolve()
+    monkeypatch.delenv(MAKE_ENV)
+    assert train_program() == "edge-train"
+
+
+def test_summary_says_when_the_kept_model_answers_one_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def one_class(config, progress):
+        return TrainResult(out=tmp_path, model_path=tmp_path / "model.keras", labels_path=tmp_path / "labels.txt",
+                           report_path=tmp_path / "training.json", plot_path=tmp_path / "accuracy.png",
+                           history={}, test_loss=1.4, test_accuracy=0.25, epochs_completed=2, resumed_from_epoch=0,
+                           durations={}, kept=KeptEpoch(2, RULE_BEST, KEEP_BEST, 0.25), last_epoch_test_accuracy=0.25,
+                           one_class_answer="cross")
+
+    monkeypatch.setattr(cli, "train", one_class)
+    result = run("--out", tmp_path, "--epochs", "2")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("kept epoch 2 of 2 (best validation accuracy, validation accuracy 0.2500)")
+    assert result.stderr == ('warning: the kept model answers "cross" for every test image: it has not learned to '
+                             "tell the classes apart (its test accuracy is that class's share of the test set)\n")
 
 
 def test_resume_and_force_together_is_a_usage_error(tmp_path: Path) -> None:

@@ -322,16 +322,27 @@ def test_default_source_is_keras_cifar10(monkeypatch: pytest.MonkeyPatch) -> Non
     assert dataset.source == "CIFAR-10 (keras.datasets.cifar10)"
 
 
-def test_failed_download_is_a_data_error_that_suggests_data(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("make, knob", [(False, "--data PATH"), (True, "DATA=PATH")], ids=["edge-train", "make"])
+def test_failed_download_is_a_data_error_that_suggests_data(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture, make: bool,
+                                                            knob: str) -> None:
     import keras
+
+    from trainer.invocation import MAKE_ENV
 
     def offline():
         raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz: None")
 
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
-    with pytest.raises(DataError, match=r"^CIFAR-10 download through Keras failed \(URL fetch failure.*\); "
-                                        r"pass --data PATH with a local copy$"):
-        load_dataset(None, progress=QUIET)
+    if make:  # `make train` without DATA= : the person sets DATA=, not --data
+        monkeypatch.setenv(MAKE_ENV, "1")
+    else:
+        monkeypatch.delenv(MAKE_ENV, raising=False)
+    with pytest.raises(DataError, match=rf"^CIFAR-10 download through Keras failed \(URL fetch failure.*\); "
+                                        rf"pass {knob} with a local copy$"):
+        load_dataset(None, progress=Progress())
+    assert capsys.readouterr().err == ("loading CIFAR-10 through Keras (downloads about 170 MB on first use; "
+                                       f"use {knob} for a local copy)\n")
 
 
 # --- the process pool for large folders ----------------------------------------------------------

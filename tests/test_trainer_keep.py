@@ -106,6 +106,7 @@ def test_best_epoch_is_kept_when_it_is_not_the_last(uninterrupted) -> None:
     assert report["test_last_epoch"]["accuracy"] == pytest.approx(CONSTANT_ANSWER_ACCURACY)
     assert report["test"]["accuracy"] > CONSTANT_ANSWER_ACCURACY + 0.25
     assert report["test"]["accuracy"] == pytest.approx(uninterrupted.test_accuracy)
+    assert report["test"]["one_class_answer"] is None and uninterrupted.one_class_answer is None
 
 
 @pytest.mark.slow
@@ -115,7 +116,17 @@ def test_keep_last_keeps_the_final_epoch(split_dataset: Path, tmp_path: Path) ->
     assert report["kept"]["epoch"] == EPOCHS and report["kept"]["rule"] == RULE_LAST
     assert report["config"]["keep"] == KEEP_LAST
     assert result.test_accuracy == pytest.approx(CONSTANT_ANSWER_ACCURACY)
-    assert report["test"] == report["test_last_epoch"]
+    assert {key: report["test"][key] for key in ("loss", "accuracy", "count")} == report["test_last_epoch"]
+    # The zeroed network answers one class (its output bias' largest) for every test image, and says so.
+    import keras
+
+    from edge_runtime.preprocess import scale_pixels
+    from trainer.data import load_dataset
+
+    dataset = load_dataset(split_dataset, progress=QUIET)
+    answers = keras.models.load_model(tmp_path / "model.keras").predict(scale_pixels(dataset.test_images), verbose=0)
+    (answered,) = set(np.argmax(answers, axis=1).tolist())
+    assert result.one_class_answer == report["test"]["one_class_answer"] == dataset.class_names[answered]
     final = read_checkpoint(tmp_path).model_path
     for kept, saved in zip(weights_of(tmp_path / "model.keras"), weights_of(final)):
         assert np.array_equal(kept, saved)
@@ -184,8 +195,35 @@ def test_plot_is_written_as_png(tmp_path: Path) -> None:
 # --- progress within an epoch ---------------------------------------------------------------------
 
 def test_epoch_status_reports_steps_rate_and_time_left() -> None:
-    assert epoch_status(3, 15, 200, 625, 64, 10.0) == (
+    # Step 1 ended at 0.05 s; the 199 steps after it took 9.95 s: 0.05 s a step.
+    assert epoch_status(3, 15, 200, 625, 64, 10.0, 0.05) == (
         "epoch 3/15  step 200/625  1,280 images/s  0:21 left in this epoch")
+
+
+def test_time_left_leaves_out_the_first_step_which_compiles_the_graph() -> None:
+    # Step 1 took 12 s (building and compiling the graph); each step after it takes 0.1 s.
+    first = 12.0
+    assert epoch_status(1, 15, 1, 100, 64, first, first) == "epoch 1/15  step 1/100"  # nothing to estimate from
+    assert epoch_status(1, 15, 11, 100, 64, first + 1.0, first) == (
+        "epoch 1/15  step 11/100  640 images/s  0:09 left in this epoch")  # from all 11 steps: 1:45
+    assert epoch_status(1, 15, 11, 100, 64, first + 1.0, None) == "epoch 1/15  step 11/100"
+    assert epoch_status(1, 15, 11, 0, 64, first + 1.0, first) == "epoch 1/15  step 11/?  640 images/s"
+
+
+def test_status_line_of_the_training_callback_starts_timing_after_step_1(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import train as train_module
+
+    callback = train_module._epoch_callback(tmp_path, {}, {}, CLASS_NAMES, 15, 64, 0.0, Progress(live=True))
+    callback.set_params({"steps": 100})
+    clock = iter([100.0, 112.0, *(112.0 + 0.1 * step for step in range(1, 11))])
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
+    callback.on_epoch_begin(0)
+    for batch in range(11):  # step 1 ends 12 s in, then a step every 0.1 s
+        callback.on_train_batch_end(batch)
+    drawn = [line.rstrip() for line in capsys.readouterr().err.split("\r") if line]
+    assert drawn[0] == "epoch 1/15  step 1/100"
+    assert drawn[-1] == "epoch 1/15  step 11/100  640 images/s  0:09 left in this epoch"
 
 
 def test_status_is_redrawn_on_a_terminal_and_never_in_a_log(capsys: pytest.CaptureFixture) -> None:

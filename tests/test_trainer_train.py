@@ -17,8 +17,10 @@ from synthetic import CLASS_NAMES, write_image_folder
 from trainer_fixtures import InterruptAfterEpoch
 from trainer import train as train_module
 from trainer.data import Progress, load_dataset
-from trainer.train import (CHECKPOINT_DIR, CheckpointError, RunExists, TrainConfig, TrainingInterrupted,
-                           read_checkpoint, shuffled_split, train, write_outputs)
+from trainer.invocation import MAKE_ENV, resume_command
+from trainer.train import (CHECKPOINT_DIR, MIN_VALIDATION_IMAGES, CheckpointError, RunExists, TrainConfig,
+                           TrainingInterrupted, one_class_answer, read_checkpoint, shuffled_split, train,
+                           validation_count, validation_warning, write_outputs)
 
 QUIET = Progress(quiet=True)
 HISTORY_KEYS = ["accuracy", "loss", "val_accuracy", "val_loss"]
@@ -179,18 +181,41 @@ def test_resume_without_a_checkpoint_says_so(split_dataset: Path, tmp_path: Path
         train(TrainConfig(data=split_dataset, out=tmp_path, resume=True), QUIET)
 
 
-def test_fresh_start_refuses_to_replace_an_unfinished_run(small_model, split_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("make", [False, True], ids=["edge-train", "make"])
+def test_fresh_start_refuses_to_replace_an_unfinished_run(small_model, split_dataset: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, make: bool) -> None:
     recipe = TrainConfig(data=split_dataset, epochs=4).recipe()
     train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
                                    sorted(CLASS_NAMES), 1.0)
     before = sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir())
+    if make:
+        monkeypatch.setenv(MAKE_ENV, "1")
+    else:
+        monkeypatch.delenv(MAKE_ENV, raising=False)
     with pytest.raises(RunExists) as refused:
         train(TrainConfig(data=split_dataset, out=tmp_path, epochs=1), QUIET)
+    # make train cannot resume: there the whole edge-train command is named, with make's own knobs.
+    advice = (f"continue it with {resume_command(tmp_path)}, replace it with FORCE=1, or train into another "
+              f"folder with OUT=FOLDER" if make else
+              "continue it with --resume, replace it with --force, or train into another folder with --out FOLDER")
     assert str(refused.value) == (
-        f"{tmp_path}: already holds an unfinished run (epoch 2 of 4 in {tmp_path / CHECKPOINT_DIR}); continue it "
-        f"with --resume, or replace it with --force (or choose another --out)")
+        f"{tmp_path}: already holds an unfinished run (epoch 2 of 4 in {tmp_path / CHECKPOINT_DIR}); {advice}")
     assert sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir()) == before
     assert read_checkpoint(tmp_path).epoch == 2  # nothing replaced
+
+
+def test_a_run_with_every_epoch_but_no_outputs_is_written_by_resuming(small_model, split_dataset: Path,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MAKE_ENV, raising=False)
+    recipe = TrainConfig(data=split_dataset, epochs=2).recipe()
+    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
+                                   sorted(CLASS_NAMES), 1.0)
+    with pytest.raises(RunExists) as refused:
+        train(TrainConfig(data=split_dataset, out=tmp_path, epochs=2), QUIET)
+    assert str(refused.value) == (
+        f"{tmp_path}: already holds a run whose 2 epochs are all trained but whose model.keras was not written; "
+        f"write its outputs with --resume, replace it with --force, or train into another folder with --out FOLDER")
 
 
 def test_force_replaces_a_run_and_says_so(small_model, split_dataset: Path, tmp_path: Path,
@@ -204,6 +229,71 @@ def test_force_replaces_a_run_and_says_so(small_model, split_dataset: Path, tmp_
         f"warning: {tmp_path}: replacing an unfinished run (epoch 3 of 4 in {tmp_path / CHECKPOINT_DIR}) (--force)\n")
     assert result.epochs_completed == 1 and read_checkpoint(tmp_path).epoch == 1
     assert sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir()) == ["epoch-001.keras", "state.json"]
+
+
+# --- too few validation images ------------------------------------------------------------------
+
+def test_validation_warning_names_the_count_the_share_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MAKE_ENV, raising=False)
+    # resnet8's twentieth of a 300-image folder: 15 images, steps of 6.7 points.
+    assert validation_warning(300, 0.05, "best") == (
+        "validating on 15 of 300 training images (validation fraction 0.05): one image is 6.7 points of "
+        "validation accuracy, too coarse to choose the kept epoch; hold out 100 or more with "
+        "--validation-fraction 0.33")
+    assert validation_count(300, 0.33) >= MIN_VALIDATION_IMAGES > validation_count(300, 0.32)
+    # Too small for any reasonable share: keep the last epoch instead.
+    assert validation_warning(150, 0.2, "best").endswith(
+        "one image is 3.3 points of validation accuracy, too coarse to choose the kept epoch; the data set is "
+        "too small to hold out 100: add images or --keep last")
+    monkeypatch.setenv(MAKE_ENV, "1")
+    assert validation_warning(150, 0.2, "best").endswith("add images or KEEP=last")
+    assert validation_warning(300, 0.05, "best").endswith(
+        "hold out 100 or more with edge-train --validation-fraction 0.33 (make has no variable for it)")
+
+
+@pytest.mark.parametrize("count, fraction, keep", [(2000, 0.05, "best"), (500, 0.2, "best"), (300, 0.05, "last"),
+                                                   (300, 0.0, "best")])
+def test_no_validation_warning_with_enough_images_or_nothing_to_choose(count: int, fraction: float,
+                                                                       keep: str) -> None:
+    assert validation_warning(count, fraction, keep) is None
+
+
+class StopAtTrainBegin:
+    """Ctrl-C as training begins: everything said before the first step is said, nothing is trained."""
+
+    def __new__(cls):
+        import keras
+
+        class Stop(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                raise KeyboardInterrupt
+
+        return Stop()
+
+
+@pytest.mark.parametrize("fraction, held_out, warned", [(0.2, 48, True), (0.45, 108, False)])
+def test_training_warns_about_a_tiny_validation_set_only(split_dataset: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                                                         fraction: float, held_out: int, warned: bool) -> None:
+    monkeypatch.delenv(MAKE_ENV, raising=False)
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig(data=split_dataset, out=tmp_path, epochs=1, batch_size=SMALL_BATCH,
+                          validation_fraction=fraction), QUIET, callbacks=[StopAtTrainBegin()])
+    assert validation_count(TRAIN_IMAGES, fraction) == held_out
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == ([f"warning: validating on 48 of 240 training images (validation fraction 0.2): one image "
+                         f"is 2.1 points of validation accuracy, too coarse to choose the kept epoch; hold out 100 "
+                         f"or more with --validation-fraction 0.42"] if warned else [])
+
+
+# --- a model that answers one class -----------------------------------------------------------------
+
+def test_one_class_answer_is_found_only_when_every_answer_is_the_same() -> None:
+    labels = np.array([0, 1, 2, 1])
+    assert one_class_answer(np.array([2, 2, 2, 2]), labels) == 2
+    assert one_class_answer(np.array([2, 2, 1, 2]), labels) is None
+    # Test images of one class only: answering it is no sign of a model that learned nothing.
+    assert one_class_answer(np.array([1, 1]), np.array([1, 1])) is None
 
 
 def test_too_few_images_for_a_validation_split(tmp_path: Path) -> None:

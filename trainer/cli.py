@@ -6,7 +6,6 @@ code (1 for data and checkpoint problems, 2 for usage, 130 for Ctrl-C), and tell
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import click
 from edge_runtime.errors import EdgeError
 
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Progress
+from .invocation import resume_command
 from .tensorflow_env import require_packages
 from .keep import KEEP_BEST, KEEP_CHOICES, KEEP_LAST, RULE_BEST
 from .models import ARCH_NAMES, ARCHS, DEFAULT_ARCH, DEFAULT_VALIDATION_FRACTION
@@ -35,11 +35,6 @@ def arch_defaults_epilog() -> str:
     """The help's closing paragraph: each network's defaults, one line each (click keeps the lines)."""
     lines = "\n".join(f"  {ARCHS[name].help_line()}" for name in ARCH_NAMES)
     return f"\b\nNetworks (--arch) and their defaults:\n{lines}"
-
-
-def resume_command(out: Path) -> str:
-    """The command line that continues the run in `out`."""
-    return f"edge-train --resume --out {shlex.quote(str(out))}"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=arch_defaults_epilog())
@@ -130,6 +125,8 @@ def main(ctx: click.Context, arch: str, data: Path | None, out: Path, epochs: in
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     click.echo(final_line(result))
+    if result.one_class_answer is not None:
+        click.echo(one_class_line(result), err=True)
 
 
 def _check_arch_options(ctx: click.Context, options: dict) -> None:
@@ -163,6 +160,12 @@ def final_line(result: TrainResult) -> str:
     head = "the run is already complete; nothing to do. " if result.already_complete else ""
     return (f"{head}kept epoch {kept.epoch} of {result.epochs_completed} ({why}{validation}): "
             f"test accuracy {result.test_accuracy:.4f}; model in {result.model_path}")
+
+
+def one_class_line(result: TrainResult) -> str:
+    """The summary's warning for a kept model that answers one class for every test image."""
+    return (f"warning: the kept model answers \"{result.one_class_answer}\" for every test image: it has not "
+            f"learned to tell the classes apart (its test accuracy is that class's share of the test set)")
 
 
 def _interrupted_message(out: Path) -> str:

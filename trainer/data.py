@@ -30,6 +30,7 @@ from edge_runtime.errors import DataError, ImageError
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, array_to_input, load_image
 
 from . import decoded_cache
+from .invocation import knob
 
 logger = logging.getLogger(__name__)
 
@@ -586,8 +587,8 @@ def resize_images(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def load_keras_cifar10(progress: Progress) -> Dataset:
     """CIFAR-10 through `keras.datasets.cifar10.load_data()` (downloads about 170 MB once, then cached)."""
-    progress.message("loading CIFAR-10 through Keras (downloads about 170 MB on first use; "
-                     "use --data PATH for a local copy)")
+    progress.message(f"loading CIFAR-10 through Keras (downloads about 170 MB on first use; "
+                     f"use {knob('--data', 'PATH')} for a local copy)")
     from .tensorflow_env import import_tensorflow
 
     import_tensorflow("edge-train")  # one line naming the extra to install when TensorFlow is missing
@@ -597,7 +598,7 @@ def load_keras_cifar10(progress: Progress) -> Dataset:
         (train_images, train_labels), (test_images, test_labels) = keras.datasets.cifar10.load_data()
     except Exception as error:  # Keras raises a bare Exception for download failures
         raise DataError(f"CIFAR-10 download through Keras failed ({error}); "
-                        f"pass --data PATH with a local copy") from error
+                        f"pass {knob('--data', 'PATH')} with a local copy") from error
     return Dataset(
         train_images=np.ascontiguousarray(train_images, dtype=np.uint8),
         train_labels=np.asarray(train_labels, dtype=np.int64).reshape(-1),

@@ -36,6 +36,7 @@ from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from .batch_norm import RECALIBRATION_IMAGES, recalibration_batches, recalibration_callback
 from .batches import DEFAULT_AUGMENTATION, evaluation_batches, one_hot, steps_per_epoch, training_batches
 from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Dataset, Progress, load_dataset
+from .invocation import knob, resume_command, under_make
 from .keep import KEEP_BEST, KEEP_CHOICES, KeptEpoch, best_validation_epoch, choose_epoch
 from .models import ARCHS, CONSTANT, DEFAULT_ARCH, SGD, SGD_MOMENTUM, Arch, get_arch
 from .tensorflow_env import import_tensorflow, native_output_to_log
@@ -58,7 +59,7 @@ CHECKPOINT_STATE = "state.json"
 CHECKPOINT_MODEL_PATTERN = "epoch-{epoch:03d}.keras"
 CHECKPOINT_MODEL_GLOB = "epoch-*.keras"
 STATUS_INTERVAL_SECONDS = 0.5  # how often the in-epoch status line is redrawn on a terminal
-REPORT_FORMAT_VERSION = 3  # 2: adds "kept" and "test_last_epoch"; 3: adds "arch"
+REPORT_FORMAT_VERSION = 4  # 2: adds "kept" and "test_last_epoch"; 3: adds "arch"; 4: adds test.one_class_answer
 # Fields of the configuration that decide what a run computes; a resumed run must match them.
 # The network comes first: when it differs, that is what the person needs to hear.
 RECIPE_FIELDS = ("arch", "data", "seed", "batch_size", "validation_fraction", "test_fraction", "image_size",
@@ -71,6 +72,15 @@ LEGACY_RECIPE = {"arch": DEFAULT_ARCH, "image_size": ARCHS[DEFAULT_ARCH].image_s
 STREAM_MIN_SIDE = 96
 # Batches the input pipeline prepares ahead of the training step.
 PREFETCH_BATCHES = 2
+# Fewer validation images than this draw a warning when the best epoch is kept. With n images one
+# image moves validation accuracy by 100/n points, and late epochs differ by about a point: at 100,
+# one image is one point (and an accuracy near 85% still has a standard error of about 3.6 points),
+# so below it the kept epoch is chosen on steps coarser than the differences it is meant to find.
+MIN_VALIDATION_IMAGES = 100
+# A larger share than this is not suggested to reach MIN_VALIDATION_IMAGES: it would take more from
+# training than the choice of epoch is worth; such a data set is told to keep the last epoch instead.
+MAX_SUGGESTED_VALIDATION_FRACTION = 0.5
+PERCENT = 100.0
 
 
 class CheckpointError(EdgeError):
@@ -265,6 +275,7 @@ class TrainResult:
     kept: KeptEpoch
     last_epoch_test_accuracy: float
     already_complete: bool = False  # --resume found the run finished and did nothing
+    one_class_answer: str | None = None  # the class the kept model answers for every test image, if only one
 
 
 def shuffled_split(count: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -274,8 +285,43 @@ def shuffled_split(count: int, validation_fraction: float, seed: int) -> tuple[n
     The split point follows Keras' `validation_split` rule, floor(count * (1 - fraction)).
     """
     order = np.random.default_rng(seed).permutation(count)
-    split_at = int(math.floor(count * (1.0 - validation_fraction)))
+    split_at = count - validation_count(count, validation_fraction)
     return order[:split_at], order[split_at:]
+
+
+def validation_count(count: int, validation_fraction: float) -> int:
+    """How many of `count` training images `shuffled_split` holds out: count - floor(count * (1 - fraction))."""
+    return count - int(math.floor(count * (1.0 - validation_fraction)))
+
+
+def validation_warning(count: int, validation_fraction: float, keep: str) -> str | None:
+    """A line for the person when the best epoch would be chosen on fewer than MIN_VALIDATION_IMAGES
+    validation images (of `count` training images), with the share that holds out enough; else None."""
+    held_out = validation_count(count, validation_fraction)
+    if keep != KEEP_BEST or held_out == 0 or held_out >= MIN_VALIDATION_IMAGES:
+        return None
+    text = (f"validating on {held_out:,} of {count:,} training images (validation fraction "
+            f"{validation_fraction:g}): one image is {PERCENT / held_out:.1f} points of validation accuracy, "
+            f"too coarse to choose the kept epoch; ")
+    # The smallest share in hundredths that holds out enough: floor() in the split can give one image
+    # more than count * share, so the search starts just below.
+    hundredths = max(1, math.floor((MIN_VALIDATION_IMAGES - 1) * PERCENT / count))
+    while validation_count(count, hundredths / PERCENT) < MIN_VALIDATION_IMAGES:
+        hundredths += 1
+    suggested = hundredths / PERCENT
+    if suggested <= MAX_SUGGESTED_VALIDATION_FRACTION:
+        return text + f"hold out {MIN_VALIDATION_IMAGES} or more with {knob('--validation-fraction', f'{suggested:g}')}"
+    return text + (f"the data set is too small to hold out {MIN_VALIDATION_IMAGES}: add images or "
+                   f"{knob('--keep', 'last')}")
+
+
+def one_class_answer(predictions: np.ndarray, labels: np.ndarray) -> int | None:
+    """The class a model answered for every test image, when it answered one class only and the test
+    images are of more than one (a model that has not learned to tell them apart); else None."""
+    answered = np.unique(np.asarray(predictions))
+    if len(answered) != 1 or len(np.unique(np.asarray(labels))) < 2:
+        return None
+    return int(answered[0])
 
 
 def read_checkpoint(out: str | os.PathLike) -> Checkpoint | None:
@@ -374,6 +420,7 @@ def _epoch_callback(folder: Path, history: dict[str, list[float]], recipe: dict[
             self.epoch_started = self.fit_started
             self.epoch_number = 0
             self.last_status = 0.0
+            self.first_step_seconds: float | None = None  # when step 1 of this epoch ended, from its start
 
         def on_train_begin(self, logs: dict | None = None) -> None:
             self.fit_started = time.perf_counter()
@@ -381,6 +428,7 @@ def _epoch_callback(folder: Path, history: dict[str, list[float]], recipe: dict[
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.epoch_started = self.last_status = time.perf_counter()
             self.epoch_number = epoch + 1
+            self.first_step_seconds = None
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             now = time.perf_counter()
@@ -397,24 +445,43 @@ def _epoch_callback(folder: Path, history: dict[str, list[float]], recipe: dict[
     class EpochCheckpointWithStatus(EpochCheckpoint):
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             now = time.perf_counter()
+            if batch == 0:
+                self.first_step_seconds = now - self.epoch_started
             if now - self.last_status < STATUS_INTERVAL_SECONDS:
                 return
             self.last_status = now
             steps = self.params.get("steps") or 0
             progress.status(epoch_status(self.epoch_number, epochs, batch + 1, steps, batch_size,
-                                         now - self.epoch_started))
+                                         now - self.epoch_started, self.first_step_seconds))
 
     return EpochCheckpointWithStatus() if progress.live else EpochCheckpoint()
 
 
-def epoch_status(epoch: int, epochs: int, step: int, steps: int, batch_size: int, seconds: float) -> str:
-    """The in-epoch status line: `epoch 3/15  step 200/625  1,840 images/s  0:15 left`."""
-    rate = step * batch_size / seconds if seconds > 0 else 0.0
-    text = f"epoch {epoch}/{epochs}  step {step}/{steps or '?'}  {rate:,.0f} images/s"
-    if steps and step and seconds > 0:
-        left = round(seconds / step * (steps - step))
+def epoch_status(epoch: int, epochs: int, step: int, steps: int, batch_size: int, seconds: float,
+                 first_step_seconds: float | None) -> str:
+    """The in-epoch status line: `epoch 3/15  step 200/625  1,840 images/s  0:15 left in this epoch`.
+
+    `seconds` have passed since the epoch began, `first_step_seconds` of them by the end of step 1.
+    Step 1 also builds (and in the first epoch compiles) the graph, so the rate and the time left are
+    measured over the steps after it; until one has ended, the line shows neither.
+    """
+    text = f"epoch {epoch}/{epochs}  step {step}/{steps or '?'}"
+    per_step = step_seconds(step, seconds, first_step_seconds)
+    if per_step is None:
+        return text
+    text += f"  {batch_size / per_step:,.0f} images/s"
+    if steps:
+        left = round(per_step * max(0, steps - step))
         text += f"  {left // 60}:{left % 60:02d} left in this epoch"
     return text
+
+
+def step_seconds(step: int, seconds: float, first_step_seconds: float | None) -> float | None:
+    """Seconds per training step after the first (which includes building the graph), from the time
+    `seconds` at the end of `step` and the time at which step 1 ended; None until a later step has ended."""
+    if first_step_seconds is None or step < 2 or seconds <= first_step_seconds:
+        return None
+    return (seconds - first_step_seconds) / (step - 1)
 
 
 def build_network(config: TrainConfig, num_classes: int) -> "keras.Model":
@@ -537,6 +604,13 @@ def _evaluation_data(dataset: Dataset, config: TrainConfig, spec: PreprocessSpec
     return scale_pixels(dataset.test_images, spec), one_hot(dataset.test_labels, dataset.num_classes)
 
 
+def _predicted_classes(model: "keras.Model", data: Any) -> np.ndarray:
+    """The top-1 class of each test image, from arrays or a stream (whose targets predict ignores; a
+    distributed stream's padding repeats images, which leaves the set of answers unchanged)."""
+    inputs = data[0] if isinstance(data, tuple) else data
+    return np.argmax(model.predict(inputs, verbose=0), axis=1)
+
+
 def _evaluate(model: "keras.Model", data: Any) -> tuple[float, float]:
     """(loss, accuracy) of `model` on arrays or a stream."""
     if isinstance(data, tuple):
@@ -638,6 +712,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
                 recalibration_batches, dataset.train_images, train_index, spec, config.batch_size)))
             progress.message(f"batch-norm statistics recomputed after each epoch from "
                              f"{min(RECALIBRATION_IMAGES, len(train_index)):,} training images")
+        too_few = validation_warning(dataset.train_count, config.validation_fraction, config.keep)
+        if too_few is not None:
+            progress.warning(too_few)
         augmentation = "augmented, " if config.augment else ""
         progress.message(f"training {config.arch} on {len(train_index):,} {spec.width}x{spec.height} images "
                          f"({augmentation}{'streamed' if streaming else 'in memory'}), validating on "
@@ -688,6 +765,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
         with native_output_to_log():
             model = keras.models.load_model(folder / CHECKPOINT_MODEL_PATTERN.format(epoch=kept.epoch))
         test_loss, test_accuracy = _evaluate(model, evaluation_data)
+    answered = one_class_answer(_predicted_classes(model, evaluation_data), dataset.test_labels)
+    one_class = None if answered is None else dataset.class_names[answered]
     evaluation_seconds = time.perf_counter() - started
     progress.message(f"kept epoch {kept.epoch} of {config.epochs} ({kept.rule}): test accuracy "
                      f"{test_accuracy:.4f}, loss {test_loss:.4f} on {dataset.test_count:,} images "
@@ -704,14 +783,15 @@ def train(config: TrainConfig, progress: Progress | None = None,
                              durations, resumed_from_epoch=initial_epoch,
                              validation_count=len(validation_index), train_count=len(train_index),
                              parameters=int(model.count_params()), kept=kept,
-                             last_epoch_test={"loss": float(last_loss), "accuracy": float(last_accuracy)})
+                             last_epoch_test={"loss": float(last_loss), "accuracy": float(last_accuracy)},
+                             one_class=one_class)
     paths = write_outputs(out, model, dataset.class_names, history, report, kept_epoch=kept.epoch)
     progress.message(f"wrote {', '.join(path.name for path in paths.values())} to {out}")
     return TrainResult(out=out, model_path=paths["model"], labels_path=paths["labels"],
                        report_path=paths["report"], plot_path=paths["plot"], history=history,
                        test_loss=float(test_loss), test_accuracy=float(test_accuracy),
                        epochs_completed=config.epochs, resumed_from_epoch=initial_epoch, durations=durations,
-                       kept=kept, last_epoch_test_accuracy=float(last_accuracy))
+                       kept=kept, last_epoch_test_accuracy=float(last_accuracy), one_class_answer=one_class)
 
 
 def finished_result(out: Path, config: TrainConfig, checkpoint: Checkpoint) -> TrainResult | None:
@@ -734,6 +814,7 @@ def finished_result(out: Path, config: TrainConfig, checkpoint: Checkpoint) -> T
         last_accuracy = float(report["test_last_epoch"]["accuracy"])
         resumed_from = int(report.get("resumed_from_epoch", 0))
         durations = dict(report.get("durations", {}))
+        one_class = report["test"].get("one_class_answer")
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.debug("%s does not describe a finished run (%s); finishing it", paths["report"], error)
         return None
@@ -742,40 +823,56 @@ def finished_result(out: Path, config: TrainConfig, checkpoint: Checkpoint) -> T
     return TrainResult(out=out, model_path=paths["model"], labels_path=paths["labels"], report_path=paths["report"],
                        plot_path=paths["plot"], history=history, test_loss=test_loss, test_accuracy=test_accuracy,
                        epochs_completed=config.epochs, resumed_from_epoch=resumed_from, durations=durations,
-                       kept=kept, last_epoch_test_accuracy=last_accuracy, already_complete=True)
+                       kept=kept, last_epoch_test_accuracy=last_accuracy, already_complete=True,
+                       one_class_answer=None if one_class is None else str(one_class))
 
 
 def _refuse_to_replace(out: Path, force: bool, progress: Progress) -> None:
-    """A fresh run never silently replaces another: refuse, or with `force` say what is replaced."""
+    """A fresh run never silently replaces another: refuse, or with `force` say what is replaced.
+
+    The refusal names the knobs the person has (`trainer.invocation`: FORCE=1 and OUT= under make)
+    and says what is true of the run found: a finished one is complete, an unfinished one can continue.
+    """
     try:
         earlier = read_checkpoint(out)
     except CheckpointError:
         earlier = None  # a damaged checkpoint is nothing to continue; the outputs below still count
     finished = [name for name in (MODEL_FILE, REPORT_FILE) if (out / name).is_file()]
+    replace = f"replace it with {knob('--force')}"
+    elsewhere = f"train into another folder with {knob('--out', 'FOLDER')}"
+    # make has no resume: there it is edge-train's whole command.
+    resume = resume_command(out) if under_make() else "--resume"
     if earlier is not None and earlier.epoch < int(earlier.recipe.get("epochs", 0)):
         what = f"an unfinished run (epoch {earlier.epoch} of {earlier.recipe.get('epochs')} in {out / CHECKPOINT_DIR})"
-        advice = "continue it with --resume"
-    elif finished or earlier is not None:
-        what = f"a finished run ({', '.join(finished) or 'its checkpoint'})"
-        advice = "finish or check it with --resume"
+        advice = f"continue it with {resume}, {replace}, or {elsewhere}"
+    elif finished:
+        what = f"a finished run ({', '.join(finished)})"
+        advice = f"it is complete: {replace}, or {elsewhere}"
+    elif earlier is not None:
+        what = f"a run whose {earlier.epoch} epochs are all trained but whose {MODEL_FILE} was not written"
+        advice = f"write its outputs with {resume}, {replace}, or {elsewhere}"
     else:
         return
     if not force:
-        raise RunExists(f"{out}: already holds {what}; {advice}, or replace it with --force "
-                        f"(or choose another --out)")
-    progress.warning(f"{out}: replacing {what} (--force)")
+        raise RunExists(f"{out}: already holds {what}; {advice}")
+    progress.warning(f"{out}: replacing {what} ({knob('--force')})")
 
 
 def training_report(config: TrainConfig, dataset: Dataset, history: dict[str, list[float]], test_loss: float,
                     test_accuracy: float, durations: dict[str, float], resumed_from_epoch: int,
                     validation_count: int, train_count: int, parameters: int, kept: KeptEpoch,
-                    last_epoch_test: dict[str, float]) -> dict[str, Any]:
-    """The contents of training.json: `test` is the kept model's, `test_last_epoch` the final epoch's."""
+                    last_epoch_test: dict[str, float], one_class: str | None = None) -> dict[str, Any]:
+    """The contents of training.json: `test` is the kept model's, `test_last_epoch` the final epoch's.
+
+    `test.one_class_answer` names the class the kept model answers for every test image, when it
+    answers only one (null otherwise).
+    """
     counts = dataset.counts()
     return {
         "format_version": REPORT_FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "test": {"loss": test_loss, "accuracy": test_accuracy, "count": dataset.test_count},
+        "test": {"loss": test_loss, "accuracy": test_accuracy, "count": dataset.test_count,
+                 "one_class_answer": one_class},
         "kept": kept.to_dict(),
         "test_last_epoch": dict(last_epoch_test, count=dataset.test_count),
         "history": history,
