@@ -24,6 +24,8 @@ from edge_runtime.manifest import MANIFEST_NAME, read_manifest, verify_file
 from edge_runtime.metadata import read_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
+from trainer.train import one_class_answer
+
 from .convert import FLOAT32, INT8, KERAS_MODEL_NAME, VARIANTS, convert_first_hint
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,9 @@ class FormatResult:
     per_class_accuracy: list[float | None]
     confusion: list[list[int]]
     latency_ms: float | None  # mean per-image scores() time through the runtime, one thread
+    # The class index answered for every test image when the format answers one class only (and the
+    # test images are of several): a model that has not learned to tell the classes apart.
+    one_class_answer: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,6 +145,7 @@ def compare_format(name: str, probabilities: np.ndarray, labels: np.ndarray,
         per_class_accuracy=per_class_accuracy(predictions, labels, num_classes),
         confusion=confusion_matrix(labels, predictions, num_classes).tolist(),
         latency_ms=latency_ms,
+        one_class_answer=one_class_answer(predictions, labels),
     )
 
 

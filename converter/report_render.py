@@ -41,7 +41,9 @@ BAR_GROUP_WIDTH = 0.8
 # format equal to Keras shows as a flat line, not as noise blown up to fill the axes.
 MIN_CHANGE_AXIS_PP = 1.0
 CHANGE_AXIS_MARGIN = 1.2  # room above and below the longest bar for its value
-FORMAT_COLOURS = {INT8: "tab:red", FLOAT32: "tab:blue"}
+ACCURACY_AXIS_TOP = 105.0  # percent: room above a bar at 100%
+FORMAT_COLOURS = {KERAS: "tab:gray", INT8: "tab:red", FLOAT32: "tab:blue"}
+ACCURACY_PANEL, CHANGE_PANEL = 0, 1  # the per-class chart's panels, top to bottom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,13 +145,28 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def terminal_summary(report: Report) -> str:
-    """What `edge-report` prints: the main table and one line per size ratio."""
+    """What `edge-report` prints: the main table, one line per size ratio and per format that answers one class."""
     text = text_table(TERMINAL_HEADERS, terminal_rows(report))
     for result in report.formats:
         ratio = report.size_ratio(result.name)
         if result.name not in (KERAS, FLOAT32) and ratio is not None:
             text += f"{result.name} file is {ratio * PERCENT:.1f}% of the float32 file's size\n"
+    for sentence in one_class_sentences(report):
+        text += f"warning: {sentence}\n"
     return text
+
+
+def one_class_sentences(report: Report) -> list[str]:
+    """One sentence for each format that answers the same class for every test image."""
+    return [f"{result.name} answers \"{report.labels[result.one_class_answer]}\" for every one of the "
+            f"{report.num_images:,} test images: it has not learned to tell the classes apart, and its accuracy "
+            f"is that class's share of the test set"
+            for result in report.formats if result.one_class_answer is not None]
+
+
+def per_class_accuracies(report: Report) -> list[tuple[str, list[float | None]]]:
+    """(format, accuracy on each class) for every format, Keras first: the top panel of the per-class chart."""
+    return [(result.name, list(result.per_class_accuracy)) for result in report.formats]
 
 
 def per_class_changes(report: Report) -> list[tuple[str, list[float | None]]]:
@@ -225,15 +242,16 @@ def render_markdown(report: Report, pictures: dict[str, str | None], failures: S
         if ratio is not None:
             summary += f", file {format_percent(ratio, 1)} of float32's size"
         lines += [summary + ".", ""]
+    lines += [f"**Warning: {sentence}.**\n" for sentence in one_class_sentences(report)]
     if failures:
         lines += ["## Thresholds failed", ""] + [f"- {failure}" for failure in failures] + [""]
 
     lines += ["## Per-class accuracy", ""]
     lines += [markdown_table(per_class_headers(report), per_class_rows(report))]
     if pictures.get("per_class"):
-        lines += ["The chart shows each class's accuracy change against Keras, in percentage points "
-                  "(below zero: the format gets more of that class wrong than Keras).", "",
-                  f"![Per-class accuracy change against Keras]({pictures['per_class']})", ""]
+        lines += ["The chart shows each format's accuracy on each class (top) and its change against Keras, in "
+                  "percentage points (bottom; below zero: the format gets more of that class wrong than Keras).", "",
+                  f"![Per-class accuracy and its change against Keras]({pictures['per_class']})", ""]
 
     if int8 is not None:
         lines += ["## int8 confusion matrix", "", "Rows: true class; columns: int8's prediction.", ""]
@@ -286,40 +304,65 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str | os.Pat
     _save(figure, path)
 
 
-def plot_per_class_change(changes: Sequence[tuple[str, Sequence[float | None]]], labels: Sequence[str],
-                          path: str | os.PathLike, title: str) -> Any:
-    """Grouped bars: each format's per-class accuracy change against Keras (points), around a zero line.
+def plot_per_class(accuracies: Sequence[tuple[str, Sequence[float | None]]],
+                   changes: Sequence[tuple[str, Sequence[float | None]]], labels: Sequence[str],
+                   path: str | os.PathLike, title: str) -> Any:
+    """Two panels over the classes: each format's accuracy (top, Keras first) and each format's change
+    against Keras in points (bottom, around a zero line), as grouped bars.
 
-    `changes` is `per_class_changes(report)`. int8's bars are red and carry their values. Saved
-    atomically as PNG; the figure is returned so tests can read back what was drawn.
+    `accuracies` is `per_class_accuracies(report)`, `changes` `per_class_changes(report)`. The top panel
+    shows what the formats get right even where nothing changed; the bottom one makes small changes
+    visible. int8's change bars carry their values. Saved atomically as PNG; the figure is returned so
+    tests can read back what was drawn.
     """
-    figure = _new_figure(max(7.5, 0.9 * len(labels) + 3.5), 4.5)
-    axes = figure.add_subplot()
+    figure = _new_figure(max(7.5, 0.9 * len(labels) + 3.5), 7.0)
+    accuracy_axes, change_axes = figure.subplots(2, 1, sharex=True)
     positions = np.arange(len(labels))
-    width = BAR_GROUP_WIDTH / max(1, len(changes))
+    slots = [name for name, _ in accuracies]  # a format's bars sit at the same place in both panels
+    percents = [(name, [None if value is None else value * PERCENT for value in values]) for name, values in accuracies]
+    _grouped_bars(accuracy_axes, positions, slots, percents)
+    accuracy_axes.set_ylim(0.0, ACCURACY_AXIS_TOP)
+    accuracy_axes.set_ylabel("accuracy (%)")
+    accuracy_axes.set_title(title)
+    accuracy_axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    accuracy_axes.grid(axis="y", alpha=0.3)
+
     largest = 0.0
-    for offset, (name, values) in enumerate(changes):
-        heights = np.array([np.nan if value is None else value for value in values], dtype=np.float64)
-        unchanged = not np.any(np.nan_to_num(heights))  # bars of height 0 are invisible: say so in the legend
-        bars = axes.bar(positions + (offset - (len(changes) - 1) / 2) * width, heights, width,
-                        label=f"{name} (no change on any class)" if unchanged else name,
-                        color=FORMAT_COLOURS.get(name), gid=name)
+    for name, bars, heights in _grouped_bars(change_axes, positions, slots, changes, unchanged_note=True):
         if name == INT8:
-            axes.bar_label(bars, labels=[format_points(value).removesuffix(" pp") if value is not None else ""
-                                         for value in values], fontsize=7, padding=2)
+            change_axes.bar_label(bars, labels=[format_points(value).removesuffix(" pp") if np.isfinite(value) else ""
+                                                for value in heights], fontsize=7, padding=2)
         if np.isfinite(heights).any():
             largest = max(largest, float(np.nanmax(np.abs(heights))))
-    axes.axhline(0.0, color="black", linewidth=0.8)
+    change_axes.axhline(0.0, color="black", linewidth=0.8)
     limit = max(MIN_CHANGE_AXIS_PP, largest * CHANGE_AXIS_MARGIN)
-    axes.set_ylim(-limit, limit)
-    axes.set_xticks(positions, labels=list(labels), rotation=45, ha="right")
-    axes.set_xlabel("true class")
-    axes.set_ylabel("accuracy minus Keras' (percentage points)")
-    axes.set_title(title)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    axes.grid(axis="y", alpha=0.3)
+    change_axes.set_ylim(-limit, limit)
+    change_axes.set_xticks(positions, labels=list(labels), rotation=45, ha="right")
+    change_axes.set_xlabel("true class")
+    change_axes.set_ylabel("accuracy minus Keras' (percentage points)")
+    change_axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    change_axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
     return figure
+
+
+def _grouped_bars(axes: Any, positions: np.ndarray, slots: Sequence[str],
+                  series: Sequence[tuple[str, Sequence[float | None]]],
+                  unchanged_note: bool = False) -> list[tuple[str, Any, np.ndarray]]:
+    """One bar per class for each (format, values), side by side around each class's position, each
+    format at its place in `slots`; None draws no bar. With `unchanged_note`, a format whose bars are
+    all 0 (invisible) says so in the legend.
+    """
+    width = BAR_GROUP_WIDTH / max(1, len(slots))
+    drawn = []
+    for name, values in series:
+        offset = slots.index(name) - (len(slots) - 1) / 2
+        heights = np.array([np.nan if value is None else value for value in values], dtype=np.float64)
+        label = f"{name} (no change on any class)" if unchanged_note and not np.any(np.nan_to_num(heights)) else name
+        bars = axes.bar(positions + offset * width, heights, width, label=label,
+                        color=FORMAT_COLOURS.get(name), gid=name)
+        drawn.append((name, bars, heights))
+    return drawn
 
 
 def _save(figure: Any, path: str | os.PathLike) -> None:
@@ -338,8 +381,8 @@ def write_report(report: Report, out_dir: str | os.PathLike, failures: Sequence[
     changes = per_class_changes(report)
     if changes:
         per_class = out / PER_CLASS_PNG
-        plot_per_class_change(changes, report.labels, per_class,
-                              f"Per-class accuracy change against Keras on {report.num_images:,} test images")
+        plot_per_class(per_class_accuracies(report), changes, report.labels, per_class,
+                       f"Per-class accuracy on {report.num_images:,} test images, and its change against Keras")
     confusion = None
     int8 = report.format(INT8)
     if int8 is not None:

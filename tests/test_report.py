@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -136,24 +137,67 @@ def test_per_class_changes_are_points_against_keras() -> None:
     assert changes[1][1] == [pytest.approx(-10.0), pytest.approx(5.0), None]
 
 
-def test_per_class_chart_draws_the_changes_around_zero(tmp_path: Path) -> None:
-    from converter.report_render import per_class_changes, plot_per_class_change
+def _bar_heights(axes, names) -> dict[str, list[float]]:
+    return {name: [bar.get_height() for bar in axes.patches if bar.get_gid() == name] for name in names}
 
+
+def test_per_class_chart_draws_the_accuracy_and_the_changes_around_zero(tmp_path: Path) -> None:
+    from converter.report_render import (ACCURACY_PANEL, CHANGE_PANEL, per_class_accuracies, per_class_changes,
+                                         plot_per_class)
+
+    report = _three_class_report()
     path = tmp_path / "per_class_accuracy.png"
-    figure = plot_per_class_change(per_class_changes(_three_class_report()), ["a", "b", "c"], path, "the title")
+    figure = plot_per_class(per_class_accuracies(report), per_class_changes(report), ["a", "b", "c"], path,
+                            "the title")
     assert path.read_bytes()[:8] == PNG_SIGNATURE
-    (axes,) = figure.axes
-    heights = {name: [bar.get_height() for bar in axes.patches if bar.get_gid() == name]
-               for name in ("float32", "int8")}
+    accuracy, change = figure.axes[ACCURACY_PANEL], figure.axes[CHANGE_PANEL]
+    assert len(figure.axes) == 2
+
+    # Top: every format's accuracy on each class, in percent, Keras first.
+    heights = _bar_heights(accuracy, ("keras", "float32", "int8"))
+    assert heights["keras"][:2] == [pytest.approx(90.0), pytest.approx(50.0)]
+    assert heights["float32"][:2] == [pytest.approx(90.0), pytest.approx(50.0)]
+    assert heights["int8"][:2] == [pytest.approx(80.0), pytest.approx(55.0)]
+    assert all(np.isnan(values[2]) for values in heights.values())  # no test images of "c": no bar
+    assert accuracy.get_ylim() == (0.0, 105.0)
+    assert accuracy.get_ylabel() == "accuracy (%)" and accuracy.get_title() == "the title"
+    assert [text.get_text() for text in accuracy.get_legend().get_texts()] == ["keras", "float32", "int8"]
+
+    # Bottom: each format's change against Keras, in points.
+    heights = _bar_heights(change, ("float32", "int8"))
     assert heights["float32"][:2] == [0.0, 0.0]
     assert heights["int8"][:2] == [pytest.approx(-10.0), pytest.approx(5.0)]
-    assert np.isnan(heights["int8"][2])  # no test images of "c": no bar
-    assert [tuple(line.get_ydata()) for line in axes.lines] == [(0.0, 0.0)]  # the zero line
-    assert axes.get_ylim()[0] < -10.0 and axes.get_ylim()[1] > 5.0
-    assert axes.get_ylabel() == "accuracy minus Keras' (percentage points)"
-    assert axes.get_title() == "the title"
-    assert [text.get_text() for text in axes.get_legend().get_texts()] == [
+    assert np.isnan(heights["int8"][2])
+    assert [tuple(line.get_ydata()) for line in change.lines] == [(0.0, 0.0)]  # the zero line
+    assert change.get_ylim()[0] < -10.0 and change.get_ylim()[1] > 5.0
+    assert change.get_ylabel() == "accuracy minus Keras' (percentage points)"
+    assert [text.get_text() for text in change.get_legend().get_texts()] == [
         "float32 (no change on any class)", "int8"]
+
+
+def test_per_class_chart_is_no_empty_frame_when_int8_changes_nothing(tmp_path: Path) -> None:
+    """Where every format equals Keras the changes are all zero; the accuracy still shows, in the pixels too."""
+    from matplotlib.colors import to_rgb
+
+    from converter.report_render import (ACCURACY_PANEL, FORMAT_COLOURS, per_class_accuracies, per_class_changes,
+                                         plot_per_class, write_report)
+
+    report = _three_class_report()
+    keras = report.formats[0]
+    flat = dataclasses.replace(report, formats=[
+        dataclasses.replace(result, per_class_accuracy=keras.per_class_accuracy, confusion=keras.confusion)
+        for result in report.formats])
+    figure = plot_per_class(per_class_accuracies(flat), per_class_changes(flat), flat.labels, tmp_path / "chart.png",
+                            "t")
+    bars = [bar for bar in figure.axes[ACCURACY_PANEL].patches if np.isfinite(bar.get_height())]
+    assert sorted(bar.get_height() for bar in bars) == [pytest.approx(50.0)] * 3 + [pytest.approx(90.0)] * 3
+
+    # In the picture the report writes, int8's red bars cover a visible share of the pixels.
+    files = write_report(flat, tmp_path)
+    red = np.array(to_rgb(FORMAT_COLOURS["int8"])) * 255
+    with Image.open(files.per_class) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    assert np.mean(np.all(np.abs(pixels - red) < 8, axis=-1)) > 0.01
 
 
 def test_report_markdown_speaks_in_users_words() -> None:
@@ -198,6 +242,31 @@ def test_report_links_the_trainers_accuracy_png_only_when_it_is_there(tmp_path: 
     assert (tmp_path / "accuracy.png").read_bytes() == trainer_picture  # linked, never redrawn
     assert json.loads(files.json.read_text(encoding="utf-8"))["pictures"]["training"] == "accuracy.png"
     assert not (tmp_path / "training_curves.png").exists()
+
+
+def test_a_format_that_answers_one_class_is_named_in_the_report_and_the_terminal(tmp_path: Path) -> None:
+    from converter.report import Report, compare_format
+    from converter.report_render import terminal_summary, write_report
+
+    labels = np.array([0, 1, 2, 1])
+    keras = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.3, 0.6, 0.1]])  # all correct
+    stuck = np.array([[0.4, 0.3, 0.3], [0.5, 0.3, 0.2], [0.4, 0.2, 0.4], [0.6, 0.3, 0.1]])  # "a" every time
+    formats = [compare_format("keras", keras, labels, keras, 3),
+               compare_format("float32", keras, labels, keras, 3, file="model_float32.tflite"),
+               compare_format("int8", stuck, labels, keras, 3, file="model_int8.tflite")]
+    assert [result.one_class_answer for result in formats] == [None, None, 0]
+    report = Report(labels=["a", "b", "c"], num_images=4, data_source="tiny", seed=0, backend="ai_edge_litert",
+                    formats=formats)
+    sentence = ('int8 answers "a" for every one of the 4 test images: it has not learned to tell the classes '
+                "apart, and its accuracy is that class's share of the test set")
+    files = write_report(report, tmp_path)
+    markdown = files.markdown.read_text(encoding="utf-8")
+    assert f"**Warning: {sentence}.**" in markdown
+    assert markdown.index("**Warning:") < markdown.index("## Per-class accuracy")  # under the main table
+    assert markdown.count("**Warning:") == 1  # Keras and float32 learned
+    assert terminal_summary(report).endswith(f"warning: {sentence}\n")
+    data = json.loads(files.json.read_text(encoding="utf-8"))
+    assert [entry["one_class_answer"] for entry in data["formats"]] == [None, None, 0]
 
 
 def test_text_tables_align_and_escape() -> None:
