@@ -43,6 +43,7 @@ from edge_runtime.labels import read_labels
 from edge_runtime.manifest import sha256_file, write_manifest
 from edge_runtime.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
+from trainer.invocation import knob
 from trainer.tensorflow_env import import_tensorflow, native_output_to_log
 
 logger = logging.getLogger(__name__)
@@ -550,7 +551,7 @@ def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None =
         source = config.get("data")
     else:
         raise DataError(f"no data set given and no {TRAINING_INFO_NAME} beside {model_path} to say which "
-                        "data the model was trained on (pass --data PATH)")
+                        f"data the model was trained on (pass {knob('--data', 'PATH')})")
     for name, value in (("seed", training_seed), ("test fraction", test_fraction)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise DataError(f"{Path(model_path).parent / TRAINING_INFO_NAME}: {name} {value!r} is not a number")

@@ -325,7 +325,16 @@ def test_cli_data_set_without_training_images(trained_model: TrainedModel, tmp_p
     assert not out.exists() or not list(out.glob("*.tflite"))
 
 
-def test_cli_needs_data_when_there_is_no_training_json(trained_model: TrainedModel, tmp_path: Path) -> None:
+@pytest.mark.parametrize("under_make, knob", [(False, "--data PATH"), (True, "DATA=PATH")])
+def test_cli_needs_data_when_there_is_no_training_json(trained_model: TrainedModel, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, under_make: bool,
+                                                       knob: str) -> None:
+    from trainer.invocation import MAKE_ENV
+
+    if under_make:
+        monkeypatch.setenv(MAKE_ENV, "1")
+    else:
+        monkeypatch.delenv(MAKE_ENV, raising=False)
     folder = tmp_path / "bare"
     folder.mkdir()
     shutil.copy(trained_model.model_path, folder / "model.keras")
@@ -334,7 +343,7 @@ def test_cli_needs_data_when_there_is_no_training_json(trained_model: TrainedMod
     assert result.exit_code == 1
     assert _one_line_error(result) == (f"Error: no data set given and no training.json beside "
                                        f"{folder / 'model.keras'} to say which data the model was trained on "
-                                       "(pass --data PATH)")
+                                       f"(pass {knob})")
 
 
 def test_cli_unknown_variant_is_a_usage_error(tmp_path: Path) -> None:
