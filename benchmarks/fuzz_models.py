@@ -4,11 +4,14 @@ Mutates valid models, ours (converter-style: official metadata plus our labels, 
 and model_info.json) and third-party-style ones (official metadata with labels and a score
 calibration file, stored or deflated), and reads each through what every path that opens a model
 reads: `read_metadata` on the file and `read_official_metadata` on its bytes, then the summary
-`--info` prints. A case passes when the readers return or raise ModelError (one line); anything
-else is a traceback. Mutations: byte flips, interesting integers, truncations, splices,
-flatbuffer offsets out of range (in the TFLITE_METADATA buffer and the model's own tables),
-central-directory edits and lies about sizes, deflate bombs, archives with many entries, hostile
-JSON and labels. Hypothesis draws them, from a fixed seed.
+`--info` prints. A mutant the readers accept is then opened as edge-classify opens it: a
+Classifier is built (the interpreter loads the model) and classifies one image, which invokes it,
+so a graph damaged where only invoke notices is covered too. A case passes when the readers
+return or raise ModelError (one line), and then the Classifier returns scores or raises
+ModelError (one line); anything else is a traceback. Mutations: byte flips, interesting
+integers, truncations, splices, flatbuffer offsets out of range (in the TFLITE_METADATA buffer
+and the model's own tables), central-directory edits and lies about sizes, deflate bombs,
+archives with many entries, hostile JSON and labels. Hypothesis draws them, from a fixed seed.
 
 The cases run in a worker process with an address-space cap (so a runaway allocation fails as a
 MemoryError, counted as a traceback) and a per-case time cap (a case over it counts as a hang);
@@ -22,7 +25,6 @@ tests/test_fuzz_models.py runs the same strategy for a few seconds in the defaul
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import functools
@@ -46,6 +48,9 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # run as a script: the repository root is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+
+from edge_runtime.classify import Classifier  # noqa: E402
 from edge_runtime.errors import ModelError  # noqa: E402
 from edge_runtime.info import describe_calibration  # noqa: E402
 from edge_runtime.limits import ARCHIVE_MAX_ENTRIES, LABELS_MAX_BYTES, LABELS_MAX_LINES, MIB  # noqa: E402
@@ -64,6 +69,11 @@ DEFAULT_MEMORY_CAP_MIB = 64
 WORKER_SECONDS_PER_CASE = 0.5
 WORKER_MIN_TIMEOUT_S = 120
 KEPT_FAILURES = 5
+# The image a mutant is classified on: one grey picture of the model's input size.
+PROBE_PIXEL = 128
+# What became of a case (`try_model`): the readers refused it, or they accepted it and then the
+# interpreter refused to load it, loaded it but failed to run it, or ran it.
+REFUSED, LOAD_REFUSED, INVOKE_FAILED, RAN = "refused", "refused at load", "failed at invoke", "ran"
 
 LABELS = ["cat", "dog", "bird"]
 CALIBRATION_FILE = "calibration.csv"
@@ -167,15 +177,22 @@ class Seed:
 
 
 def _tiny_tflite() -> bytes:
-    """An untrained 16x16 RGB classifier of three classes as float32 TFLite (what matters is the file)."""
-    import tensorflow as tf
+    """An untrained 16x16 RGB classifier of three classes as float32 TFLite (what matters is the file).
 
-    tf.keras.utils.set_random_seed(0)
-    inputs = tf.keras.Input((SIDE, SIDE, 3))
-    x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = tf.keras.layers.GlobalAveragePooling2D()(x)
-    outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
-    return tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, outputs)).convert()
+    TensorFlow is imported and run as edge-train and edge-convert run it: its C++ start-up lines
+    (CUDA probing, a cuInit error on a machine without a GPU) and the converter's logs go to the
+    debug log, not the terminal.
+    """
+    from trainer.tensorflow_env import import_tensorflow, native_output_to_log
+
+    tf = import_tensorflow("make fuzz")
+    with native_output_to_log():
+        tf.keras.utils.set_random_seed(0)
+        inputs = tf.keras.Input((SIDE, SIDE, 3))
+        x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+        x = tf.keras.layers.GlobalAveragePooling2D()(x)
+        outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
+        return tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, outputs)).convert()
 
 
 def _with_score_calibration(raw: bytes) -> bytes:
@@ -454,6 +471,23 @@ def read_everything(path: Path) -> str:
     return "read" if ours is not None or official is not None else "no metadata"
 
 
+def try_model(path: Path) -> tuple[str, str | None]:
+    """Read a model as `read_everything` does; when the readers accept it, build the Classifier
+    edge-classify builds and classify one image. Returns what became of it (REFUSED, LOAD_REFUSED,
+    INVOKE_FAILED or RAN) and the ModelError's message (None when it ran); any other exception
+    propagates: it is a traceback."""
+    outcome = REFUSED
+    try:
+        read_everything(path)
+        outcome = LOAD_REFUSED
+        classifier = Classifier(path)
+        outcome = INVOKE_FAILED
+        classifier.scores(np.full((classifier.spec.height, classifier.spec.width, 3), PROBE_PIXEL, dtype=np.uint8))
+    except ModelError as error:
+        return outcome, str(error)
+    return RAN, None
+
+
 class CaseTimeout(Exception):
     """A case ran past its time cap."""
 
@@ -463,8 +497,11 @@ class Tally:
     """The figures of a run."""
 
     cases: int = 0
-    read: int = 0
-    refused: int = 0
+    read: int = 0  # accepted by the readers, then run, or refused by the interpreter in one line
+    refused: int = 0  # refused by the readers in one line
+    ran: int = 0  # of the read: classified an image
+    load_refused: int = 0  # of the read: the interpreter would not load it
+    invoke_failed: int = 0  # of the read: it loaded, and failed when invoked
     tracebacks: int = 0
     hangs: int = 0
     max_case_seconds: float = 0.0
@@ -484,13 +521,19 @@ class Tally:
         start = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, time_cap_s)
         try:
-            read_everything(path)
-            self.read += 1
-        except ModelError as error:
-            message = str(error)
-            if "\n" in message or not message:
-                self._fail(case, "ModelError not on one line: " + repr(message))
-            self.refused += 1
+            outcome, message = try_model(path)
+            if message is not None and ("\n" in message or not message):
+                self._fail(case, f"ModelError ({outcome}) not on one line: " + repr(message))
+            if outcome == REFUSED:
+                self.refused += 1
+            else:
+                self.read += 1
+                if outcome == RAN:
+                    self.ran += 1
+                elif outcome == LOAD_REFUSED:
+                    self.load_refused += 1
+                else:
+                    self.invoke_failed += 1
         except CaseTimeout:
             self.hangs += 1
             self._fail(case, "hang")
@@ -548,7 +591,7 @@ def reset_peak_rss() -> int | None:
 
 
 def run_cases(seeds: list[Seed], cases: int, seed: int, time_cap_s: float, folder: Path) -> Tally:
-    """Run `cases` hypothesis-drawn cases through `read_everything`; never raises for a case."""
+    """Run `cases` hypothesis-drawn cases through `try_model`; never raises for a case."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
 
@@ -603,8 +646,7 @@ def parent(args: argparse.Namespace) -> int:
 
     print("Building the seed models (TensorFlow)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="fuzz-seeds-") as folder:
-        with contextlib.redirect_stdout(sys.stderr):  # TensorFlow's converter prints to stdout
-            seeds = build_seeds()
+        seeds = build_seeds()
         save_seeds(seeds, Path(folder) / "seeds")
         result_file = Path(folder) / "result.json"
         command = [sys.executable, __file__, "--worker", "--seeds", str(Path(folder) / "seeds"),
@@ -635,6 +677,9 @@ def parent(args: argparse.Namespace) -> int:
     lines = [
         f"cases:              {result['cases']:,} ({result['read']:,} read, {result['refused']:,} refused "
         "with one line)",
+        f"interpreter:        of the {result['read']:,} read, {result['ran']:,} classified an image, "
+        f"{result['load_refused']:,} were refused at load and {result['invoke_failed']:,} failed at invoke, "
+        "each with one line",
         f"tracebacks:         {result['tracebacks']}",
         f"hangs:              {result['hangs']} (cap {args.time_cap} s a case)",
         f"max time per case:  {result['max_case_seconds'] * 1000:.1f} ms ({' / '.join(result['slowest_case'])})",

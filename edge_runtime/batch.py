@@ -3,9 +3,11 @@
 This loop is the hot path of `edge-classify folder/`: per image it reads and preprocesses the
 file, runs the interpreter once, picks the top classes and hands them to the writer, and adds
 nothing else that costs more than a few microseconds. A file that cannot be read is reported and
-skipped; the others are still classified. A Classifier set up for batches (`use_batches`) reads
-up to a batch of files, invokes once, then writes their lines in order. `workers.py` runs the
-same loop in several processes.
+skipped; the others are still classified. Only reading and decoding are guarded per file: a model
+that fails to run raises ModelError out of the loop (it would fail for every file, and it is not
+the file's fault), and the caller reports it once. A Classifier set up for batches
+(`use_batches`) reads up to a batch of files, invokes once, then writes their lines in order.
+`workers.py` runs the same loop in several processes.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def classify_files(classifier: Classifier, items: Iterable[InputItem], writer: R
     `latency_ms` covers reading, decoding, preprocessing and inference of one file; in a batch,
     the file's own reading, decoding and preprocessing plus its share of the batch's inference.
     A best score under `threshold` marks the result uncertain. Ctrl-C stops the run between
-    files (between batches); the summary then says it was interrupted.
+    files (between batches); the summary then says it was interrupted. A model that fails to run
+    raises ModelError, after the lines of the files before it.
     """
     summary = BatchSummary()
     started = clock()
@@ -110,7 +113,7 @@ def _classify_each(classifier: Classifier, items: Iterable[InputItem], writer: R
             continue
         start = clock()
         try:
-            scores = scores_of(load(path))
+            pixels = load(path)
         except ImageError as error:
             writer.error(path, error_reason(path, str(error)))
             summary.failed += 1
@@ -120,6 +123,7 @@ def _classify_each(classifier: Classifier, items: Iterable[InputItem], writer: R
             writer.error(path, f"cannot decode image ({type(error).__name__}: {error})")
             summary.failed += 1
             continue
+        scores = scores_of(pixels)  # outside the guard: ModelError is the model's, and ends the run
         latency_ms = (clock() - start) * MILLISECONDS
         classes = top_classes(scores, labels, top_k)
         if not classes:  # only NaN scores compare false with every threshold
@@ -156,12 +160,7 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
     share = 0.0
     if images:
         start = clock()
-        try:
-            scores = classifier.scores_batch(np.stack(images))
-        except Exception as error:  # the interpreter failed on the batch: every image in it failed
-            logger.debug("batch inference failed", exc_info=True)
-            failure = f"inference failed ({type(error).__name__}: {error})"
-            errors.update((position, failure) for position, item in enumerate(items) if position not in errors)
+        scores = classifier.scores_batch(np.stack(images))  # ModelError ends the run: not these images' fault
         share = (clock() - start) / len(images)
     labels = classifier.labels
     row = 0

@@ -67,7 +67,10 @@ def latency_stats(seconds: np.ndarray) -> tuple[float, float, float]:
 def benchmark_model(model_path: str | os.PathLike, threads: int | None = 1, runs: int = DEFAULT_RUNS,
                     backend: str | None = None,
                     clock: Callable[[], float] = time.perf_counter) -> BenchmarkResult:
-    """Time building a Classifier for `model_path`, its first inference, then `runs` more."""
+    """Time building a Classifier for `model_path`, its first inference, then `runs` more.
+
+    ModelError when the model cannot be loaded, or loads and then fails to run (at the first inference).
+    """
     if runs < 1:
         raise ValueError(f"runs must be at least 1, not {runs}")
     start = clock()

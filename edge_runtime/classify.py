@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -264,10 +265,17 @@ class Classifier:
         return self._quantize(pixels).reshape(self._input_batch_shape)
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
-        """Class scores (float32, dequantized) for one preprocessed uint8 image."""
+        """Class scores (float32, dequantized) for one preprocessed uint8 image.
+
+        ModelError (one line) when the interpreter fails to run the model: a damaged graph can
+        load and fail only here.
+        """
         interpreter = self._interpreter
         interpreter.set_tensor(self.input.index, self._input_values(pixels))
-        interpreter.invoke()
+        try:
+            interpreter.invoke()
+        except RuntimeError as error:  # the model's fault, not the image's
+            raise cannot_run(self.model_path, self.backend, error) from error
         raw = interpreter.get_tensor(self.output.index)[0]
         scores = self._score_table.take(raw.view(np.uint8)) if self._score_table is not None else raw
         return self._calibrate(scores) if self._calibrate is not None else scores
@@ -286,7 +294,8 @@ class Classifier:
             interpreter.resize_tensor_input(self.input.index, [size, *self.input.shape[1:]])
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
-            raise ModelError(f"{self.model_path}: cannot resize the input to a batch of {size} ({error})") from error
+            raise ModelError(f"{self.model_path}: cannot resize the input to a batch of {size} "
+                             f"({interpreter_reason(error)})") from error
         self.batch_size = size
         self._batch_input = np.zeros((size, *self.input.shape[1:]), dtype=self.input.dtype)
         return size
@@ -295,7 +304,8 @@ class Classifier:
         """Class scores (n, classes), float32 and dequantized, of n <= batch_size uint8 images in one invoke.
 
         A batch shorter than `batch_size` fills the front of the input; the rest is left as it
-        was and its scores are not returned, so the input is never resized again.
+        was and its scores are not returned, so the input is never resized again. ModelError when
+        the interpreter fails to run the model, as in `scores`.
         """
         count = len(pixels)
         if self._batch_input is None:
@@ -306,7 +316,10 @@ class Classifier:
         batch[:count] = self._quantize(pixels)
         interpreter = self._interpreter
         interpreter.set_tensor(self.input.index, batch)
-        interpreter.invoke()
+        try:
+            interpreter.invoke()
+        except RuntimeError as error:
+            raise cannot_run(self.model_path, self.backend, error) from error
         raw = interpreter.get_tensor(self.output.index)[:count]
         scores = self._score_table.take(raw.view(np.uint8)) if self._score_table is not None else raw
         if self._calibrate is not None:
@@ -344,3 +357,46 @@ class Classifier:
                               "guessed": self.input_rule.guessed},
             "tflite_metadata": self.official.summary() if self.official else None,
         }
+
+
+# TFLite's error reporter ends a failing node's messages with "Node number 4 (RESHAPE) failed to invoke."
+FAILED_NODE = re.compile(r"Node number (\d+) \(([^)]*)\) failed to \w+\.?")
+# A kernel's failed check starts with its source file: "tensorflow/lite/kernels/reshape.cc:94 ".
+SOURCE_LOCATION = re.compile(r"^\S*\.(?:h|cc|c|cpp)(?::\d+)?\s+")
+# How each XNNPACK delegate message ends; ai_edge_litert joins messages with no separator at all.
+XNNPACK_MESSAGE_END = "in XNNPACK delegate"
+
+
+def interpreter_reason(error: BaseException) -> str:
+    """The latest failure in a TFLite interpreter error, in one readable line.
+
+    The interpreter joins its messages (without a separator in ai_edge_litert, by newlines in older
+    builds), keeps those of earlier calls in front, and leads each kernel check with its source file:
+    "./tflite/kernels/internal/reshape_utils.h num_input_elements != num_output_elements (36 != 37)Node
+    number 4 (RESHAPE) failed to invoke." becomes "num_input_elements != num_output_elements (36 != 37)
+    at node 4 (RESHAPE)". A failing node that repeats without its reason (the XNNPACK delegate says
+    why only the first time) keeps the reason given before.
+    """
+    text = str(error).strip()
+    nodes = list(FAILED_NODE.finditer(text))
+    if not nodes:
+        return _first_message(text) or type(error).__name__
+    starts = [0] + [node.end() for node in nodes[:-1]]
+    for start, node in zip(reversed(starts), reversed(nodes)):
+        reason = _first_message(text[start:node.start()])
+        if reason:
+            return f"{reason} at node {node.group(1)} ({node.group(2)})"
+    return nodes[-1].group(0).rstrip(".")
+
+
+def _first_message(text: str) -> str:
+    """The first of the messages joined in `text`, without the source file that leads it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = SOURCE_LOCATION.sub("", lines[0]) if lines else ""
+    end = reason.find(XNNPACK_MESSAGE_END)
+    return reason[:end + len(XNNPACK_MESSAGE_END)] if end >= 0 else reason
+
+
+def cannot_run(model_path: str | os.PathLike, backend: str, error: BaseException) -> ModelError:
+    """The ModelError for a model that loaded but whose interpreter failed to run it (one line)."""
+    return ModelError(f"{model_path}: the {backend} interpreter cannot run this model ({interpreter_reason(error)})")

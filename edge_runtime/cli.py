@@ -211,7 +211,11 @@ def _classify_here(stream: TextIO, classifier: Classifier, items: Iterable[Input
         raise FatalError(str(error)) from error
     logger.debug("classifying in this process, %d image(s) per invoke", classifier.batch_size)
     writer = make_writer(run.as_json, stream, sys.stderr)
-    return classify_files(classifier, items, writer, top_k=run.top_k, threshold=run.threshold)
+    try:
+        return classify_files(classifier, items, writer, top_k=run.top_k, threshold=run.threshold)
+    except ModelError as error:  # the model failed to run: one line for the run, no file blamed
+        stream.flush()  # the lines of any files classified before it
+        raise FatalError(str(error)) from error
 
 
 def _classify_in_workers(stream: TextIO, classifier: Classifier, items: Iterable[InputItem], run: FileRun,
@@ -231,12 +235,14 @@ def _classify_in_workers(stream: TextIO, classifier: Classifier, items: Iterable
     try:
         return classify_files_parallel(settings, items, stream, sys.stderr, output, workers,
                                        chunk_size=batch if batch > 1 else CHUNK_FILES, on_start=started)
-    except EdgeError as error:
+    except EdgeError as error:  # a worker could not start, or the model failed to run in one
+        stream.flush()  # the lines written before it
         raise FatalError(str(error)) from error
 
 
 def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
     from .camera import frames, open_source
+    from .errors import ModelError
     from .live import LiveStatus, classify_frames
 
     out = sys.stdout
@@ -262,7 +268,7 @@ def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_
             summary = classify_frames(classifier, frames(frame_source, notify=notify), report,
                                       max_frames=max_frames, threshold=threshold)
     except EdgeError as error:
-        if isinstance(error, BackendError):
+        if isinstance(error, (BackendError, ModelError)):  # no camera package, or a model that cannot run
             raise FatalError(str(error)) from error
         raise RunFailed(str(error)) from error
     click.echo(summary.line(), err=True)
@@ -272,6 +278,11 @@ def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_
 
 
 def _run_info(classifier: Classifier, as_json: bool, choice_reason: str | None = None) -> int:
+    """Print the model's facts, then run it once on a blank image: a model that loads but cannot
+    run is a fact a user checks --info for (exit 2 and one line, after the facts)."""
+    import numpy as np
+
+    from .errors import ModelError
     from .info import format_facts, model_facts
 
     facts = model_facts(classifier)
@@ -283,6 +294,10 @@ def _run_info(classifier: Classifier, as_json: bool, choice_reason: str | None =
         if choice_reason:
             lines.insert(1, f"{'chosen:':<13} {choice_reason}")
         click.echo("\n".join(lines))
+    try:
+        classifier.scores(np.zeros((classifier.spec.height, classifier.spec.width, 3), dtype=np.uint8))
+    except ModelError as error:
+        raise FatalError(str(error)) from error
     return EXIT_OK
 
 

@@ -4,7 +4,8 @@
 the same interpreter, and calls `report` with a `LiveStatus` whenever the label changes, or at
 most once per `REPORT_INTERVAL_S` when the shown score or frame rate changes. It stops after
 `max_frames`, at the end of a video, on Ctrl-C, or when the source is lost, and returns a
-summary either way.
+summary either way. A model that fails to run raises ModelError instead: it would fail on every
+frame, and the caller reports it once.
 """
 
 from __future__ import annotations

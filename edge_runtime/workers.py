@@ -7,8 +7,10 @@ IN_FLIGHT_PER_WORKER chunks per worker outstanding (so memory stays bounded howe
 there are), and writes a chunk's text once every chunk before it is written. Workers ignore
 SIGINT: on Ctrl-C the parent stops them and returns a summary of what it wrote. A worker that
 dies (a native crash on a hostile file) costs its chunks, which are reported file by file, and
-is replaced. Ctrl-C is taken between chunks, never in the middle of a write, so the output ends
-on a whole line and the summary counts exactly the lines written.
+is replaced. A worker whose model fails to run (ModelError) sends that one line instead of a
+result; the parent raises it, which stops every worker, and no file is reported as failed.
+Ctrl-C is taken between chunks, never in the middle of a write, so the output ends on a whole
+line and the summary counts exactly the lines written.
 
 Processes are forked where the platform allows (Linux): a fork inherits the imported modules,
 so a worker is ready in milliseconds instead of re-importing numpy, Pillow and the interpreter.
@@ -29,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from .batch import BatchSummary, chunked, classify_items
 from .classify import Classifier
-from .errors import EdgeError
+from .errors import EdgeError, ModelError
 from .inputs import InputItem
 from .output import make_writer
 from .preprocess import Normalization
@@ -47,7 +49,10 @@ LIVENESS_POLL_S = 0.5
 PARENT_POLL_S = 1.0
 STOP_TIMEOUT_S = 5.0
 OUT, ERR = 0, 1
+# In place of a chunk's sequence number: the worker could not build its classifier, or its model
+# failed to run; the message follows.
 SETUP_FAILED = -1
+MODEL_FAILED = -2
 
 
 class WorkerError(EdgeError):
@@ -125,6 +130,7 @@ def _worker_main(worker_id: int, settings: ClassifierSettings, output: OutputSet
         classifier = settings.build()
     except Exception as error:  # reported by the parent as one line
         results.put((worker_id, SETUP_FAILED, str(error), 0, 0))
+        _wait_for_stop(tasks, parent_pid)
         return
     recorder = _Recorder()
     writer = make_writer(output.as_json, recorder.out, recorder.err)
@@ -140,8 +146,28 @@ def _worker_main(worker_id: int, settings: ClassifierSettings, output: OutputSet
             return
         sequence, items = task
         summary = BatchSummary()
-        classify_items(classifier, items, writer, output.top_k, output.threshold, clock, summary)
+        try:
+            classify_items(classifier, items, writer, output.top_k, output.threshold, clock, summary)
+        except ModelError as error:  # the model's fault, not the files': the parent stops the run
+            results.put((worker_id, MODEL_FAILED, str(error), 0, 0))
+            _wait_for_stop(tasks, parent_pid)
+            return
         results.put((worker_id, sequence, recorder.take(), summary.classified, summary.failed))
+
+
+def _wait_for_stop(tasks: Any, parent_pid: int) -> None:
+    """After a failure sent to the parent: stay alive, taking no work, until stopped or orphaned.
+
+    A worker that ended at once could be found dead before its message is read, and reported as
+    a crash instead of by its message.
+    """
+    while True:
+        try:
+            if tasks.get(timeout=PARENT_POLL_S) is None:
+                return
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                return
 
 
 @dataclasses.dataclass
@@ -282,6 +308,8 @@ class WorkerPool:
                 continue
             if sequence == SETUP_FAILED:
                 raise WorkerError(payload)
+            if sequence == MODEL_FAILED:
+                raise ModelError(payload)
             worker = self._workers.get(worker_id)
             if worker is None:  # an answer from a worker already given up as dead
                 continue
