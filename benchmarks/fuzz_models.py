@@ -615,6 +615,9 @@ def worker(args: argparse.Namespace) -> int:
     seeds = load_seeds(Path(args.seeds))
     with tempfile.TemporaryDirectory(prefix="fuzz-case-") as folder:
         run_cases(seeds, 20, args.seed + 1, args.time_cap, Path(folder))  # warm-up: imports, caches
+        for seed in seeds:  # and the interpreter's, whatever those cases drew: before the address-space cap
+            (Path(folder) / "seed.tflite").write_bytes(seed.data)
+            try_model(Path(folder) / "seed.tflite")
         baseline_rss = memory_status("VmRSS") / MIB
         if args.address_space_mib:
             limit = memory_status("VmSize") + args.address_space_mib * MIB
