@@ -93,17 +93,18 @@ def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec,
     Float inputs get those values. Quantized inputs get round(x / scale + zero_point) of them,
     with the tensor's own scale and zero point, except where that is the identity in disguise:
     scale 1/255 with zero point -128 (int8) or 0 (uint8) maps pixel p to p - 128 or p, which
-    integer operations give exactly without a float detour. A quantized input of a model with no
-    metadata takes the pixels so whatever its scale (the TFLite convention).
+    integer operations give exactly without a float detour. A quantized input of a model from
+    elsewhere takes the pixels so whatever its scale and its metadata, as MediaPipe feeds a uint8
+    input (`InputRule.feeds_pixel_codes`); only the user's --normalization requantizes it.
     """
     kind = rule.kind if rule is not None else EMBEDDED
     top_bit = np.uint8(0x80)
-    if kind == QUANTIZED_PIXELS and tensor.dtype == np.uint8:
-        return lambda pixels: pixels
-    if kind == QUANTIZED_PIXELS and tensor.dtype == np.int8:
+    if rule is not None and rule.feeds_pixel_codes(tensor.dtype):
+        if tensor.dtype == np.uint8:
+            return lambda pixels: pixels
         return lambda pixels: (pixels ^ top_bit).view(np.int8)  # p - 128: flip the top bit
     if kind in NORMALIZED_KINDS and rule is not None and rule.normalization is not None:
-        to_real = rule.normalization.apply
+        to_real = rule.normalize
     else:
         def to_real(pixels: np.ndarray) -> np.ndarray:
             return scale_pixels(pixels, spec)
@@ -237,7 +238,7 @@ class Classifier:
         """
         tensor, spec, kind = self.input, self.spec, self.input_rule.kind
         default_scaling = kind not in NORMALIZED_KINDS and spec.scale == 1.0 / PIXEL_SCALE and spec.offset == 0.0
-        pixel_codes = kind == QUANTIZED_PIXELS or (
+        pixel_codes = self.input_rule.feeds_pixel_codes(tensor.dtype) or (
             tensor.zero_point == INT8_PIXEL_ZERO_POINT and default_scaling
             and abs(tensor.scale * PIXEL_SCALE - 1.0) < SCALE_TOLERANCE)
         if tensor.dtype == np.int8 and pixel_codes:

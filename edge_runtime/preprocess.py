@@ -5,6 +5,10 @@ EXIF orientation applied, first frame of animations, alpha composited on a fixed
 16-bit and CMYK brought to 8-bit RGB, then centre-cropped to the input's aspect ratio and resized.
 Pixels become model inputs by `scale_pixels` (x / 255) or, for quantized models, by the input
 tensor's own scale and zero point (see `classify.py`).
+
+Our own models are resized with Pillow's filters, as in training. Models from elsewhere are
+resized by `fixed_point_bilinear`, the resize MediaPipe's ImageClassifier applies (see
+`conventions.py`), so the two runtimes see the same pixels.
 """
 
 from __future__ import annotations
@@ -31,6 +35,20 @@ PIXEL_SCALE = 255.0
 # input size so the final resize still has real detail to average.
 JPEG_DRAFT_OVERSAMPLING = 4
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# The resampling of models from elsewhere: OpenCV's fixed-point INTER_LINEAR warp of 8-bit images,
+# which MediaPipe's ImageToTensor runs over the whole image (see `fixed_point_bilinear`).
+FIXED_POINT_BILINEAR = "fixed_point_bilinear"
+# Source coordinates are rounded to 1/32 pixel (OpenCV's INTER_BITS) ...
+SUBPIXEL_BITS = 5
+SUBPIXEL_STEPS = 1 << SUBPIXEL_BITS
+# ... and the two axes' weights, each in 32nds, multiply to 1/1024ths: the sum is rounded off by
+# adding half of that and shifting it away.
+WEIGHT_BITS = 2 * SUBPIXEL_BITS
+WEIGHT_ROUNDING = 1 << (WEIGHT_BITS - 1)
+# OpenCV maps the destination in blocks of about this many pixels, 16 rows high; the first column of
+# each block is mapped on its own, which decides how a coordinate exactly between two 1/32 steps rounds.
+WARP_BLOCK_PIXELS = 1024
+WARP_BLOCK_ROWS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +63,7 @@ class PreprocessSpec:
     scale: float = 1.0 / PIXEL_SCALE
     offset: float = 0.0
     resize: str = "center_crop"  # crop to the input's aspect ratio, then resize
-    resample: str = "bilinear"
+    resample: str = "bilinear"  # a Pillow filter (RESAMPLING), or FIXED_POINT_BILINEAR with "stretch"
     background: tuple[int, int, int] = (255, 255, 255)  # behind transparent pixels
     exif_orientation: bool = True
 
@@ -74,8 +92,11 @@ class PreprocessSpec:
             raise ValueError(f"unsupported channel count {self.channels} (only 3)")
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(f"unsupported resize policy {self.resize!r}")
-        if self.resample not in RESAMPLING:
+        if self.resample not in RESAMPLING and self.resample != FIXED_POINT_BILINEAR:
             raise ValueError(f"unsupported resampling {self.resample!r}")
+        if self.resample == FIXED_POINT_BILINEAR and self.resize != "stretch":
+            raise ValueError(f"resampling {FIXED_POINT_BILINEAR!r} resizes the whole image: "
+                             f"it needs the 'stretch' resize policy, not {self.resize!r}")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"input size {self.width}x{self.height} is not positive")
 
@@ -107,6 +128,19 @@ class Normalization:
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return (pixels.astype(np.float32) - mean) / std
+
+    def apply_as_range(self, pixels: np.ndarray) -> np.ndarray:
+        """The same values computed as MediaPipe computes float inputs, bit for bit.
+
+        MediaPipe maps the pixel range [0, 255] linearly onto [(0 - mean) / std, (255 - mean) / std]:
+        pixel * scale + offset in float32, which can differ from `apply` in the last bit.
+        """
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        low = (np.float32(0.0) - mean) / std
+        high = (np.float32(PIXEL_SCALE) - mean) / std
+        scale = (high - low) / np.float32(PIXEL_SCALE)
+        return pixels.astype(np.float32) * scale + low
 
     def describe(self) -> str:
         """The rule as people write it, e.g. '(pixel - 127.5) / 127.5'."""
@@ -231,11 +265,80 @@ def _crop_box(width: int, height: int, target_width: int, target_height: int) ->
     return (0.0, top, float(width), top + crop_height)
 
 
+def _warp_coordinates(source_height: int, source_width: int, height: int,
+                      width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each destination row's and column's source coordinate in 1/32 pixel, as OpenCV computes it.
+
+    MediaPipe maps the image's corners onto the tensor's: a matrix diag(width / source_width,
+    height / source_height, 1), which OpenCV's warpPerspective inverts by cofactors over the
+    determinant and then applies to each destination pixel in double precision, block by block,
+    before rounding to the nearest 1/32 (half to even). Each step is repeated here in float64 so
+    that the rare coordinate exactly between two steps rounds the same way.
+    """
+    scale_x, scale_y = width / source_width, height / source_height
+    determinant = scale_x * scale_y
+    inverse_determinant = 1.0 / determinant
+    step_x, step_y = scale_y * inverse_determinant, scale_x * inverse_determinant  # source pixels per pixel
+    steps_per_unit = SUBPIXEL_STEPS / (determinant * inverse_determinant)  # 32, or one ulp off it
+    block_rows = min(WARP_BLOCK_ROWS, height)
+    block_width = min(WARP_BLOCK_PIXELS // block_rows, width)
+    columns = np.arange(width)
+    block_start = (columns // block_width * block_width).astype(np.float64)
+    in_block = (columns % block_width).astype(np.float64)
+    x = np.rint((step_x * block_start + step_x * in_block) * steps_per_unit).astype(np.int64)
+    y = np.rint(step_y * np.arange(height, dtype=np.float64) * steps_per_unit).astype(np.int64)
+    return y, x
+
+
+def _neighbours(coordinates: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two source pixels around each 1/32-pixel coordinate (the edge repeated), and the 32nds of the second."""
+    first = np.clip(coordinates >> SUBPIXEL_BITS, 0, size - 1)
+    second = np.minimum(first + 1, size - 1)
+    fraction = (coordinates & (SUBPIXEL_STEPS - 1)).astype(np.uint16)
+    return first, second, fraction
+
+
+def fixed_point_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize uint8 pixels (rows, columns, channels) to height x width exactly as MediaPipe does.
+
+    MediaPipe's ImageClassifier warps the whole image onto its input tensor with OpenCV's
+    fixed-point bilinear interpolation: destination pixel x samples the source at
+    x * source_width / width (corners aligned, no half-pixel offset, no antialiasing), rounded to
+    1/32 pixel; its four neighbours are weighted in 32nds per axis, summed in integers and rounded
+    (OpenCV's warpPerspective, INTER_LINEAR, BORDER_REPLICATE, on 8-bit images). Bit-identical to
+    MediaPipe 1.2.3's input pixels (see tests/test_mediapipe_parity.py); OpenCV's newer warps,
+    which interpolate in float, differ from it by a few codes.
+    """
+    source_height, source_width, channels = pixels.shape
+    if (source_height, source_width) == (height, width):
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    y, x = _warp_coordinates(source_height, source_width, height, width)
+    top, bottom, down = _neighbours(y, source_height)
+    left, right, across = _neighbours(x, source_width)
+    # One gather per neighbour, of whole pixels, by their index in the flattened image.
+    flat = pixels.reshape(-1, channels)
+    top, bottom = top[:, None] * source_width, bottom[:, None] * source_width
+    across = across[:, None]
+    stay = SUBPIXEL_STEPS - across
+    # A blend of two pixels along a row fits 16 bits (at most 255 * 32); of two rows, 32 bits.
+    upper = flat.take(top + left, axis=0) * stay + flat.take(top + right, axis=0) * across
+    lower = flat.take(bottom + left, axis=0) * stay + flat.take(bottom + right, axis=0) * across
+    down = down.astype(np.uint32)[:, None, None]
+    blended = upper * (SUBPIXEL_STEPS - down)
+    blended += lower * down
+    blended += WEIGHT_ROUNDING
+    blended >>= WEIGHT_BITS
+    return blended.astype(np.uint8)
+
+
 def resize_for_input(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) -> Image.Image:
-    """Resize (centre-cropping first under the default policy) to the model's input size."""
+    """Resize to the model's input size: with a Pillow filter (centre-cropping first under the
+    default policy), or the whole RGB image as MediaPipe does (FIXED_POINT_BILINEAR)."""
     target = (spec.width, spec.height)
     if image.size == target:
         return image
+    if spec.resample == FIXED_POINT_BILINEAR:
+        return Image.fromarray(fixed_point_bilinear(np.asarray(image), spec.height, spec.width))
     box = None
     if spec.resize == "center_crop":
         box = _crop_box(image.width, image.height, spec.width, spec.height)
@@ -249,7 +352,13 @@ def prepare_image(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC,
     try:
         if getattr(image, "is_animated", False):
             image.seek(0)
-        if image.format == "JPEG" and image.size != (spec.width, spec.height):
+        # A JPEG draft decodes a big photo at 1/2, 1/4 or 1/8 scale, averaging blocks of pixels: fast,
+        # and harmless before Pillow's filters, which average anyway. MediaPipe decodes the whole photo
+        # and samples single pixels of it, which a draft would change: models from elsewhere decode
+        # in full, about four times the time for a 12 MP photo (234 ms against 53 ms on a 2-core
+        # x86 VM), so that their scores are MediaPipe's.
+        if (image.format == "JPEG" and image.size != (spec.width, spec.height)
+                and spec.resample != FIXED_POINT_BILINEAR):
             image.draft("RGB", (spec.width * JPEG_DRAFT_OVERSAMPLING, spec.height * JPEG_DRAFT_OVERSAMPLING))
         image.load()
         if spec.exif_orientation:
@@ -284,6 +393,9 @@ def array_to_input(frame: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np
     else:
         if frame.shape[:2] == (spec.height, spec.width) and frame.dtype == np.uint8:
             return np.ascontiguousarray(frame)
+        if spec.resample == FIXED_POINT_BILINEAR:
+            # Straight from the frame: no detour through Pillow.
+            return fixed_point_bilinear(np.asarray(frame, dtype=np.uint8), spec.height, spec.width)
         image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGB")
     return np.asarray(resize_for_input(image, spec), dtype=np.uint8)
 

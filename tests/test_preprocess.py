@@ -6,6 +6,7 @@ exact: no resampling stands between what a test writes and what the model would 
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 import tracemalloc
@@ -16,8 +17,9 @@ import pytest
 from PIL import Image
 
 from edge_runtime.errors import ImageError
-from edge_runtime.preprocess import (DEFAULT_SPEC, MAX_IMAGE_PIXELS, PreprocessSpec, array_to_input, load_image,
-                                     open_image, prepare_image, scale_pixels)
+from edge_runtime.preprocess import (DEFAULT_SPEC, FIXED_POINT_BILINEAR, MAX_IMAGE_PIXELS, Normalization,
+                                     PreprocessSpec, array_to_input, fixed_point_bilinear, load_image, open_image,
+                                     prepare_image, scale_pixels)
 from runtime_fixtures import BOMB_SIDE, bad_files, png_declaring
 from synthetic import synthetic_arrays
 
@@ -29,6 +31,18 @@ BOMB_SECONDS = 1.0
 # A 40000x40000 RGB decode would need 4.8 GB; opening must stay far below that.
 BOMB_MAX_TRACED_BYTES = 5 * 1024 * 1024
 BOMB_MAX_RSS_GROWTH_KIB = 100 * 1024
+# MediaPipe's resize (models from elsewhere), checked against OpenCV. Output sides that are multiples
+# of 32 put no source coordinate exactly between two 1/32-pixel steps, so the plain rule
+# round(x * source / output * 32) gives OpenCV's coordinates; the other sizes are checked against
+# MediaPipe itself in tests/test_mediapipe_parity.py. (source height, width) -> (height, width):
+# down, up, up one way and down the other, a single pixel.
+WARP_SIZES = [((720, 1280), (224, 224)), ((10, 13), (96, 160)), ((7, 301), (32, 96)), ((333, 517), (224, 160)),
+              ((1, 1), (32, 32))]
+FIXED_POINT_SPEC = PreprocessSpec(height=SIZE, width=SIZE, resize="stretch", resample=FIXED_POINT_BILINEAR)
+# This OpenCV's own warpAffine interpolates in float at the exact coordinate; ours at the nearest
+# 1/32 pixel, at most 1/64 away on each axis. A pixel changes by at most 255 across a whole pixel,
+# so by at most 255 / 64 < 4 per axis: under 8 in all, and 9 with the two roundings to whole codes.
+FLOAT_WARP_MAX_DIFFERENCE = 9
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +213,98 @@ def test_array_to_input_resizes_camera_frames_and_passes_input_sized_ones(pictur
     np.testing.assert_array_equal(grey[..., 2], picture[..., 0])
     with pytest.raises(ImageError, match=r"frame of shape \(32, 32, 5\) is not an RGB image"):
         array_to_input(np.zeros((SIZE, SIZE, 5), dtype=np.uint8))
+
+
+# --- MediaPipe's resize, for models from elsewhere ---------------------------------------------------
+
+def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("source, target", WARP_SIZES)
+def test_fixed_point_bilinear_is_opencvs_fixed_point_interpolation_exactly(source, target) -> None:
+    cv2 = pytest.importorskip("cv2", reason="OpenCV (the camera extra) is not installed")
+    pixels = _noise(*source)
+    (source_height, source_width), (height, width) = source, target
+    # OpenCV's remap with fixed-point maps: whole pixels, and the 1/32 fractions as a table index.
+    rows = np.rint(np.arange(height) * (source_height / height) * 32).astype(np.int64)
+    columns = np.rint(np.arange(width) * (source_width / width) * 32).astype(np.int64)
+    y, x = np.meshgrid(rows, columns, indexing="ij")
+    whole = np.dstack([x >> 5, y >> 5]).astype(np.int16)
+    fractions = ((y & 31) * 32 + (x & 31)).astype(np.uint16)
+    expected = cv2.remap(pixels, whole, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    np.testing.assert_array_equal(fixed_point_bilinear(pixels, height, width), expected)
+
+
+@pytest.mark.parametrize("source, target", WARP_SIZES)
+def test_fixed_point_bilinear_maps_corners_as_opencvs_warp_affine(source, target) -> None:
+    cv2 = pytest.importorskip("cv2", reason="OpenCV (the camera extra) is not installed")
+    pixels = _noise(*source, seed=1)
+    (source_height, source_width), (height, width) = source, target
+    matrix = np.array([[width / source_width, 0.0, 0.0], [0.0, height / source_height, 0.0]])
+    expected = cv2.warpAffine(pixels, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE).astype(int)
+    difference = np.abs(fixed_point_bilinear(pixels, height, width).astype(int) - expected)
+    assert difference.max() <= FLOAT_WARP_MAX_DIFFERENCE
+    assert difference.mean() < 1.0  # noise at its worst; a photo differs far less
+
+
+def test_fixed_point_bilinear_samples_corner_aligned_without_averaging() -> None:
+    """Output pixel x samples source x * 4 / 2: a 2x downscale takes every other pixel as it is."""
+    pixels = _noise(6, 8, seed=2)
+    np.testing.assert_array_equal(fixed_point_bilinear(pixels, 3, 4), pixels[::2, ::2])
+    # Upscaling 2x puts new pixels halfway between two, rounded; the last repeats the edge.
+    row = np.array([[[0, 0, 0], [101, 101, 101]]], dtype=np.uint8)
+    np.testing.assert_array_equal(fixed_point_bilinear(row, 1, 4)[0, :, 0], [0, 51, 101, 101])
+    np.testing.assert_array_equal(fixed_point_bilinear(pixels, 6, 8), pixels)
+
+
+def test_files_and_camera_frames_get_the_same_fixed_point_resize(tmp_path: Path) -> None:
+    pixels = _noise(45, 70, seed=3)
+    path = save(tmp_path, Image.fromarray(pixels), "noise.png")
+    expected = fixed_point_bilinear(pixels, SIZE, SIZE)
+    np.testing.assert_array_equal(load_image(path, FIXED_POINT_SPEC), expected)
+    np.testing.assert_array_equal(array_to_input(pixels, FIXED_POINT_SPEC), expected)
+    np.testing.assert_array_equal(array_to_input(pixels[:, ::-1][:, ::-1], FIXED_POINT_SPEC), expected)  # any strides
+    grey = array_to_input(pixels[..., 0], FIXED_POINT_SPEC)
+    np.testing.assert_array_equal(grey[..., 1], expected[..., 0])
+    assert not np.array_equal(load_image(path, dataclasses.replace(FIXED_POINT_SPEC, resample="bilinear")), expected)
+
+
+def test_fixed_point_resize_decodes_jpeg_in_full_and_ours_keep_the_draft(tmp_path: Path) -> None:
+    photo = Image.fromarray(_noise(48, 64, seed=4)).resize((1024, 768), Image.Resampling.BICUBIC)
+    path = save(tmp_path, photo, "photo.jpg", quality=90)
+    full = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(load_image(path, FIXED_POINT_SPEC), fixed_point_bilinear(full, SIZE, SIZE))
+    with Image.open(path) as drafted:  # what our own models see: decoded at 1/4 scale first
+        drafted.draft("RGB", (SIZE * 4, SIZE * 4))
+        assert drafted.size == (256, 192)
+        np.testing.assert_array_equal(load_image(path), prepare_image(drafted))
+
+
+def test_fixed_point_resampling_is_a_spec_of_its_own_and_needs_stretch() -> None:
+    data = FIXED_POINT_SPEC.to_dict()
+    assert data["resample"] == "fixed_point_bilinear" and data["resize"] == "stretch"
+    assert PreprocessSpec.from_dict(data) == FIXED_POINT_SPEC
+    assert PreprocessSpec.from_dict(DEFAULT_SPEC.to_dict()) == DEFAULT_SPEC  # ours read as before
+    assert (DEFAULT_SPEC.resize, DEFAULT_SPEC.resample) == ("center_crop", "bilinear")
+    with pytest.raises(ValueError) as caught:
+        PreprocessSpec.from_dict({**data, "resize": "center_crop"})
+    assert str(caught.value) == ("resampling 'fixed_point_bilinear' resizes the whole image: "
+                                 "it needs the 'stretch' resize policy, not 'center_crop'")
+    with pytest.raises(ValueError, match="unsupported resampling 'area'"):
+        PreprocessSpec.from_dict({**data, "resample": "area"})
+
+
+def test_normalization_as_a_range_is_the_same_rule_within_a_float32_step() -> None:
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    for normalization in (Normalization(mean=(127.5,), std=(127.5,)), Normalization(mean=(0.0,), std=(255.0,)),
+                          Normalization(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))):
+        ranged = normalization.apply_as_range(pixels)
+        assert ranged.dtype == np.float32
+        np.testing.assert_allclose(ranged, normalization.apply(pixels), rtol=0, atol=2e-6)
+    mobilenet = Normalization(mean=(127.5,), std=(127.5,)).apply_as_range(pixels)
+    assert (mobilenet[0, 0, 0], mobilenet[-1, -1, 0]) == (-1.0, 1.0)
 
 
 def test_scale_pixels_is_bit_identical_to_dividing_by_255() -> None:
