@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from typing import IO, Any
 
 from .bounded_zip import open_archive
@@ -73,6 +72,8 @@ def embed_metadata(model_bytes: bytes, metadata: ModelMetadata) -> bytes:
     check_text(labels_text, LABELS, where + LABELS_ENTRY)
     for name in (PREPROCESS_ENTRY, INFO_ENTRY):
         check_bytes(entries[name], JSON_ENTRY, where + name)
+    import zipfile  # the writer's side only: reading goes through bounded_zip, which needs no zipfile
+
     buffer = io.BytesIO()
     buffer.write(model_bytes)
     # Mode "a" on bytes that are not a zip appends a new archive after them.

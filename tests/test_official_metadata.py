@@ -145,11 +145,14 @@ def test_quantized_inputs_have_the_tensor_parameters_the_test_relies_on(brightne
         assert (tensor.scale, tensor.zero_point) == (INPUT_SCALE, zero_point)
 
 
-def test_metadata_normalization_is_requantized_with_the_tensors_own_scale(brightness) -> None:
-    classifier = Classifier(brightness["uint8"])
+def test_quantized_input_with_metadata_takes_the_pixel_codes_as_mediapipe_does(brightness) -> None:
+    """MediaPipe feeds a uint8 input the pixel itself; the metadata's normalization is its scale and zero point."""
     pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
-    expected = np.clip(np.round((pixels.astype(np.float64) - 127.5) / 127.5 / INPUT_SCALE + 128), 0, 255)
-    np.testing.assert_array_equal(classifier.quantize_input(pixels)[0], expected.astype(np.uint8))
+    for variant, offset in (("uint8", 0), ("int8", -128)):
+        classifier = Classifier(brightness[variant])
+        assert classifier.input_rule.kind == TFLITE_METADATA
+        np.testing.assert_array_equal(classifier.quantize_input(pixels)[0].astype(np.int64),
+                                      pixels.astype(np.int64) + offset)
 
 
 # --- models without metadata ------------------------------------------------------------------------
@@ -211,9 +214,10 @@ def test_our_embedded_spec_wins_over_the_official_normalization(brightness, tmp_
 def test_info_says_where_labels_and_normalization_came_from(brightness) -> None:
     lines = dict(line.split(":", 1) for line in run("--info", brightness["uint8"]).stdout.splitlines())
     assert lines["labels"].strip() == f"3 (TFLite metadata, {LABELS_FILE}): dark | mid | bright"
-    assert lines["input values"].strip() == ("(pixel - 127.5) / 127.5, then the input's scale and zero point "
-                                             "(TFLite metadata NormalizationOptions)")
-    assert lines["preprocess"].strip() == f"{SIDE}x{SIDE} RGB, stretch, bilinear"
+    assert lines["input values"].strip() == ("the pixel itself (MediaPipe's rule for uint8 inputs; the TFLite "
+                                             "metadata's (pixel - 127.5) / 127.5 is what the input's scale and "
+                                             "zero point stand for)")
+    assert lines["preprocess"].strip() == f"{SIDE}x{SIDE} RGB, stretch, fixed_point_bilinear"
     assert lines["metadata"].strip() == ("official TFLite metadata 'brightness' version 7, mean 127.5, std 127.5, "
                                          f"RGB, labels {LABELS_FILE}")
 
