@@ -164,6 +164,8 @@ def _parse_directory(handle: IO[bytes], directory: Directory) -> list[Entry]:
 
 
 def _decode_name(raw: bytes, flag_bits: int) -> str:
+    if raw.isascii():
+        return raw.decode("ascii")  # the same text in both encodings, without loading the cp437 codec
     try:
         return raw.decode("utf-8" if flag_bits & UTF8_NAME_FLAG else LEGACY_NAME_ENCODING)
     except UnicodeDecodeError as error:

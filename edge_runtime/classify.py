@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -20,8 +19,10 @@ from .conventions import (EMBEDDED, NORMALIZED_KINDS, QUANTIZED_PIXELS, InputRul
 from .errors import ModelError
 from .interpreter import make_interpreter
 from .metadata import ModelMetadata, read_metadata
-from .official_metadata import OfficialMetadata, read_official_metadata
 from .preprocess import PIXEL_SCALE, Normalization, PreprocessSpec, load_image, scale_pixels
+
+if TYPE_CHECKING:
+    from .official_metadata import OfficialMetadata
 
 # uint8 pixel p maps exactly to int8 p - 128 when the input scale is 1/255 and zero point -128,
 # which is what post-training quantization of x / 255 inputs produces.
@@ -151,15 +152,19 @@ class Classifier:
     def __init__(self, model_path: str | os.PathLike, threads: int | None = 1,
                  backend: str | None = None, labels_path: str | os.PathLike | None = None,
                  normalization: Normalization | None = None):
-        self.model_path = Path(model_path)
+        self.model_path = os.fspath(model_path)  # a str: pathlib is not imported on this path
         self.backend, self._interpreter = make_interpreter(model_path, threads=threads, backend=backend)
         self.threads = threads
         try:
             self.metadata: ModelMetadata | None = read_metadata(model_path)
-            # Our own metadata says everything classification needs; the official one is read
-            # (and its parser imported) only for models from elsewhere.
-            self.official: OfficialMetadata | None = None if self.metadata else read_official_metadata(
-                self.model_path.read_bytes(), str(model_path))
+            self.official: OfficialMetadata | None = None
+            if self.metadata is None:
+                # Our own metadata says everything classification needs; the official one is read
+                # (and its parser imported) only for models from elsewhere.
+                from .official_metadata import read_official_metadata
+
+                with open(model_path, "rb") as handle:
+                    self.official = read_official_metadata(handle.read(), self.model_path)
         except OSError as error:
             raise ModelError(f"{model_path}: cannot read the model file ({error.strerror or error})") from error
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()

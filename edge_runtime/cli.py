@@ -17,9 +17,7 @@ import itertools
 import json
 import logging
 import os
-import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, TextIO
 
 import click
@@ -112,6 +110,8 @@ class FileRun(NamedTuple):
 
 def _check_output_folder(output: str) -> None:
     """Refuse, before any work, an --output whose folder does not exist (it is not created)."""
+    from pathlib import Path
+
     folder = Path(output).parent
     if not folder.exists():
         raise FatalError(f"{output}: cannot write results (folder {folder} does not exist)")
@@ -121,7 +121,6 @@ def _check_output_folder(output: str) -> None:
 
 def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool, run: FileRun,
                output: str | None) -> int:
-    from .atomic import atomic_path
     from .inputs import PassedOver, expand_inputs, passed_over_notes
     from .output import BlockWriter, display_path
 
@@ -132,6 +131,8 @@ def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool,
         stream = sys.stdout if _is_terminal(sys.stdout) else BlockWriter(sys.stdout)
         summary = _classify_to(stream, classifier, items, run)
     else:
+        from .atomic import atomic_path  # tempfile and its imports: only when writing a file
+
         try:
             with atomic_path(output) as temporary:
                 with open(temporary, "w", encoding="utf-8") as stream:
@@ -350,6 +351,8 @@ def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: st
             raise click.UsageError(f"{option} only applies to image inputs")
     models = [path for path in inputs if path.lower().endswith(MODEL_SUFFIX)]
     if models:
+        import shlex
+
         images = [path for path in inputs if path not in models] or ["photo.jpg"]
         raise click.UsageError(f"{models[0]} is a model, not an image: give it with --model, e.g. "
                                f"edge-classify -m {shlex.quote(models[0])} "

@@ -26,7 +26,8 @@ def model_facts(classifier: Classifier) -> dict[str, Any]:
     if facts["tflite_metadata"] is None and classifier.metadata is not None:
         # The classifier skips the official metadata of our own files; --info shows it all the same.
         try:
-            official = read_official_metadata(path.read_bytes(), str(path))
+            with open(path, "rb") as handle:
+                official = read_official_metadata(handle.read(), path)
         except ModelError as error:
             facts["tflite_metadata_error"] = str(error)
         else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Mapping, NamedTuple
 
 from .errors import ModelError
@@ -24,12 +23,12 @@ PREFERRED_CONVERTER_FILE = "model_int8.tflite"
 class ModelChoice(NamedTuple):
     """The model path to use, and why it was chosen over others when there were several (else None)."""
 
-    path: Path
+    path: str
     reason: str | None = None
 
 
 def find_model(option: str | os.PathLike | None, environ: Mapping[str, str] | None = None,
-               folder: str | os.PathLike | None = None) -> Path:
+               folder: str | os.PathLike | None = None) -> str:
     """The model path to use; ModelError saying where it looked when there is none (or several).
 
     The returned path is not checked here: `interpreter.check_model_file` says what is wrong with it.
@@ -41,12 +40,12 @@ def choose_model(option: str | os.PathLike | None, environ: Mapping[str, str] | 
                  folder: str | os.PathLike | None = None) -> ModelChoice:
     """As `find_model`, with the reason when the int8 model was picked among edge-convert's files."""
     if option is not None:
-        return ModelChoice(Path(option))
+        return ModelChoice(os.fspath(option))
     environ = os.environ if environ is None else environ
     from_env = environ.get(MODEL_ENV_VAR, "").strip()
     if from_env:
-        return ModelChoice(Path(from_env))
-    folder = Path.cwd() if folder is None else Path(folder)
+        return ModelChoice(from_env)
+    folder = os.getcwd() if folder is None else os.fspath(folder)
     try:
         candidates = sorted(entry.name for entry in os.scandir(folder)
                             if entry.name.lower().endswith(MODEL_SUFFIX) and entry.is_file())
@@ -54,10 +53,10 @@ def choose_model(option: str | os.PathLike | None, environ: Mapping[str, str] | 
         raise ModelError(f"no model given (--model, ${MODEL_ENV_VAR}) and the current folder "
                          f"{folder} cannot be listed ({error.strerror})") from error
     if len(candidates) == 1:
-        return ModelChoice(folder / candidates[0])
+        return ModelChoice(os.path.join(folder, candidates[0]))
     if PREFERRED_CONVERTER_FILE in candidates and all(CONVERTER_FILE.fullmatch(name) for name in candidates):
         others = ", ".join(name for name in candidates if name != PREFERRED_CONVERTER_FILE)
-        return ModelChoice(folder / PREFERRED_CONVERTER_FILE,
+        return ModelChoice(os.path.join(folder, PREFERRED_CONVERTER_FILE),
                            f"{PREFERRED_CONVERTER_FILE} chosen over {others} in {folder} (int8 is the one made "
                            f"for devices; --model or ${MODEL_ENV_VAR} chooses another)")
     if not candidates:

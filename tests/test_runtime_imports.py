@@ -68,3 +68,47 @@ def test_classifying_a_photo_loads_nothing_heavy(runtime_models, split_dataset: 
 def test_info_and_benchmark_load_nothing_heavy(runtime_models, option: str) -> None:
     modules = loaded_after(run_cli([option, str(runtime_models.int8)]))
     assert modules["loaded"] == []
+
+
+# What a single photo costs at start-up (issue 20): every module imported is paid for at each start
+# of `edge-classify photo.jpg`. The probe runs without `site` (its .pth hooks, such as an editable
+# install's finder, import pathlib and more by themselves), with the installed packages on the path.
+COLD_PATH_ABSENT = ("zipfile", "tempfile", "shutil", "pathlib", "shlex", "edge_runtime.official_metadata",
+                    "edge_runtime.flatbuffer_check", "flatbuffers", "encodings.cp437")
+BARE_PROBE = """
+import json, sys
+sys.path[:0] = {paths!r}
+from edge_runtime.cli import main
+try:
+    main({args!r}, prog_name="edge-classify")
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+print(json.dumps(sorted(m for m in {absent!r} if m in sys.modules)))
+"""
+
+
+def loaded_without_site(args: list[str]) -> list[str]:
+    import sysconfig
+
+    # This process's environment (a venv's site-packages): `python -S` alone would not find it.
+    installed = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    code = BARE_PROBE.format(paths=[str(REPO_ROOT), *installed], args=args, absent=COLD_PATH_ABSENT)
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S,
+                            cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_one_photo_with_our_model_loads_no_zip_temp_file_path_or_official_metadata_code(
+        runtime_models, split_dataset: Path) -> None:
+    """Our models carry everything in our own entries: no zipfile (bounded_zip reads the archive), no
+    official-metadata parser or flatbuffers, no tempfile (only -o writes a file), no pathlib."""
+    photo = split_dataset / "test" / "circle" / "0000.png"
+    assert loaded_without_site(["--model", str(runtime_models.int8), str(photo)]) == []
+
+
+def test_the_cold_path_probe_sees_modules_that_are_loaded(runtime_models, split_dataset: Path, tmp_path) -> None:
+    """The same probe, with -o: tempfile is loaded then, so the probe can see what it looks for."""
+    photo = split_dataset / "test" / "circle" / "0000.png"
+    loaded = loaded_without_site(["--model", str(runtime_models.int8), "-o", str(tmp_path / "out.txt"), str(photo)])
+    assert "tempfile" in loaded

@@ -114,10 +114,10 @@ def test_image_extensions(name: str, expected: bool) -> None:
 def test_find_model_order(tmp_path: Path) -> None:
     touch(tmp_path / "only.tflite")
     touch(tmp_path / "notes.txt")
-    assert find_model("given.tflite", {MODEL_ENV_VAR: "env.tflite"}, tmp_path) == Path("given.tflite")
-    assert find_model(None, {MODEL_ENV_VAR: "env.tflite"}, tmp_path) == Path("env.tflite")
-    assert find_model(None, {MODEL_ENV_VAR: "  "}, tmp_path) == tmp_path / "only.tflite"
-    assert find_model(None, {}, tmp_path) == tmp_path / "only.tflite"
+    assert find_model("given.tflite", {MODEL_ENV_VAR: "env.tflite"}, tmp_path) == "given.tflite"
+    assert find_model(None, {MODEL_ENV_VAR: "env.tflite"}, tmp_path) == "env.tflite"
+    assert find_model(None, {MODEL_ENV_VAR: "  "}, tmp_path) == str(tmp_path / "only.tflite")
+    assert find_model(None, {}, tmp_path) == str(tmp_path / "only.tflite")
 
 
 def test_find_model_ignores_folders_named_tflite(tmp_path: Path) -> None:
