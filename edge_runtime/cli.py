@@ -53,6 +53,9 @@ DEFAULT_BATCH = 32
 # up to 200 CIFAR-10 JPEGs and faster from 400; a run under heavier load, slower still at 400.
 SMALL_JOB_FILES = 300
 
+# OpenBLAS, numpy's BLAS, reads its thread count from this when numpy is imported (see _one_blas_thread).
+BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,6 +69,18 @@ class RunFailed(click.ClickException):
     """The run went ahead but something asked for failed (a lost camera): exit code 1."""
 
     exit_code = EXIT_INPUT_FAILED
+
+
+def _one_blas_thread() -> None:
+    """Ask numpy's BLAS for one thread, unless the user has said otherwise; before numpy is imported.
+
+    edge-classify does no linear algebra, but OpenBLAS starts a thread per core when numpy is
+    imported, and those threads spin while they wait: on a 2-core VM they cost a single photo about
+    a fifth of its CPU time (BENCHMARKS.md, cold start), and they compete with the interpreter and
+    with the worker processes (which inherit the setting) for the cores. Only this command's
+    processes see it.
+    """
+    os.environ.setdefault(BLAS_THREADS_VARIABLE, "1")
 
 
 def _make_classifier(model_option: str | None, threads: int, backend: str | None,
@@ -437,6 +452,7 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
     edge-classify --camera --frames 100
     edge-classify --info model.tflite
     """
+    _one_blas_thread()
     if verbose:
         # This package's diagnostics only: Pillow's and the interpreter's debug chatter stays off.
         handler = logging.StreamHandler(sys.stderr)

@@ -7,6 +7,7 @@ Each check runs in a fresh interpreter: this test process has TensorFlow loaded 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,34 @@ def test_the_cold_path_probe_sees_modules_that_are_loaded(runtime_models, split_
     photo = split_dataset / "test" / "circle" / "0000.png"
     loaded = loaded_without_site(["--model", str(runtime_models.int8), "-o", str(tmp_path / "out.txt"), str(photo)])
     assert "tempfile" in loaded
+
+
+THREADS_PROBE = """
+import os, sys
+sys.path.insert(0, {root!r})
+from edge_runtime.cli import main
+try:
+    main({args!r}, prog_name="edge-classify")
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+print(len(os.listdir("/proc/self/task")), os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc to count threads")
+@pytest.mark.parametrize("given, threads, setting", [(None, 1, "1"), ("2", 2, "2")])
+def test_numpy_blas_threads_are_not_started_unless_the_user_asks(runtime_models, split_dataset: Path, given,
+                                                                 threads, setting) -> None:
+    """edge-classify does no linear algebra: OpenBLAS's spinning helper threads only cost CPU (issue 20).
+    One thread unless OPENBLAS_NUM_THREADS says otherwise, which is kept (2 threads: the helper is back)."""
+    if (os.cpu_count() or 1) < threads:
+        pytest.skip("OpenBLAS starts no helper thread on a single core")
+    photo = split_dataset / "test" / "circle" / "0000.png"
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    code = THREADS_PROBE.format(root=str(REPO_ROOT), args=["--model", str(runtime_models.int8), str(photo)])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S,
+                            cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"{threads} {setting}"
