@@ -16,10 +16,9 @@ with no bound on their output. A directory `zipfile` would refuse to parse count
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 import zlib
-from typing import IO
+from typing import IO, NamedTuple
 
 from .errors import ModelError
 from .limits import (ARCHIVE_DIRECTORY_MAX_BYTES, ARCHIVE_MAX_ENTRIES, ARCHIVE_MAX_RATIO, ARCHIVE_RATIO_FLOOR_BYTES,
@@ -62,8 +61,7 @@ class _Damaged(Exception):
     """What is wrong with an archive's bytes (a directory that does not parse, an entry that lies)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Directory:
+class Directory(NamedTuple):
     """What the end record says about the central directory, before anything else is read."""
 
     entries: int
@@ -72,8 +70,7 @@ class Directory:
     offset: int  # where the archive's own records say it begins: less when the archive follows other bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One file of the archive, as its central directory record describes it."""
 
     name: str
