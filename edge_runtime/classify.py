@@ -183,7 +183,7 @@ class Classifier:
         rule = resolve_input(self.metadata, self.official, self.input.dtype, height, width, normalization)
         if (height, width) != (rule.spec.height, rule.spec.width):
             # Embedded metadata that disagrees with the tensor: resize to what the tensor wants.
-            rule = dataclasses.replace(rule, spec=dataclasses.replace(rule.spec, height=height, width=width))
+            rule = rule._replace(spec=dataclasses.replace(rule.spec, height=height, width=width))
         self.input_rule: InputRule = rule
         self.spec: PreprocessSpec = rule.spec
         choice = resolve_labels(self.metadata, self.official, labels_path)

@@ -26,9 +26,8 @@ metadata's label file, else `--labels`, else class indices.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -54,8 +53,7 @@ FOREIGN_RESAMPLE = FIXED_POINT_BILINEAR
 INDICES = "class indices"
 
 
-@dataclasses.dataclass(frozen=True)
-class InputRule:
+class InputRule(NamedTuple):
     """How uint8 pixels become the model's input values, and where that rule came from."""
 
     kind: str
@@ -120,8 +118,7 @@ def resolve_input(embedded: ModelMetadata | None, official: OfficialMetadata | N
     return InputRule(GUESSED_UNIT_RANGE, foreign, source="no normalization metadata: guessed")
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelChoice:
+class LabelChoice(NamedTuple):
     """The labels a model's classes are shown with, and where they came from."""
 
     labels: list[str] | None

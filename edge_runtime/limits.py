@@ -13,12 +13,11 @@ manifest and metadata costs at most a few tens of MB beyond the model itself.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ModelError
 
@@ -59,8 +58,7 @@ MODEL_METADATA_MAX_ENTRIES = 1_000
 _LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-@dataclasses.dataclass(frozen=True)
-class Limit:
+class Limit(NamedTuple):
     """What one kind of file may hold: bytes, and lines when it is read line by line."""
 
     what: str  # how messages name the kind of file, e.g. "labels"

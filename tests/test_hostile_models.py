@@ -356,7 +356,7 @@ def test_entries_that_cannot_be_streamed_with_a_bound_are_refused(seeds, method,
 def test_compression_ratio_is_checked_before_inflating(seeds) -> None:
     """2 MiB of labels declared honestly but over the ratio: refused on the ratio, without inflating."""
     bomb = bomb_entry(LABELS_ENTRY, 2 * limits.MIB)
-    big_limit = dataclasses.replace(limits.LABELS, max_bytes=4 * limits.MIB)
+    big_limit = limits.LABELS._replace(max_bytes=4 * limits.MIB)
     with open_archive(io.BytesIO(replaced(seeds["ours"], LABELS_ENTRY, bomb))) as archive:
         with pytest.raises(ModelError, match=r"^embedded labels.txt inflates [\d,]+ times \(from [\d,]+ to "
                                              r"2,097,152 bytes\), over the limit of 100 times$"):
