@@ -8,14 +8,28 @@ reads: `read_metadata` on the file and `read_official_metadata` on its bytes, th
 Classifier is built (the interpreter loads the model) and classifies one image, which invokes it,
 so a graph damaged where only invoke notices is covered too. A case passes when the readers
 return or raise ModelError (one line), and then the Classifier returns scores or raises
-ModelError (one line); anything else is a traceback. Mutations: byte flips, interesting
-integers, truncations, splices, flatbuffer offsets out of range (in the TFLITE_METADATA buffer
-and the model's own tables), central-directory edits and lies about sizes, deflate bombs,
-archives with many entries, hostile JSON and labels. Hypothesis draws them, from a fixed seed.
+ModelError (one line); anything else is a traceback.
+
+Seeds: a Conv2D-GlobalAveragePooling-Dense network (ours, official, official-deflated), and the
+documented CNN's layer kinds in miniature, Conv2D-MaxPool-Flatten-Dense (ours-flatten,
+official-flatten, and ours-flatten-int8): its resizable batch makes the converter compute the
+Reshape's shape at run time (SHAPE, STRIDED_SLICE, PACK of a constant), and its int8 form carries
+scales and zero points that the XNNPACK delegate checks at the first invoke.
+
+Mutations: byte flips, interesting integers, truncations, splices, flatbuffer offsets out of range
+(in the TFLITE_METADATA buffer and the model's own tables), central-directory edits and lies about
+sizes, deflate bombs, archives with many entries, hostile JSON and labels; and graph writes, which
+rewrite a value only the interpreter reads, found through flatbuffer_check's bounds-checked reader
+of the model's tables: an element of a small constant buffer (shape constants, slice bounds,
+biases), a quantization scale or zero point, a tensor's shape or shape signature, an operator's
+tensor index or a field of its options. Hypothesis draws them, from a fixed seed.
 
 The cases run in a worker process with an address-space cap (so a runaway allocation fails as a
 MemoryError, counted as a traceback) and a per-case time cap (a case over it counts as a hang);
-the parent builds the seed models (TensorFlow), runs the worker, prints and records the figures:
+the parent builds the seed models (TensorFlow), runs the worker, prints and records the figures.
+A case that kills the worker (a crash in the interpreter's native code) is counted as a crash, its
+model is kept in the record, and a new worker runs the cases left, drawn from a seed derived from
+the run's seed and the number of the restart (so the same seed still draws the same run):
 
     .venv/bin/python benchmarks/fuzz_models.py --cases 10000 --record artifacts/fuzz.json
 
@@ -27,9 +41,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import faulthandler
 import functools
 import io
 import json
+import math
 import os
 import platform
 import resource
@@ -40,6 +56,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -52,6 +69,8 @@ import numpy as np  # noqa: E402
 
 from edge_runtime.classify import Classifier  # noqa: E402
 from edge_runtime.errors import ModelError  # noqa: E402
+from edge_runtime.flatbuffer_check import (FIELD_SLOT_BYTES, SOFFSET, UOFFSET, VTABLE_HEADER_BYTES,  # noqa: E402
+                                           Table)
 from edge_runtime.info import describe_calibration  # noqa: E402
 from edge_runtime.limits import ARCHIVE_MAX_ENTRIES, LABELS_MAX_BYTES, LABELS_MAX_LINES, MIB  # noqa: E402
 from edge_runtime.metadata import INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY, read_metadata  # noqa: E402
@@ -69,6 +88,13 @@ DEFAULT_MEMORY_CAP_MIB = 64
 WORKER_SECONDS_PER_CASE = 0.5
 WORKER_MIN_TIMEOUT_S = 120
 KEPT_FAILURES = 5
+KEPT_MODEL_BYTES = 64 * 1024  # a failed case's model is kept whole up to this size (the seeds are a few KiB)
+KEPT_HEAD_BYTES = 64
+# After a case kills its worker (a crash in native code), the parent starts another for the cases left, at
+# most this many times a run.
+MAX_WORKER_RESTARTS = 20
+PROGRESS_FILE = "progress.json"
+CASE_FILE = "case.tflite"
 # The image a mutant is classified on: one grey picture of the model's input size.
 PROBE_PIXEL = 128
 # What became of a case (`try_model`): the readers refused it, or they accepted it and then the
@@ -79,6 +105,7 @@ LABELS = ["cat", "dog", "bird"]
 CALIBRATION_FILE = "calibration.csv"
 CALIBRATION_TEXT = b"1.0,2.0,-1.0\n\n0.5,1.0,0.0,0.1\n"
 SIDE = 16
+CALIBRATION_IMAGES = 8  # representative images of the int8 seed's conversion (random pixels: the file matters)
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 # Zip records, written field by field so that the tests can make them lie.
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")
@@ -89,6 +116,8 @@ DOS_DATE = (0, 33)  # 00:00, 1 January 1980
 RAW_DEFLATE_BITS = -15
 FINAL_EMPTY_DEFLATE_BLOCK = b"\x03\x00"
 BOMB_BLOCK_BYTES = 1 * MIB
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
                (1 << 63) - 1, (1 << 64) - 1)
 
@@ -175,6 +204,14 @@ class Seed:
         start = self.prefix.index(b"M001") - 4
         return start, start + int.from_bytes(self.prefix[start - 4:start], "little")
 
+    @functools.cached_property
+    def graph(self) -> dict[str, tuple[GraphValue, ...]]:
+        """The values of its graph that only the interpreter reads, by kind (`graph_values`)."""
+        found: dict[str, list[GraphValue]] = {}
+        for value in graph_values(self.prefix):
+            found.setdefault(value.kind, []).append(value)
+        return {kind: tuple(values) for kind, values in sorted(found.items())}
+
 
 def _tiny_tflite() -> bytes:
     """An untrained 16x16 RGB classifier of three classes as float32 TFLite (what matters is the file).
@@ -193,6 +230,38 @@ def _tiny_tflite() -> bytes:
         x = tf.keras.layers.GlobalAveragePooling2D()(x)
         outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
         return tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, outputs)).convert()
+
+
+def _flatten_tflite() -> tuple[bytes, bytes]:
+    """The documented CNN's layer kinds in miniature (Conv2D-MaxPool-Flatten-Dense), untrained, as
+    float32 and as full-int8 TFLite.
+
+    Its batch dimension is resizable, so the converter turns Flatten into SHAPE, STRIDED_SLICE and
+    PACK of a constant (the flattened size) feeding RESHAPE: a shape computed when the model runs,
+    which only invoke checks. The int8 form adds scales and zero points, which the XNNPACK delegate
+    checks when it prepares that dynamic part at the first invoke.
+    """
+    from trainer.tensorflow_env import import_tensorflow, native_output_to_log
+
+    tf = import_tensorflow("make fuzz")
+    with native_output_to_log():
+        tf.keras.utils.set_random_seed(0)
+        inputs = tf.keras.Input((SIDE, SIDE, 3))
+        x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+        x = tf.keras.layers.MaxPooling2D()(x)
+        x = tf.keras.layers.Flatten()(x)
+        outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
+        network = tf.keras.Model(inputs, outputs)
+        float_model = bytes(tf.lite.TFLiteConverter.from_keras_model(network).convert())
+        pixels = np.random.default_rng(0).random((CALIBRATION_IMAGES, 1, SIDE, SIDE, 3), dtype=np.float32)
+        converter = tf.lite.TFLiteConverter.from_keras_model(network)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image] for image in pixels)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+        with warnings.catch_warnings():  # the int8 input's statistics come from the calibration, as intended
+            warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
+            return float_model, bytes(converter.convert())
 
 
 def _with_score_calibration(raw: bytes) -> bytes:
@@ -218,35 +287,57 @@ def _with_score_calibration(raw: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-@functools.lru_cache(maxsize=1)
-def build_seeds() -> tuple[Seed, ...]:
-    """Our export of a tiny model, and two third-party-style ones (stored and deflated files).
-    Built once per process (TensorFlow converts the model): the tests share them."""
-    from converter.official_metadata import ModelDescription, attach_metadata_buffer, metadata_flatbuffer, spec_normalization
-    from edge_runtime.labels import format_labels
+def _ours(bare: bytes, description: Any, variant: str, name: str) -> Seed:
+    """`bare` exported as edge-convert exports: official metadata, then our archive of three entries."""
+    from converter.official_metadata import attach_metadata_buffer, metadata_flatbuffer
     from edge_runtime.metadata import ModelMetadata, embed_metadata, read_metadata_bytes
     from edge_runtime.preprocess import PreprocessSpec
 
-    bare = _tiny_tflite()
-    spec = PreprocessSpec(height=SIDE, width=SIDE)
-    description = ModelDescription(name="fuzz seed", description="a tiny untrained classifier", version="1",
-                                   labels=LABELS, width=SIDE, height=SIDE, normalization=spec_normalization(spec))
-    ours_prefix = attach_metadata_buffer(bare, metadata_flatbuffer(description))
-    ours = embed_metadata(ours_prefix, ModelMetadata(LABELS, spec, {"variant": "float32"}))
-    ours_entries = []
-    with zipfile.ZipFile(io.BytesIO(ours)) as archive:
-        for name in (LABELS_ENTRY, PREPROCESS_ENTRY, INFO_ENTRY):
-            ours_entries.append(raw_entry(name, archive.read(name)))
-    if read_metadata_bytes(ours) is None:
-        raise RuntimeError("seed ours does not read back its own metadata")
+    prefix = attach_metadata_buffer(bare, metadata_flatbuffer(description))
+    model = embed_metadata(prefix, ModelMetadata(LABELS, PreprocessSpec(height=SIDE, width=SIDE),
+                                                 {"variant": variant}))
+    entries = []
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:
+        for entry in (LABELS_ENTRY, PREPROCESS_ENTRY, INFO_ENTRY):
+            entries.append(raw_entry(entry, archive.read(entry)))
+    if read_metadata_bytes(model) is None:
+        raise RuntimeError(f"seed {name} does not read back its own metadata")
+    return Seed(name, model, prefix, tuple(entries))
 
-    theirs_prefix = attach_metadata_buffer(bare, _with_score_calibration(metadata_flatbuffer(description)))
+
+def _third_party(bare: bytes, description: Any, method: int, name: str) -> Seed:
+    """`bare` as Model Maker-style tools ship it: official metadata with a score calibration, labels and
+    the calibration file appended (stored or deflated)."""
+    from converter.official_metadata import attach_metadata_buffer, metadata_flatbuffer
+    from edge_runtime.labels import format_labels
+
+    prefix = attach_metadata_buffer(bare, _with_score_calibration(metadata_flatbuffer(description)))
     files = {LABELS_ENTRY: format_labels(LABELS).encode("utf-8"), CALIBRATION_FILE: CALIBRATION_TEXT}
-    seeds = [Seed("ours", ours, ours_prefix, tuple(ours_entries))]
-    for name, method in (("official", zipfile.ZIP_STORED), ("official-deflated", zipfile.ZIP_DEFLATED)):
-        entries = tuple(raw_entry(file, data, method) for file, data in files.items())
-        model = theirs_prefix + zip_archive(list(entries), len(theirs_prefix))
-        seeds.append(Seed(name, model, theirs_prefix, entries))
+    entries = tuple(raw_entry(file, data, method) for file, data in files.items())
+    return Seed(name, prefix + zip_archive(list(entries), len(prefix)), prefix, entries)
+
+
+@functools.lru_cache(maxsize=1)
+def build_seeds() -> tuple[Seed, ...]:
+    """Our export of a tiny model, and two third-party-style ones (stored and deflated files); then the
+    Flatten network (`_flatten_tflite`) as ours, third-party-style and ours in int8.
+    Built once per process (TensorFlow converts the models): the tests share them."""
+    from converter.official_metadata import ModelDescription, spec_normalization
+    from edge_runtime.preprocess import PreprocessSpec
+
+    description = ModelDescription(name="fuzz seed", description="a tiny untrained classifier", version="1",
+                                   labels=LABELS, width=SIDE, height=SIDE,
+                                   normalization=spec_normalization(PreprocessSpec(height=SIDE, width=SIDE)))
+    bare = _tiny_tflite()
+    flatten_float, flatten_int8 = _flatten_tflite()
+    seeds = [
+        _ours(bare, description, "float32", "ours"),
+        _third_party(bare, description, zipfile.ZIP_STORED, "official"),
+        _third_party(bare, description, zipfile.ZIP_DEFLATED, "official-deflated"),
+        _ours(flatten_float, description, "float32", "ours-flatten"),
+        _third_party(flatten_float, description, zipfile.ZIP_STORED, "official-flatten"),
+        _ours(flatten_int8, description, "int8", "ours-flatten-int8"),
+    ]
     for seed in seeds:
         official = read_official_metadata(seed.data, seed.name)
         if official is None or official.labels != LABELS:
@@ -277,6 +368,146 @@ def load_seeds(folder: Path) -> list[Seed]:
         seeds.append(Seed(item["name"], (folder / f"{item['name']}.tflite").read_bytes(),
                           (folder / f"{item['name']}.prefix").read_bytes(), entries))
     return seeds
+
+
+# --- what only the interpreter reads: the model's graph -----------------------------------------------------
+
+# The fields of TFLite's schema.fbs walked to find them (field ids): Model.subgraphs and buffers,
+# SubGraph.tensors and operators, Tensor.shape, type, buffer, quantization and shape_signature,
+# QuantizationParameters.scale and zero_point, Operator.inputs, outputs and builtin_options, Buffer.data.
+MODEL_SUBGRAPHS_SLOT, MODEL_BUFFERS_SLOT = 2, 4
+SUBGRAPH_TENSORS_SLOT, SUBGRAPH_OPERATORS_SLOT = 0, 3
+TENSOR_SHAPE_SLOT, TENSOR_TYPE_SLOT, TENSOR_BUFFER_SLOT = 0, 1, 2
+TENSOR_QUANTIZATION_SLOT, TENSOR_SHAPE_SIGNATURE_SLOT = 4, 7
+QUANTIZATION_SCALE_SLOT, QUANTIZATION_ZERO_POINT_SLOT = 2, 3
+OPERATOR_INPUTS_SLOT, OPERATOR_OUTPUTS_SLOT, OPERATOR_OPTIONS_SLOT = 1, 2, 4
+BUFFER_DATA_SLOT = 0
+# How a constant's elements are stored, by schema.fbs TensorType (FLOAT32, FLOAT16 as its bits, INT32, UINT8,
+# INT64, BOOL, INT16, INT8, FLOAT64, UINT64, UINT32, UINT16); other types are written byte by byte.
+ELEMENT_FORMATS = {0: "<f", 1: "<H", 2: "<i", 3: "<B", 4: "<q", 6: "<B", 7: "<h", 9: "<b", 10: "<d", 12: "<Q",
+                   15: "<I", 16: "<H"}
+FLOAT_FORMATS = ("<f", "<d")
+# Constants up to this size are written: shape constants, slice bounds, biases. Weights are larger, and
+# their values change only the scores.
+SMALL_CONSTANT_BYTES = 64
+# An option field is read as the widest of these integers that fits it and is aligned.
+OPTION_FORMATS = {4: "<i", 2: "<h", 1: "<b"}
+# What a graph write rewrites (`GraphValue.kind`).
+CONSTANT, SCALE, ZERO_POINT, SHAPE, OPTION, OPERAND = ("constant", "scale", "zero point", "shape", "op option",
+                                                       "op tensor")
+GRAPH_WRITES_MAX = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphValue:
+    """One value of a model's graph that the interpreter reads and the metadata readers do not."""
+
+    kind: str
+    where: str  # for the case's steps: "tensor 3 constant [0]"
+    position: int  # of its bytes in the model file
+    form: str  # its struct format
+
+
+def _elements(table: Table, slot: int, form: str, kind: str, where: str) -> list[GraphValue]:
+    """Each element of the vector of scalars in field `slot` of `table`."""
+    size = struct.calcsize(form)
+    start, count = table.vector(slot, size)
+    return [GraphValue(kind, f"{where} [{index}]", start + size * index, form) for index in range(count)]
+
+
+def _option_fields(options: Table, where: str) -> list[GraphValue]:
+    """Each field of an operator's options table. Its type is not known here (a union of some 150
+    tables), so a field is read as wide as the room up to the next field allows."""
+    buffer, position = options.checker.buffer, options.position
+    vtable = position - SOFFSET.unpack_from(buffer, position)[0]
+    vtable_size, table_size = struct.unpack_from("<HH", buffer, vtable)
+    slots = (vtable_size - VTABLE_HEADER_BYTES) // FIELD_SLOT_BYTES
+    fields = sorted((at, slot) for slot in range(slots)
+                    if (at := options.checker.field(position, slot, 1)) is not None)
+    ends = [at for at, _ in fields[1:]] + [position + table_size]
+    values = []
+    for (at, slot), end in zip(fields, ends):
+        width = next(width for width in OPTION_FORMATS if width <= end - at and at % width == 0)
+        values.append(GraphValue(OPTION, f"{where} field {slot}", at, OPTION_FORMATS[width]))
+    return values
+
+
+def graph_values(model: bytes) -> list[GraphValue]:
+    """What the interpreter reads of a model and the metadata readers do not: the elements of small
+    constant buffers, quantization scales and zero points, tensor shapes and shape signatures, the
+    operators' tensor indices and the fields of their options. Found through flatbuffer_check's
+    bounds-checked reader of the model's tables; each value once."""
+    root = Table.root(model)
+    buffers, buffer_count = root.vector(MODEL_BUFFERS_SLOT, UOFFSET.size)
+    subgraphs, subgraph_count = root.vector(MODEL_SUBGRAPHS_SLOT, UOFFSET.size)
+    found: dict[int, GraphValue] = {}
+    for graph_index in range(subgraph_count):
+        graph = root.table_at(subgraphs + UOFFSET.size * graph_index)
+        prefix = f"subgraph {graph_index} " if graph_index else ""
+        tensors, tensor_count = graph.vector(SUBGRAPH_TENSORS_SLOT, UOFFSET.size)
+        for index in range(tensor_count):
+            tensor = graph.table_at(tensors + UOFFSET.size * index)
+            where = f"{prefix}tensor {index}"
+            values = (_elements(tensor, TENSOR_SHAPE_SLOT, "<i", SHAPE, f"{where} shape")
+                      + _elements(tensor, TENSOR_SHAPE_SIGNATURE_SLOT, "<i", SHAPE, f"{where} shape_signature"))
+            buffer = int(tensor.scalar(TENSOR_BUFFER_SLOT, "<I"))
+            if 0 < buffer < buffer_count:  # buffer 0 is the empty one of every tensor without data
+                form = ELEMENT_FORMATS.get(int(tensor.scalar(TENSOR_TYPE_SLOT, "<b")), "<B")
+                start, size = root.table_at(buffers + UOFFSET.size * buffer).vector(BUFFER_DATA_SLOT, 1)
+                width = struct.calcsize(form)
+                if size <= SMALL_CONSTANT_BYTES:
+                    values += [GraphValue(CONSTANT, f"{where} constant [{element}]", start + width * element, form)
+                               for element in range(size // width)]
+            at = tensor.checker.field(tensor.position, TENSOR_QUANTIZATION_SLOT, UOFFSET.size)
+            if at is not None:
+                quantization = tensor.table_at(at)
+                values += (_elements(quantization, QUANTIZATION_SCALE_SLOT, "<f", SCALE, f"{where} scale")
+                           + _elements(quantization, QUANTIZATION_ZERO_POINT_SLOT, "<q", ZERO_POINT,
+                                       f"{where} zero point"))
+            found.update((value.position, value) for value in values if value.position not in found)
+        operators, operator_count = graph.vector(SUBGRAPH_OPERATORS_SLOT, UOFFSET.size)
+        for index in range(operator_count):
+            operator = graph.table_at(operators + UOFFSET.size * index)
+            where = f"{prefix}op {index}"
+            values = (_elements(operator, OPERATOR_INPUTS_SLOT, "<i", OPERAND, f"{where} input")
+                      + _elements(operator, OPERATOR_OUTPUTS_SLOT, "<i", OPERAND, f"{where} output"))
+            at = operator.checker.field(operator.position, OPERATOR_OPTIONS_SLOT, UOFFSET.size)
+            if at is not None:
+                values += _option_fields(operator.table_at(at), f"{where} option")
+            found.update((value.position, value) for value in values if value.position not in found)
+    return sorted(found.values(), key=lambda value: value.position)
+
+
+def _stored(form: str, new: int | float) -> bytes:
+    """`new` as a value of struct format `form` stores it (a float beyond float32's range becomes infinite)."""
+    if form == "<f" and math.isfinite(new) and abs(new) > FLOAT32_MAX:
+        new = math.copysign(math.inf, new)
+    return struct.pack(form, new)
+
+
+def write_graph_value(data: bytes, value: GraphValue, new: int | float) -> bytes:
+    """`data` with `value` rewritten to `new`."""
+    stored = _stored(value.form, new)
+    return data[:value.position] + stored + data[value.position + len(stored):]
+
+
+def _replacements(form: str, current: int | float):
+    """What a graph value is rewritten to: its neighbours, its negation and double, the edges of its
+    type and special floats (those that change it), or anything of its type."""
+    st = _st()
+    if form in FLOAT_FORMATS:
+        chosen: tuple[int | float, ...] = (0.0, -0.0, 1.0, -1.0, math.nan, math.inf, -math.inf, FLOAT32_TINY,
+                                           FLOAT32_MAX, current * 2, -current, current / 2)
+        anything = st.floats(width=32 if form == "<f" else 64)
+    else:
+        bits = 8 * struct.calcsize(form)
+        low, high = (0, (1 << bits) - 1) if form[1].isupper() else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        chosen = tuple(sorted({min(max(value, low), high)
+                               for value in (current + 1, current - 1, -current, current * 2, 0, 1, -1, low, high)}))
+        anything = st.integers(low, high)
+    unchanged = _stored(form, current)
+    changes = tuple(value for value in chosen if _stored(form, value) != unchanged)
+    return st.sampled_from(changes) | anything
 
 
 # --- mutations ---------------------------------------------------------------------------------------------
@@ -364,6 +595,18 @@ def splice(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
 BYTE_MUTATIONS = (flip_bytes, interesting_integer, flatbuffer_offset, truncate, splice)
 
 
+def graph_write(data: bytes, seed: Seed, draw: Draw) -> tuple[bytes, str]:
+    """One value only the interpreter reads, rewritten (`graph_values`): a kind first, so that the
+    few constants and zero points are drawn as often as the many shapes, then a value of that kind.
+    `data` must still hold the seed's flatbuffer where the seed has it."""
+    st = _st()
+    kind = draw(st.sampled_from(sorted(seed.graph)))
+    value = draw(st.sampled_from(seed.graph[kind]))
+    current = struct.unpack_from(value.form, data, value.position)[0]
+    new = draw(_replacements(value.form, current))
+    return write_graph_value(data, value, new), f"{value.where}: {current!r} -> {new!r}"
+
+
 def directory_lie(seed: Seed, draw: Draw) -> tuple[bytes, str]:
     """An archive whose directory lies: sizes, method, flags, names or its entry count."""
     st = _st()
@@ -437,8 +680,9 @@ class Case:
     data: bytes
 
 
-def mutated_models(seeds: list[Seed]):
-    """The hypothesis strategy of fuzz cases: a seed, maybe a structural change, then byte mutations."""
+def mutated_models(seeds: list[Seed], graph_writes: bool = True):
+    """The hypothesis strategy of fuzz cases: a seed, maybe a structural change, maybe writes into its
+    graph (unless `graph_writes` is False), then byte mutations."""
     st = _st()
 
     @st.composite
@@ -448,7 +692,14 @@ def mutated_models(seeds: list[Seed]):
         if draw(st.integers(0, 2)) == 0:
             data, step = draw(st.sampled_from(STRUCTURAL_MUTATIONS))(seed, draw)
             steps.append(step)
-        for _ in range(draw(st.integers(0 if steps else 1, 3))):
+        graph = graph_writes and draw(st.integers(0, 2)) == 0
+        if graph:  # the archive's changes leave the flatbuffer where it was
+            for _ in range(draw(st.integers(1, GRAPH_WRITES_MAX))):
+                data, step = graph_write(data, seed, draw)
+                steps.append(step)
+        # After graph writes, few byte mutations: most of them make the readers refuse the model, and
+        # the graph writes are there to reach the interpreter.
+        for _ in range(draw(st.integers(0 if steps else 1, 1 if graph else 3))):
             data, step = draw(st.sampled_from(BYTE_MUTATIONS))(data, seed, draw)
             steps.append(step)
         return Case(seed.name, tuple(steps), data)
@@ -503,6 +754,8 @@ class Tally:
     load_refused: int = 0  # of the read: the interpreter would not load it
     invoke_failed: int = 0  # of the read: it loaded, and failed when invoked
     tracebacks: int = 0
+    multi_line: int = 0  # a ModelError of more than one line (or none): counted as read or refused, and a failure
+    crashes: int = 0  # cases that killed their worker (a signal from native code): counted by the parent
     hangs: int = 0
     max_case_seconds: float = 0.0
     slowest_case: list[str] = dataclasses.field(default_factory=list)
@@ -510,6 +763,7 @@ class Tally:
     max_case_peak_rss_mib: float = 0.0  # the worker's highest resident memory during a case
     hungriest_case: list[str] = dataclasses.field(default_factory=list)
     failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    invoke_failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the first few, as examples
 
     def record(self, case: Case, path: Path, time_cap_s: float) -> None:
         def expire(signum: int, frame: Any) -> None:
@@ -523,6 +777,7 @@ class Tally:
         try:
             outcome, message = try_model(path)
             if message is not None and ("\n" in message or not message):
+                self.multi_line += 1
                 self._fail(case, f"ModelError ({outcome}) not on one line: " + repr(message))
             if outcome == REFUSED:
                 self.refused += 1
@@ -534,6 +789,8 @@ class Tally:
                     self.load_refused += 1
                 else:
                     self.invoke_failed += 1
+                    if len(self.invoke_failures) < KEPT_FAILURES:
+                        self.invoke_failures.append({"seed": case.seed, "steps": list(case.steps), "error": message})
         except CaseTimeout:
             self.hangs += 1
             self._fail(case, "hang")
@@ -558,8 +815,15 @@ class Tally:
 
     def _fail(self, case: Case, what: str) -> None:
         if len(self.failures) < KEPT_FAILURES:
-            self.failures.append({"seed": case.seed, "steps": list(case.steps), "error": what,
-                                  "data_hex_head": case.data[:64].hex()})
+            self.failures.append(failure_record(case.seed, case.steps, what, case.data))
+
+
+def failure_record(seed: str, steps: Any, what: str, data: bytes) -> dict[str, Any]:
+    """A failed case as the record keeps it: the whole model file (hex) where it is small enough to
+    replay the case from, else its first bytes."""
+    kept = data if len(data) <= KEPT_MODEL_BYTES else data[:KEPT_HEAD_BYTES]
+    return {"seed": seed, "steps": list(steps), "error": what, "bytes": len(data),
+            "data_hex" if kept is data else "data_hex_head": kept.hex()}
 
 
 def peak_rss_mib() -> float:
@@ -590,19 +854,26 @@ def reset_peak_rss() -> int | None:
     return memory_status("VmRSS")
 
 
-def run_cases(seeds: list[Seed], cases: int, seed: int, time_cap_s: float, folder: Path) -> Tally:
-    """Run `cases` hypothesis-drawn cases through `try_model`; never raises for a case."""
+def run_cases(seeds: list[Seed], cases: int, seed: int | str, time_cap_s: float, folder: Path,
+              progress: Callable[[int, Case, Tally], None] | None = None, graph_writes: bool = True) -> Tally:
+    """Run `cases` hypothesis-drawn cases through `try_model`; never raises for a case. `progress` is told
+    of each case (its number from 0, the case, the figures so far) before it runs."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
 
     tally = Tally()
-    path = folder / "case.tflite"
+    path = folder / CASE_FILE
+    drawn = 0
 
     @hypothesis_seed(seed)
     @settings(max_examples=cases, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(mutated_models(seeds))
+    @given(mutated_models(seeds, graph_writes))
     def fuzz(case: Case) -> None:
+        nonlocal drawn
+        if progress is not None:
+            progress(drawn, case, tally)
+        drawn += 1
         tally.record(case, path, time_cap_s)
 
     fuzz()
@@ -612,26 +883,69 @@ def run_cases(seeds: list[Seed], cases: int, seed: int, time_cap_s: float, folde
 # --- the worker and the parent ------------------------------------------------------------------------------
 
 def worker(args: argparse.Namespace) -> int:
+    """Run the cases; before each, write it and the figures so far to PROGRESS_FILE in `args.folder`
+    (where its model is CASE_FILE), so that the parent can name a case that kills this process and go
+    on without it. The worker started after the r-th such case draws from the seed "SEED restart r"."""
+    faulthandler.enable()  # a crash in native code prints where the case was (load or invoke) before it kills us
     seeds = load_seeds(Path(args.seeds))
-    with tempfile.TemporaryDirectory(prefix="fuzz-case-") as folder:
-        run_cases(seeds, 20, args.seed + 1, args.time_cap, Path(folder))  # warm-up: imports, caches
+    with tempfile.TemporaryDirectory(prefix="fuzz-case-") as scratch:
+        folder = Path(args.folder) if args.folder else Path(scratch)
+        # Warm-up: imports, caches. Without graph writes, which may crash the interpreter before there is a
+        # case in progress to blame.
+        run_cases(seeds, 20, args.seed + 1, args.time_cap, Path(scratch), graph_writes=False)
         for seed in seeds:  # and the interpreter's, whatever those cases drew: before the address-space cap
-            (Path(folder) / "seed.tflite").write_bytes(seed.data)
-            try_model(Path(folder) / "seed.tflite")
+            (Path(scratch) / "seed.tflite").write_bytes(seed.data)
+            try_model(Path(scratch) / "seed.tflite")
         baseline_rss = memory_status("VmRSS") / MIB
         if args.address_space_mib:
             limit = memory_status("VmSize") + args.address_space_mib * MIB
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         started = time.perf_counter()
-        tally = run_cases(seeds, args.cases, args.seed, args.time_cap, Path(folder))
-        seconds = time.perf_counter() - started
+
+        def figures(tally: Tally) -> dict[str, Any]:
+            return {**dataclasses.asdict(tally), "seconds": round(time.perf_counter() - started, 1),
+                    "baseline_rss_mib": round(baseline_rss, 1)}
+
+        # One file kept open and rewritten in place: a write per case costs microseconds, not an open and close.
+        with open(folder / PROGRESS_FILE, "wb") as progress_file:
+            def progress(index: int, case: Case, tally: Tally) -> None:
+                state = {"index": index, "seed": case.seed, "steps": list(case.steps), "figures": figures(tally)}
+                text = json.dumps(state).encode("utf-8")
+                os.pwrite(progress_file.fileno(), text, 0)
+                os.ftruncate(progress_file.fileno(), len(text))
+
+            hypothesis_seed = f"{args.seed} restart {args.restart}" if args.restart else args.seed
+            tally = run_cases(seeds, args.cases, hypothesis_seed, args.time_cap, folder, progress)
     if not tally.max_case_peak_rss_mib:  # no /proc/self/clear_refs: only the process's peak is known
         tally.max_case_peak_rss_mib = peak_rss_mib()
         tally.max_case_rss_rise_mib = max(peak_rss_mib() - baseline_rss, 0.0)
-    result = {**dataclasses.asdict(tally), "seconds": round(seconds, 1), "baseline_rss_mib": round(baseline_rss, 1),
-              "final_rss_mib": round(memory_status("VmRSS") / MIB, 1)}
+    result = {**figures(tally), "final_rss_mib": round(memory_status("VmRSS") / MIB, 1)}
     Path(args.result).write_text(json.dumps(result), encoding="utf-8")
     return 0
+
+
+# Figures of two workers' runs that add up; the others are the largest of the two, or (final_rss_mib, which a
+# worker that was killed does not have) the later.
+SUMMED_FIGURES = ("cases", "read", "refused", "ran", "load_refused", "invoke_failed", "tracebacks", "multi_line",
+                  "crashes", "hangs", "seconds")
+LARGEST_FIGURES = (("max_case_seconds", "slowest_case"), ("max_case_rss_rise_mib", "hungriest_case"),
+                   ("max_case_peak_rss_mib", None), ("baseline_rss_mib", None))
+
+
+def merge_figures(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a run made of `total` (None: nothing yet) and then `part`."""
+    if total is None:
+        return {**part, "failures": list(part["failures"])}
+    merged = {**total, "final_rss_mib": part.get("final_rss_mib"), "failures": total["failures"] + part["failures"],
+              "invoke_failures": (total["invoke_failures"] + part["invoke_failures"])[:KEPT_FAILURES]}
+    for name in SUMMED_FIGURES:
+        merged[name] = total[name] + part[name]
+    for name, case in LARGEST_FIGURES:
+        if part[name] > total[name]:
+            merged[name] = part[name]
+            if case is not None:
+                merged[case] = part[case]
+    return merged
 
 
 def _cpu_model() -> str:
@@ -644,6 +958,59 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def run_workers(folder: Path, cases: int, seed: int, time_cap_s: float, address_space_mib: int,
+                script: str = __file__) -> tuple[dict[str, Any] | None, str | None]:
+    """Run `cases` cases in a worker process (`script --worker`) with the seeds saved under `folder`
+    (`save_seeds`); when a case kills it (a signal: a crash in native code, which no Python handler
+    sees), count that case as a crash, keep its model, and start another worker for the cases left, which
+    draws them from a seed of its own (replaying the cases before the crash would cost more than running
+    them). Returns the figures of every case run (None when the first worker died before any case) and
+    why the run stopped early (None when it did not)."""
+    result_file, progress_file = folder / "result.json", folder / PROGRESS_FILE
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    total: dict[str, Any] | None = None
+    done = 0
+    for restart in range(MAX_WORKER_RESTARTS + 1):
+        for stale in (result_file, progress_file):
+            stale.unlink(missing_ok=True)
+        command = [sys.executable, script, "--worker", "--seeds", str(folder / "seeds"), "--folder", str(folder),
+                   "--result", str(result_file), "--cases", str(cases - done), "--seed", str(seed),
+                   "--restart", str(restart), "--time-cap", str(time_cap_s),
+                   "--address-space-mib", str(address_space_mib)]
+        timeout = max(WORKER_MIN_TIMEOUT_S, (cases - done) * WORKER_SECONDS_PER_CASE)
+        try:
+            code: int | None = subprocess.run(command, timeout=timeout, env=environment).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        if code == 0 and result_file.exists():
+            return merge_figures(total, json.loads(result_file.read_text(encoding="utf-8"))), None
+        try:
+            state = json.loads(progress_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            how = f"hung (limit {timeout:.0f} s)" if code is None else f"failed (exit {code})"
+            return total, f"the worker {how} before its first case"
+        figures = state["figures"]
+        if code is None:
+            figures["hangs"] += 1
+            what = f"hang: the worker was stopped after {timeout:.0f} s"
+        elif code < 0:
+            figures["crashes"] += 1
+            what = f"crash: the worker was killed by {signal.Signals(-code).name}"
+        else:
+            figures["tracebacks"] += 1
+            what = f"the worker exited with {code} (its own traceback above)"
+        figures["cases"] += 1
+        figures["failures"].append(failure_record(state["seed"], state["steps"], what,
+                                                  (folder / CASE_FILE).read_bytes()))
+        total = merge_figures(total, figures)
+        if code is None or code > 0:
+            return total, f"the worker stopped at case {done + state['index']} ({what})"
+        done += state["index"] + 1
+        if done >= cases:
+            return total, None
+    return total, f"more than {MAX_WORKER_RESTARTS} cases killed the worker: stopped at case {done}"
+
+
 def parent(args: argparse.Namespace) -> int:
     from edge_runtime.atomic import write_text
 
@@ -651,29 +1018,18 @@ def parent(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fuzz-seeds-") as folder:
         seeds = build_seeds()
         save_seeds(seeds, Path(folder) / "seeds")
-        result_file = Path(folder) / "result.json"
-        command = [sys.executable, __file__, "--worker", "--seeds", str(Path(folder) / "seeds"),
-                   "--result", str(result_file), "--cases", str(args.cases), "--seed", str(args.seed),
-                   "--time-cap", str(args.time_cap), "--address-space-mib", str(args.address_space_mib)]
-        timeout = max(WORKER_MIN_TIMEOUT_S, args.cases * WORKER_SECONDS_PER_CASE)
         print(f"Fuzzing {args.cases:,} cases (seed {args.seed}, {args.time_cap} s a case)...", file=sys.stderr,
               flush=True)
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        try:
-            completed = subprocess.run(command, timeout=timeout, env=environment)
-            worker_ok = completed.returncode == 0 and result_file.exists()
-        except subprocess.TimeoutExpired:
-            worker_ok = False
-        if not worker_ok:
-            print(f"make fuzz: the worker failed or hung (limit {timeout:.0f} s)", file=sys.stderr)
+        result, stopped = run_workers(Path(folder), args.cases, args.seed, args.time_cap, args.address_space_mib)
+        if result is None:
+            print(f"make fuzz: {stopped}", file=sys.stderr)
             return 1
-        result = json.loads(result_file.read_text(encoding="utf-8"))
     rise = result["max_case_rss_rise_mib"]
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/fuzz_models.py", *sys.argv[1:]]),
         "cpu": _cpu_model(), "python": platform.python_version(),
-        "seeds": ["ours", "official", "official-deflated"], "hypothesis_seed": args.seed,
+        "seeds": [seed.name for seed in seeds], "hypothesis_seed": args.seed,
         "time_cap_s": args.time_cap, "memory_cap_mib": args.memory_cap_mib,
         "address_space_cap_mib": args.address_space_mib, **result,
     }
@@ -683,7 +1039,8 @@ def parent(args: argparse.Namespace) -> int:
         f"interpreter:        of the {result['read']:,} read, {result['ran']:,} classified an image, "
         f"{result['load_refused']:,} were refused at load and {result['invoke_failed']:,} failed at invoke, "
         "each with one line",
-        f"tracebacks:         {result['tracebacks']}",
+        f"tracebacks:         {result['tracebacks']} (and {result['multi_line']} errors not on one line)",
+        f"crashes:            {result['crashes']} (cases that killed the worker; it restarted after each)",
         f"hangs:              {result['hangs']} (cap {args.time_cap} s a case)",
         f"max time per case:  {result['max_case_seconds'] * 1000:.1f} ms ({' / '.join(result['slowest_case'])})",
         f"max memory:         a case added at most {rise:.1f} MiB resident (cap {args.memory_cap_mib} MiB; "
@@ -695,11 +1052,13 @@ def parent(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     for failure in result["failures"]:
         print(f"FAILED {failure['seed']} {failure['steps']}:\n{failure['error']}", file=sys.stderr)
+    if stopped:
+        print(f"make fuzz: {stopped}", file=sys.stderr)
     if args.record:
         write_text(args.record, json.dumps(record, indent=2) + "\n")
         print(f"Wrote {args.record}", file=sys.stderr)
-    failed = (result["tracebacks"] or result["hangs"] or rise > args.memory_cap_mib
-              or result["cases"] < args.cases)
+    failed = (result["tracebacks"] or result["multi_line"] or result["crashes"] or result["hangs"]
+              or rise > args.memory_cap_mib or result["cases"] < args.cases)
     return 1 if failed else 0
 
 
@@ -716,6 +1075,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--restart", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return worker(args) if args.worker else parent(args)
 
