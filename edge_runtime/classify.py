@@ -138,7 +138,12 @@ def _dequantization_table(tensor: TensorInfo) -> np.ndarray:
     same float32 numbers (q - zero_point is a small integer, exact in float32).
     """
     codes = np.arange(256, dtype=np.uint8).view(tensor.dtype)
-    return (codes.astype(np.float32) - np.float32(tensor.zero_point)) * np.float32(tensor.scale)
+    with np.errstate(over="ignore", invalid="ignore"):  # a damaged scale is refused below, not warned about
+        table = (codes.astype(np.float32) - np.float32(tensor.zero_point)) * np.float32(tensor.scale)
+    if not np.isfinite(table).all():
+        raise ModelError(f"output quantization (scale {tensor.scale:g}, zero point {tensor.zero_point}) "
+                         "gives scores that are not finite numbers")
+    return table
 
 
 class Classifier:
@@ -196,7 +201,10 @@ class Classifier:
         self._input_batch_shape = self.input.shape
         self._quantize = make_input_quantizer(self.input, self.spec, self.input_rule)
         self._input_values = self._make_input_writer()
-        self._score_table = _dequantization_table(self.output) if self.output.quantized else None
+        try:
+            self._score_table = _dequantization_table(self.output) if self.output.quantized else None
+        except ModelError as error:
+            raise ModelError(f"{model_path}: {error}") from error
         calibration = self.official.score_calibration if self.official else None
         if calibration is not None and len(calibration.parameters) != self.num_classes:
             raise ModelError(f"{model_path}: the TFLite metadata calibrates {len(calibration.parameters)} scores "
@@ -277,10 +285,10 @@ class Classifier:
         load and fail only here.
         """
         interpreter = self._interpreter
-        interpreter.set_tensor(self.input.index, self._input_values(pixels))
         try:
+            interpreter.set_tensor(self.input.index, self._input_values(pixels))
             interpreter.invoke()
-        except RuntimeError as error:  # the model's fault, not the image's
+        except (RuntimeError, ValueError) as error:  # the model's fault, not the image's
             raise cannot_run(self.model_path, self.backend, error) from error
         raw = interpreter.get_tensor(self.output.index)[0]
         scores = self._score_table.take(raw.view(np.uint8)) if self._score_table is not None else raw
@@ -321,10 +329,10 @@ class Classifier:
         batch = self._batch_input
         batch[:count] = self._quantize(pixels)
         interpreter = self._interpreter
-        interpreter.set_tensor(self.input.index, batch)
         try:
+            interpreter.set_tensor(self.input.index, batch)
             interpreter.invoke()
-        except RuntimeError as error:
+        except (RuntimeError, ValueError) as error:
             raise cannot_run(self.model_path, self.backend, error) from error
         raw = interpreter.get_tensor(self.output.index)[:count]
         scores = self._score_table.take(raw.view(np.uint8)) if self._score_table is not None else raw

@@ -34,6 +34,14 @@ STDERR_FD = 2
 NATIVE_INFO_PREFIX = "INFO: "
 # A flatbuffer smaller than this cannot hold even an empty model's tables.
 MIN_MODEL_BYTES = 16
+# What graph_problem accepts. An operator's optional input is tensor -1 (a convolution's bias, say);
+# these operators need their first inputs (data, then weights, and for a transposed convolution the
+# output shape too); any other needs at least its first.
+ABSENT_TENSOR = -1
+REQUIRED_OPERANDS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
+IMAGE_RANK = 4
+# The largest image classifiers take 600 (EfficientNet-B7) or 512 pixels a side; a side over this is damage.
+MAX_INPUT_SIDE = 4096
 
 
 def numpy_major_version(version: str) -> int:
@@ -101,7 +109,10 @@ def make_interpreter(model_path: str | os.PathLike, threads: int | None = 1,
     try:
         with native_stderr_to_log(logger, "interpreter", keep=_not_native_info):
             interpreter = interpreter_class(model_path=os.fspath(model_path), num_threads=threads)
-            interpreter.allocate_tensors()
+            problem = graph_problem(interpreter)
+            if problem is None:
+                interpreter.allocate_tensors()
+                problem = allocation_problem(interpreter)
     except SystemError as error:
         # tflite_runtime 2.14 wheels are compiled against numpy 1.x; with numpy 2 they fail like this.
         import numpy
@@ -114,7 +125,60 @@ def make_interpreter(model_path: str | os.PathLike, threads: int | None = 1,
         if "flatbuffer" in reason.lower():
             raise ModelError(f"{model_path}: not a valid TFLite model ({reason})") from error
         raise ModelError(f"{model_path}: the {name} interpreter cannot run this model ({reason})") from error
+    if problem is not None:
+        raise ModelError(f"{model_path}: the model's graph is damaged ({problem})")
     return name, interpreter
+
+
+def graph_problem(interpreter: Any) -> str | None:
+    """What is wrong with a built interpreter's graph that would crash it rather than fail cleanly; None if nothing.
+
+    LiteRT trusts a model's operators: an output written into the graph's input or to tensor -1, or a
+    convolution or dense layer without its weights, crashes the process (segmentation fault) when
+    the tensors are allocated or at the first invoke. These are checked here, before allocation,
+    from what the interpreter already parsed; and so is an input larger than any image classifier's,
+    which would allocate gigabytes. A backend without the operator listing skips that part.
+    """
+    inputs = interpreter.get_input_details()
+    for tensor in inputs:
+        shape = [int(side) for side in tensor["shape"]]
+        if len(shape) == IMAGE_RANK and any(side > MAX_INPUT_SIDE for side in shape[1:3]):
+            return (f"input tensor of shape {shape}: larger than {MAX_INPUT_SIDE} pixels a side, more than any "
+                    "image classifier takes")
+    list_operators = getattr(interpreter, "_get_ops_details", None)
+    if list_operators is None:
+        return None
+    tensor_count = len(interpreter.get_tensor_details())
+    graph_inputs = {int(tensor["index"]) for tensor in inputs}
+    for operator in list_operators():
+        name, index = operator.get("op_name", "?"), operator.get("index", "?")
+        operands = [int(tensor) for tensor in operator.get("inputs", [])]
+        results = [int(tensor) for tensor in operator.get("outputs", [])]
+        for tensor in operands + results:
+            if not ABSENT_TENSOR <= tensor < tensor_count:
+                return f"operator {index} ({name}) names tensor {tensor} of {tensor_count}"
+        for tensor in results:
+            if tensor == ABSENT_TENSOR or tensor in graph_inputs:
+                what = "no tensor" if tensor == ABSENT_TENSOR else f"the graph's input tensor {tensor}"
+                return f"operator {index} ({name}) writes its result to {what}"
+        required = REQUIRED_OPERANDS.get(name, 1)
+        if ABSENT_TENSOR in operands[:required] or len(operands) < required:
+            return f"operator {index} ({name}) lacks one of its first {required} inputs"
+    return None
+
+
+def allocation_problem(interpreter: Any) -> str | None:
+    """An image-shaped tensor that allocation left empty (a side of 0); None if there is none.
+
+    A pooling or convolution whose window, stride or padding is damaged gets an output of no pixels,
+    which XNNPACK does not check before it runs: the first invoke would crash the process. No
+    working image classifier has such a tensor.
+    """
+    for tensor in interpreter.get_tensor_details():
+        shape = [int(side) for side in tensor["shape"]]
+        if len(shape) == IMAGE_RANK and 0 in shape:
+            return f"tensor {tensor['index']} ({tensor['name']}) has an empty shape {shape} after allocation"
+    return None
 
 
 def _not_native_info(line: str) -> bool:
