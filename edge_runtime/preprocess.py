@@ -122,6 +122,11 @@ class Normalization:
                 raise ValueError(f"normalization {name} {list(values)} is not finite")
         if any(value == 0.0 for value in self.std):
             raise ValueError(f"normalization std {list(self.std)} contains zero")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ends = [(np.float32(pixel) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+                    for pixel in (0.0, PIXEL_SCALE)]
+        if not all(np.isfinite(end).all() for end in ends):
+            raise ValueError(f"normalization (pixel - {list(self.mean)}) / {list(self.std)} overflows float32")
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (..., channels) to float32 (pixel - mean) / std."""

@@ -368,3 +368,13 @@ def test_open_image_reads_only_the_header(tmp_path: Path) -> None:
         assert image.size == (640, 480)
     with pytest.raises(ImageError, match=r"header\.png: cannot decode image"):
         load_image(path)
+
+
+@pytest.mark.parametrize("mean, std", [((0.0,), (1e-45,)), ((3e38,), (0.1,))])
+def test_a_normalization_that_overflows_float32_is_refused(mean, std) -> None:
+    """make fuzz found a metadata std of 1e-45: numpy warned of an overflow and the model got infinities."""
+    from edge_runtime.preprocess import Normalization
+
+    with pytest.raises(ValueError, match=r"overflows float32$"):
+        Normalization(mean, std).validate()
+    Normalization((127.5,), (127.5,)).validate()  # MobileNet's, for contrast: accepted
