@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from .classify import Class, Classifier, top_classes
+from .classify import Class, Classifier, label_for, top_classes
 from .errors import ImageError
 from .inputs import InputItem
 from .output import error_reason
@@ -163,6 +163,7 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
         scores = classifier.scores_batch(np.stack(images))  # ModelError ends the run: not these images' fault
         share = (clock() - start) / len(images)
     labels = classifier.labels
+    answers = _best_classes(scores, labels) if top_k == 1 and scores is not None else None
     row = 0
     for position, item in enumerate(items):
         reason = errors.get(position)
@@ -171,7 +172,7 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
             summary.failed += 1
             continue
         latency_ms = (read_seconds[row] + share) * MILLISECONDS
-        classes = top_classes(scores[row], labels, top_k)
+        classes = answers[row] if answers is not None else top_classes(scores[row], labels, top_k)
         row += 1
         if not classes:
             writer.error(item.path, NO_USABLE_SCORES)
@@ -179,3 +180,14 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
             continue
         writer.result(item.path, classes, classes[0].score < threshold, latency_ms)
         summary.classified += 1
+
+
+def _best_classes(scores: np.ndarray, labels: list[str] | None) -> list[list[Class]] | None:
+    """`top_classes(row, labels, 1)` of every row of a batch's scores, with one argmax for the batch."""
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        return None
+    best = scores.argmax(axis=1)
+    best_scores = scores[np.arange(len(best)), best].tolist()
+    # `score >= 0.0` as top_classes' default threshold: a NaN best score gives no class.
+    return [[Class(index, label_for(index, labels), score)] if score >= 0.0 else []
+            for index, score in zip(best.tolist(), best_scores)]

@@ -14,6 +14,7 @@ resized by `fixed_point_bilinear`, the resize MediaPipe's ImageClassifier applie
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import stat
 from typing import IO, Any
@@ -34,6 +35,11 @@ PIXEL_SCALE = 255.0
 # JPEG decoding can scale down by 1/2, 1/4 or 1/8 for free; ask for at least this many times the
 # input size so the final resize still has real detail to average.
 JPEG_DRAFT_OVERSAMPLING = 4
+# JPEG files up to this size (a dataset's thumbnails; not photos) are read whole in one call and
+# decoded from memory: Pillow's own buffered reading of a 1-2 KB file costs more than the read.
+SMALL_JPEG_BYTES = 64 * 1024
+JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
+JPEG_SIGNATURE = b"\xff\xd8\xff"  # start of image, then the first marker
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # The resampling of models from elsewhere: OpenCV's fixed-point INTER_LINEAR warp of 8-bit images,
 # which MediaPipe's ImageToTensor runs over the whole image (see `fixed_point_bilinear`).
@@ -382,9 +388,31 @@ def prepare_image(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC,
 
 def load_image(path: str | os.PathLike, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
     """Read an image file into the model's uint8 RGB input array; ImageError names the file on failure."""
-    image = open_image(path, max_pixels=MAX_IMAGE_PIXELS)
+    name = str(path)
+    data = _small_jpeg(path)
+    image = open_image(path if data is None else io.BytesIO(data), name=name, max_pixels=MAX_IMAGE_PIXELS)
     with image:
-        return prepare_image(image, spec, name=str(path))
+        return prepare_image(image, spec, name=name)
+
+
+def _small_jpeg(path: str | os.PathLike) -> bytes | None:
+    """The whole file, when a file named and starting as a JPEG holds at most SMALL_JPEG_BYTES; else None.
+
+    Pillow identifies those bytes as it would the file: its other readers all refuse a JPEG's
+    signature. Anything else (other formats, photos, unreadable paths) is left to `open_image`
+    and Pillow's own reading, errors and messages included.
+    """
+    location = os.fspath(path)
+    if not isinstance(location, str) or os.path.splitext(location)[1].lower() not in JPEG_EXTENSIONS:
+        return None
+    try:
+        with open(location, "rb") as handle:
+            data = handle.read(SMALL_JPEG_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > SMALL_JPEG_BYTES or not data.startswith(JPEG_SIGNATURE):
+        return None
+    return data
 
 
 def array_to_input(frame: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:

@@ -2,15 +2,18 @@
 
 Each worker process builds its own Classifier once (batches where the model allows), takes
 chunks of input items from its own queue, runs `batch.classify_items` on each into a recorder,
-and sends the recorded text back. The parent draws the inputs as it needs them, keeps at most
+and sends the recorded text back on its own pipe, from its own thread (a queue's feeder thread
+cost a worker about 0.1 ms of CPU per chunk on the 2-core VM: BENCHMARKS.md, issue 13's follow-up).
+The parent waits on every worker's pipe and process sentinel at once, so an answer or a worker's
+death wakes it as it happens. It draws the inputs as it needs them, keeps at most
 IN_FLIGHT_PER_WORKER chunks per worker outstanding (so memory stays bounded however many files
 there are), and writes a chunk's text once every chunk before it is written. Workers ignore
 SIGINT: on Ctrl-C the parent stops them and returns a summary of what it wrote. A worker that
 dies (a native crash on a hostile file) costs its chunks, which are reported file by file, and
-is replaced. A worker whose model fails to run (ModelError) sends that one line instead of a
-result; the parent raises it, which stops every worker, and no file is reported as failed.
-Ctrl-C is taken between chunks, never in the middle of a write, so the output ends on a whole
-line and the summary counts exactly the lines written.
+is replaced; what it sent before it died is still written. A worker whose model fails to run
+(ModelError) sends that one line instead of a result; the parent raises it, which stops every
+worker, and no file is reported as failed. Ctrl-C is taken between chunks, never in the middle
+of a write, so the output ends on a whole line and the summary counts exactly the lines written.
 
 Processes are forked where the platform allows (Linux): a fork inherits the imported modules,
 so a worker is ready in milliseconds instead of re-importing numpy, Pillow and the interpreter.
@@ -27,6 +30,7 @@ import queue
 import signal
 import sys
 import time
+from multiprocessing import connection
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from .batch import BatchSummary, chunked, classify_items
@@ -43,8 +47,9 @@ logger = logging.getLogger(__name__)
 IN_FLIGHT_PER_WORKER = 3
 # Files per message when the model takes one image per invoke: amortises pickling and queueing.
 CHUNK_FILES = 32
-# While waiting for results, how often the parent checks that its workers are still alive.
-LIVENESS_POLL_S = 0.5
+# While waiting for results, how often the parent looks at its Ctrl-C flag (a worker's answer or
+# death wakes it at once).
+STOP_POLL_S = 0.5
 # How long a worker waits for work before checking that its parent still exists.
 PARENT_POLL_S = 1.0
 STOP_TIMEOUT_S = 5.0
@@ -122,15 +127,15 @@ class _RecordingStream:
         pass
 
 
-def _worker_main(worker_id: int, settings: ClassifierSettings, output: OutputSettings,
-                 tasks: Any, results: Any, parent_pid: int) -> None:
+def _worker_main(settings: ClassifierSettings, output: OutputSettings, tasks: Any,
+                 results: connection.Connection, parent_pid: int) -> None:
     """A worker: build the classifier once, then classify chunks until told to stop (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
     try:
         classifier = settings.build()
     except Exception as error:  # reported by the parent as one line
-        results.put((worker_id, SETUP_FAILED, str(error), 0, 0))
-        _wait_for_stop(tasks, parent_pid)
+        if _send(results, (SETUP_FAILED, str(error), 0, 0)):
+            _wait_for_stop(tasks, parent_pid)
         return
     recorder = _Recorder()
     writer = make_writer(output.as_json, recorder.out, recorder.err)
@@ -149,17 +154,26 @@ def _worker_main(worker_id: int, settings: ClassifierSettings, output: OutputSet
         try:
             classify_items(classifier, items, writer, output.top_k, output.threshold, clock, summary)
         except ModelError as error:  # the model's fault, not the files': the parent stops the run
-            results.put((worker_id, MODEL_FAILED, str(error), 0, 0))
-            _wait_for_stop(tasks, parent_pid)
+            if _send(results, (MODEL_FAILED, str(error), 0, 0)):
+                _wait_for_stop(tasks, parent_pid)
             return
-        results.put((worker_id, sequence, recorder.take(), summary.classified, summary.failed))
+        if not _send(results, (sequence, recorder.take(), summary.classified, summary.failed)):
+            return
+
+
+def _send(results: connection.Connection, message: tuple[int, Any, int, int]) -> bool:
+    """Send one answer to the parent; False when nobody reads the pipe any more (the parent is gone)."""
+    try:
+        results.send(message)
+    except OSError:  # BrokenPipeError
+        return False
+    return True
 
 
 def _wait_for_stop(tasks: Any, parent_pid: int) -> None:
     """After a failure sent to the parent: stay alive, taking no work, until stopped or orphaned.
 
-    A worker that ended at once could be found dead before its message is read, and reported as
-    a crash instead of by its message.
+    The parent raises the failure and stops every worker; this one ends with the others.
     """
     while True:
         try:
@@ -174,7 +188,9 @@ def _wait_for_stop(tasks: Any, parent_pid: int) -> None:
 class _Worker:
     process: Any
     tasks: Any
+    results: connection.Connection  # the parent's end of the worker's answers
     in_flight: list[int] = dataclasses.field(default_factory=list)
+    results_open: bool = True  # False once the pipe ended: the process is ending, its sentinel follows
 
 
 def _stopped_reason(exit_code: int | None) -> str:
@@ -195,13 +211,11 @@ class WorkerPool:
         self._output = output
         self._size = workers
         self._context = multiprocessing.get_context(method or start_method())
-        self._results: Any = None
         self._workers: dict[int, _Worker] = {}
         self._next_id = 0
         self._answered = False  # a first answer proves that the workers can build their classifier
 
     def __enter__(self) -> "WorkerPool":
-        self._results = self._context.Queue()
         try:
             for _ in range(self._size):
                 self._start_worker()
@@ -224,9 +238,10 @@ class WorkerPool:
         worker_id = self._next_id
         self._next_id += 1
         tasks = self._context.Queue()
+        results, sending_end = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main, name=f"edge-classify worker {worker_id}", daemon=True,
-            args=(worker_id, self._settings, self._output, tasks, self._results, os.getpid()))
+            args=(self._settings, self._output, tasks, sending_end, os.getpid()))
         # A forked child flushes the std streams it inherited when it ends: empty them first so
         # nothing is written twice. SIGINT stays blocked until the child has ignored it.
         for stream in (sys.stdout, sys.stderr):
@@ -242,7 +257,10 @@ class WorkerPool:
         finally:
             if blocked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, saved)
-        self._workers[worker_id] = _Worker(process, tasks)
+            # Only the worker keeps the sending end (workers started later never see it): when the
+            # worker ends, however it ends, its pipe ends too.
+            sending_end.close()
+        self._workers[worker_id] = _Worker(process, tasks, results)
 
     def run(self, items: Iterable[InputItem], out: TextIO, err: TextIO, summary: BatchSummary,
             chunk_size: int, stop_requested: Callable[[], bool] = lambda: False) -> None:
@@ -297,42 +315,63 @@ class WorkerPool:
                 summary.failed += failed
 
     def _receive(self, stop_requested: Callable[[], bool]) -> list[tuple[int, Any]]:
-        """The next answers: one chunk's result, or the chunks of workers found dead (none on a stop)."""
+        """The next answers: chunks' results, and the chunks of workers that died (none on a stop)."""
         while True:
-            try:
-                worker_id, sequence, payload, classified, failed = self._results.get(timeout=LIVENESS_POLL_S)
-            except queue.Empty:
-                lost = self._replace_dead_workers()
-                if lost or stop_requested():
-                    return lost
-                continue
-            if sequence == SETUP_FAILED:
-                raise WorkerError(payload)
-            if sequence == MODEL_FAILED:
-                raise ModelError(payload)
-            worker = self._workers.get(worker_id)
-            if worker is None:  # an answer from a worker already given up as dead
-                continue
-            if sequence in worker.in_flight:
-                worker.in_flight.remove(sequence)
-            self._answered = True
-            return [(sequence, (payload, classified, failed))]
+            handles: dict[Any, int] = {}
+            for worker_id, worker in self._workers.items():
+                if worker.results_open:
+                    handles[worker.results] = worker_id
+                handles[worker.process.sentinel] = worker_id
+            ready = connection.wait(list(handles), timeout=STOP_POLL_S)
+            answers: list[tuple[int, Any]] = []
+            ended: list[int] = []
+            for handle in ready:
+                worker_id = handles[handle]
+                worker = self._workers[worker_id]
+                if handle is worker.results:
+                    answers.extend(self._read(worker))
+                elif worker_id not in ended:
+                    ended.append(worker_id)
+            for worker_id in ended:
+                answers.extend(self._replace_dead_worker(worker_id))
+            if answers or stop_requested():
+                return answers
 
-    def _replace_dead_workers(self) -> list[tuple[int, str]]:
-        lost: list[tuple[int, str]] = []
-        for worker_id, worker in list(self._workers.items()):
-            if worker.process.is_alive():
-                continue
-            reason = _stopped_reason(worker.process.exitcode)
-            logger.debug("worker %d (pid %s) %s", worker_id, worker.process.pid, reason)
-            if not self._answered:  # no worker got as far as one chunk: replacing it would not help
-                raise WorkerError(f"a worker process stopped ({reason}) before classifying anything")
-            del self._workers[worker_id]
-            worker.tasks.cancel_join_thread()
-            message = f"not classified: the worker process reading it stopped ({reason})"
-            lost.extend((sequence, message) for sequence in worker.in_flight)
-            self._start_worker()
-        return lost
+    def _read(self, worker: _Worker) -> list[tuple[int, Any]]:
+        """The one answer waiting on `worker`'s pipe ([] when the pipe has ended)."""
+        try:
+            sequence, payload, classified, failed = worker.results.recv()
+        except (EOFError, OSError):  # the worker is ending (mid-message if it died sending)
+            worker.results_open = False
+            return []
+        if sequence == SETUP_FAILED:
+            raise WorkerError(payload)
+        if sequence == MODEL_FAILED:
+            raise ModelError(payload)
+        if sequence in worker.in_flight:
+            worker.in_flight.remove(sequence)
+        self._answered = True
+        return [(sequence, (payload, classified, failed))]
+
+    def _replace_dead_worker(self, worker_id: int) -> list[tuple[int, Any]]:
+        """What a worker that ended sent before it ended, then its chunks reported lost; a new worker."""
+        worker = self._workers[worker_id]
+        answers: list[tuple[int, Any]] = []
+        while worker.results_open and worker.results.poll():
+            answers.extend(self._read(worker))
+        worker.process.join(STOP_TIMEOUT_S)  # its sentinel says it ended: this reaps it
+        reason = _stopped_reason(worker.process.exitcode)
+        logger.debug("worker %d (pid %s) %s", worker_id, worker.process.pid, reason)
+        if not self._answered:  # no worker got as far as one chunk: replacing it would not help
+            raise WorkerError(f"a worker process stopped ({reason}) before classifying anything")
+        del self._workers[worker_id]
+        worker.tasks.cancel_join_thread()
+        worker.tasks.close()
+        worker.results.close()
+        message = f"not classified: the worker process reading it stopped ({reason})"
+        answers.extend((sequence, message) for sequence in worker.in_flight)
+        self._start_worker()
+        return answers
 
     def terminate(self) -> None:
         """End every worker now (Ctrl-C)."""
@@ -358,10 +397,7 @@ class WorkerPool:
             worker.process.join(STOP_TIMEOUT_S)
             worker.tasks.cancel_join_thread()
             worker.tasks.close()
-        if self._results is not None:
-            self._results.cancel_join_thread()
-            self._results.close()
-            self._results = None
+            worker.results.close()
 
 
 def classify_files_parallel(settings: ClassifierSettings, items: Iterable[InputItem], out: TextIO, err: TextIO,

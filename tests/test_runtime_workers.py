@@ -1,9 +1,12 @@
 """`edge-classify` over several worker processes and in batches: the same lines in the same order
 as one process classifying one image at a time, bad files in place, Ctrl-C, a model whose batch
-cannot be resized, a worker that dies, and the small-job path that starts no worker."""
+cannot be resized, a worker that dies (noticed at once, what it sent before still written), the
+small-job path that starts no worker, and the per-file shortcuts of a folder run (small JPEGs read
+in one call, one argmax per batch) giving exactly what the long way gives."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -19,12 +22,16 @@ from click.testing import CliRunner, Result
 
 import edge_runtime.cli as cli_module
 import edge_runtime.workers as workers_module
-from edge_runtime.batch import BatchSummary
-from edge_runtime.classify import Classifier
+from edge_runtime.batch import BatchSummary, _best_classes
+from edge_runtime.classify import Classifier, top_classes
 from edge_runtime.cli import main
+from edge_runtime.errors import ImageError
 from edge_runtime.inputs import expand_inputs
+from edge_runtime.preprocess import DEFAULT_SPEC, SMALL_JPEG_BYTES, load_image, open_image, prepare_image
 from edge_runtime.workers import ClassifierSettings, OutputSettings, WorkerPool, start_method
+from PIL import Image
 from runtime_fixtures import bad_files
+from synthetic import synthetic_arrays
 
 pytest_plugins = ("runtime_fixtures",)
 
@@ -252,14 +259,7 @@ def test_a_worker_that_dies_costs_its_chunk_only(runtime_models, split_dataset: 
                                                  pool_for_every_job) -> None:
     files = sorted((split_dataset / "test").rglob("*.png"))
     victim = files[50]  # well after both workers have answered once
-    original = Classifier.load
-
-    def load(classifier: Classifier, path):
-        if str(path) == str(victim):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(classifier, path)
-
-    monkeypatch.setattr(Classifier, "load", load)
+    _kill_on(victim, monkeypatch)
     result = run("--model", runtime_models.int8, "--json", "--workers", "2", "--batch", "4", *files)
     assert result.exit_code == 1
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -269,6 +269,129 @@ def test_a_worker_that_dies_costs_its_chunk_only(runtime_models, split_dataset: 
     assert all(r["error"] == "not classified: the worker process reading it stopped (killed by SIGKILL)"
                for r in lost)
     assert result.stderr.strip().endswith(f"; {len(lost)} failed")
+
+
+def _kill_on(victim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the worker that reads `victim` die as a native crash would."""
+    original = Classifier.load
+
+    def load(classifier: Classifier, path):
+        if str(path) == str(victim):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(classifier, path)
+
+    monkeypatch.setattr(Classifier, "load", load)
+
+
+@pytest.mark.skipif(start_method() != "fork", reason="the crash is planted through a forked worker's memory")
+def test_a_dead_worker_is_noticed_at_once_not_at_the_next_look_at_the_stop_flag(runtime_models, split_dataset: Path,
+                                                                                monkeypatch, pool_for_every_job) -> None:
+    """Its process sentinel wakes the parent: no waiting for the other workers to fall silent."""
+    files = sorted((split_dataset / "test").rglob("*.png"))
+    _kill_on(files[50], monkeypatch)
+    slow_poll = 300.0  # the run would take at least this long if the death waited for a timeout
+    monkeypatch.setattr(workers_module, "STOP_POLL_S", slow_poll)
+    started = time.monotonic()
+    result = run("--model", runtime_models.int8, "--json", "--workers", "2", "--batch", "4", *files)
+    assert time.monotonic() - started < slow_poll / 5
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(f) for f in files]
+    assert 0 < sum("error" in r for r in records) <= 4 * workers_module.IN_FLIGHT_PER_WORKER
+
+
+@pytest.mark.skipif(start_method() != "fork", reason="the crash is planted through a forked worker's memory")
+def test_answers_a_worker_sent_before_it_died_are_written(runtime_models, split_dataset: Path, monkeypatch,
+                                                          pool_for_every_job) -> None:
+    """The worker answering chunk 2 dies the moment its answer is sent: the answer is written, only the
+    chunks it still held (or was given before its death was seen) are reported lost."""
+    files = sorted((split_dataset / "test").rglob("*.png"))
+    chunk, answered_then_died = 4, 2
+    original = workers_module._send
+
+    def send_then_die(results, message) -> bool:
+        sent = original(results, message)
+        if message[0] == answered_then_died:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return sent
+
+    monkeypatch.setattr(workers_module, "_send", send_then_die)
+    result = run("--model", runtime_models.int8, "--json", "--workers", "2", "--batch", chunk, *files)
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(f) for f in files]
+    first = answered_then_died * chunk
+    assert all("label" in r for r in records[first:first + chunk])
+    lost = [r for r in records if "error" in r]
+    assert 0 < len(lost) <= chunk * workers_module.IN_FLIGHT_PER_WORKER
+    assert all(r["error"] == "not classified: the worker process reading it stopped (killed by SIGKILL)"
+               for r in lost)
+
+
+# --- the per-file shortcuts of a folder run -----------------------------------------------------
+
+def _pillow_reading(path: Path) -> np.ndarray | str:
+    """The model input (or the error message) when Pillow opens and reads the file itself."""
+    try:
+        image = open_image(path)
+        with image:
+            return prepare_image(image, DEFAULT_SPEC, name=str(path))
+    except ImageError as error:
+        return str(error)
+
+
+def test_small_jpegs_are_read_in_one_call_with_the_pixels_and_errors_of_pillows_own_reading(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    picture = Image.fromarray(synthetic_arrays(1, seed=5, size=48)[0][0])
+    picture.save(folder / "small.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the orientation must still be applied
+    picture.crop((0, 0, 48, 40)).save(folder / "rotated.JPEG", quality=90, exif=exif)
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "photo.jpg", quality=95)
+    picture.save(folder / "png.jpg", format="PNG")  # named as a JPEG, but is not one
+    picture.save(folder / "small.png")
+    assert (folder / "photo.jpg").stat().st_size > SMALL_JPEG_BYTES
+    bad = {name: path for name, (path, _) in bad_files(tmp_path / "bad").items()}
+    in_memory = [folder / "small.jpg", folder / "rotated.JPEG", bad["truncated_jpeg"]]
+    from_the_file = [folder / "photo.jpg", folder / "png.jpg", folder / "small.png", bad["empty"], bad["text"],
+                     bad["folder"], bad["truncated_png"], tmp_path / "missing.jpg"]
+    expected = {path: _pillow_reading(path) for path in in_memory + from_the_file}
+    assert isinstance(expected[folder / "rotated.JPEG"], np.ndarray)
+    assert expected[bad["truncated_jpeg"]].startswith(f"{bad['truncated_jpeg']}: cannot decode image (image file "
+                                                     "is truncated (")
+    original_open = Image.open
+    read_from: dict[Path, type] = {}
+
+    def recording_open(source, *args, **kwargs):
+        read_from[current] = type(source)
+        return original_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", recording_open)
+    for current in in_memory + from_the_file:
+        try:
+            answer: np.ndarray | str = load_image(current, DEFAULT_SPEC)
+        except ImageError as error:
+            answer = str(error)
+        if isinstance(expected[current], str):
+            assert answer == expected[current]
+        else:
+            assert np.array_equal(answer, expected[current]), current
+    assert all(read_from[path] is io.BytesIO for path in in_memory)
+    assert not any(read_from[path] is io.BytesIO for path in from_the_file)
+
+
+def test_the_best_class_of_each_image_of_a_batch_is_top_classes_of_its_row() -> None:
+    nan = float("nan")
+    scores = np.array([[0.1, 0.7, 0.2], [0.4, 0.4, 0.2], [nan, 0.2, 0.3], [0.1, nan, 0.9], [-0.5, -0.2, -0.9],
+                       [0.0, 0.0, 0.0], [0.2, 0.3, 0.5]], dtype=np.float32)
+    for labels in (["a", "b", "c"], ["a"], None):
+        best = _best_classes(scores, labels)
+        assert best == [top_classes(row, labels, 1) for row in scores]
+        assert [len(classes) for classes in best] == [1, 1, 0, 0, 0, 1, 1]  # NaN or negative: no class
+        assert all(type(c.score) is float for classes in best for c in classes)
 
 
 # --- bounded memory and set-up failures ---------------------------------------------------------
