@@ -10,7 +10,8 @@
    files, files in the page cache, run in turns; in the same turns, the scaling: --workers 1, 2
    and 4, each with --batch 1 and with batches. Every run's answers are compared with the bare
    loop's, file by file, and the default run's accuracy with report.json's int8 accuracy.
-       targets: default images/s >= 1.8x the bare loop (issue 13); --workers 1 --batch 1 (the
+       targets: default images/s >= 1.85x the bare loop (issue 13 asked 1.8x, its follow-up 1.85x;
+       bench_folders.py measures it alone, with camera-sized photos); --workers 1 --batch 1 (the
        one-process path) >= 0.9x (issue 4); the same answer as the bare loop on every file, in
        every run; accuracy equal to the report's
 3. Small jobs: for a few folder sizes, one process against the worker processes forced on
@@ -66,7 +67,7 @@ MS = 1000.0
 # Issue 4, "What it must show".
 MAX_COLD_WALL_RATIO = 1.3
 MAX_COLD_MEMORY_RATIO = 1.5
-MIN_THROUGHPUT_RATIO = 1.8  # issue 13: default settings on this 2-core machine
+MIN_THROUGHPUT_RATIO = 1.85  # issue 13's follow-up (1.8 before): default settings on this 2-core machine
 MIN_ONE_PROCESS_RATIO = 0.9  # issue 4: --workers 1 --batch 1, the one-process path
 MAX_LATENCY_RATIO = 1.2
 ACCURACY_TOLERANCE = 1e-9
