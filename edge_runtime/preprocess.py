@@ -35,8 +35,8 @@ PIXEL_SCALE = 255.0
 # JPEG decoding can scale down by 1/2, 1/4 or 1/8 for free; ask for at least this many times the
 # input size so the final resize still has real detail to average.
 JPEG_DRAFT_OVERSAMPLING = 4
-# JPEG files up to this size (a dataset's thumbnails; not photos) are read whole in one call and
-# decoded from memory: Pillow's own buffered reading of a 1-2 KB file costs more than the read.
+# JPEG files up to this size (a dataset's thumbnails, not photos) are read whole in one call and
+# opened by Pillow's JPEG reader directly (see `_open_small_jpeg`).
 SMALL_JPEG_BYTES = 64 * 1024
 JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
 JPEG_SIGNATURE = b"\xff\xd8\xff"  # start of image, then the first marker
@@ -389,18 +389,22 @@ def prepare_image(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC,
 def load_image(path: str | os.PathLike, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
     """Read an image file into the model's uint8 RGB input array; ImageError names the file on failure."""
     name = str(path)
-    data = _small_jpeg(path)
-    image = open_image(path if data is None else io.BytesIO(data), name=name, max_pixels=MAX_IMAGE_PIXELS)
+    image = _open_small_jpeg(path)
+    if image is None:
+        image = open_image(path, name=name, max_pixels=MAX_IMAGE_PIXELS)
     with image:
         return prepare_image(image, spec, name=name)
 
 
-def _small_jpeg(path: str | os.PathLike) -> bytes | None:
-    """The whole file, when a file named and starting as a JPEG holds at most SMALL_JPEG_BYTES; else None.
+def _open_small_jpeg(path: str | os.PathLike) -> Image.Image | None:
+    """A small JPEG file read in one call and opened by Pillow's JPEG reader itself; None for anything else.
 
-    Pillow identifies those bytes as it would the file: its other readers all refuse a JPEG's
-    signature. Anything else (other formats, photos, unreadable paths) is left to `open_image`
-    and Pillow's own reading, errors and messages included.
+    The shortcut of a dataset's thumbnails: Pillow's `Image.open` would read the file in pieces and
+    ask other readers first, which costs more than the JPEG's header itself (BENCHMARKS.md, issue
+    13's follow-up). Taken only where `Image.open` would give the same image without a word: a
+    file named and starting as a JPEG, of at most SMALL_JPEG_BYTES, that the JPEG reader opens,
+    declaring no more pixels than Pillow warns about or we allow. Anything else goes through
+    `open_image`, which reads the file again and says what is wrong in its usual words.
     """
     location = os.fspath(path)
     if not isinstance(location, str) or os.path.splitext(location)[1].lower() not in JPEG_EXTENSIONS:
@@ -412,7 +416,19 @@ def _small_jpeg(path: str | os.PathLike) -> bytes | None:
         return None
     if len(data) > SMALL_JPEG_BYTES or not data.startswith(JPEG_SIGNATURE):
         return None
-    return data
+    from PIL import JpegImagePlugin  # imported by Pillow for any .jpg anyway
+
+    try:
+        image = JpegImagePlugin.jpeg_factory(io.BytesIO(data))
+    except Exception:  # whatever it is, open_image meets it again and reports it as it always has
+        return None
+    width, height = image.size
+    pixels = width * height
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if width < 1 or height < 1 or pixels > MAX_IMAGE_PIXELS or (pillow_limit is not None and pixels > pillow_limit):
+        image.close()
+        return None
+    return image
 
 
 def array_to_input(frame: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:

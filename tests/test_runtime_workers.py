@@ -2,7 +2,8 @@
 as one process classifying one image at a time, bad files in place, Ctrl-C, a model whose batch
 cannot be resized, a worker that dies (noticed at once, what it sent before still written), the
 small-job path that starts no worker, and the per-file shortcuts of a folder run (small JPEGs read
-in one call, one argmax per batch) giving exactly what the long way gives."""
+in one call and opened by the JPEG reader, one argmax per batch) giving exactly what the
+long way gives."""
 
 from __future__ import annotations
 
@@ -340,8 +341,20 @@ def _pillow_reading(path: Path) -> np.ndarray | str:
         return str(error)
 
 
-def test_small_jpegs_are_read_in_one_call_with_the_pixels_and_errors_of_pillows_own_reading(tmp_path: Path,
-                                                                                          monkeypatch) -> None:
+def _jpeg_declaring(picture: Image.Image, width: int, height: int) -> bytes:
+    """A small baseline JPEG whose frame header (SOF0) declares width x height pixels."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5:frame + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_small_jpegs_are_opened_from_one_read_with_the_pixels_and_errors_of_pillows_own_reading(tmp_path: Path,
+                                                                                              monkeypatch) -> None:
+    """Small JPEGs skip `Image.open`; every other file, and every small JPEG that would make Pillow warn
+    or fail, still goes through it: the same model input or the same error line either way."""
     folder = tmp_path / "files"
     folder.mkdir()
     picture = Image.fromarray(synthetic_arrays(1, seed=5, size=48)[0][0])
@@ -353,24 +366,30 @@ def test_small_jpegs_are_read_in_one_call_with_the_pixels_and_errors_of_pillows_
     Image.fromarray(noise).save(folder / "photo.jpg", quality=95)
     picture.save(folder / "png.jpg", format="PNG")  # named as a JPEG, but is not one
     picture.save(folder / "small.png")
+    (folder / "bomb.jpg").write_bytes(_jpeg_declaring(picture, 50_000, 50_000))  # 2.5 GP in 2 KB
+    (folder / "header.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not a JPEG header" * 4)
     assert (folder / "photo.jpg").stat().st_size > SMALL_JPEG_BYTES
     bad = {name: path for name, (path, _) in bad_files(tmp_path / "bad").items()}
-    in_memory = [folder / "small.jpg", folder / "rotated.JPEG", bad["truncated_jpeg"]]
-    from_the_file = [folder / "photo.jpg", folder / "png.jpg", folder / "small.png", bad["empty"], bad["text"],
-                     bad["folder"], bad["truncated_png"], tmp_path / "missing.jpg"]
-    expected = {path: _pillow_reading(path) for path in in_memory + from_the_file}
+    shortcut = [folder / "small.jpg", folder / "rotated.JPEG", bad["truncated_jpeg"]]
+    long_way = [folder / "photo.jpg", folder / "png.jpg", folder / "small.png", folder / "bomb.jpg",
+                folder / "header.jpg", bad["empty"], bad["text"], bad["folder"], bad["truncated_png"],
+                tmp_path / "missing.jpg"]
+    expected = {path: _pillow_reading(path) for path in shortcut + long_way}
     assert isinstance(expected[folder / "rotated.JPEG"], np.ndarray)
     assert expected[bad["truncated_jpeg"]].startswith(f"{bad['truncated_jpeg']}: cannot decode image (image file "
                                                      "is truncated (")
+    assert expected[folder / "bomb.jpg"] == (f"{folder / 'bomb.jpg'}: declares too many pixels to decode safely "
+                                             "(possible decompression bomb)")
+    assert expected[folder / "header.jpg"].startswith(f"{folder / 'header.jpg'}: cannot read (")
     original_open = Image.open
-    read_from: dict[Path, type] = {}
+    through_image_open: list[Path] = []
 
     def recording_open(source, *args, **kwargs):
-        read_from[current] = type(source)
+        through_image_open.append(current)
         return original_open(source, *args, **kwargs)
 
     monkeypatch.setattr(Image, "open", recording_open)
-    for current in in_memory + from_the_file:
+    for current in shortcut + long_way:
         try:
             answer: np.ndarray | str = load_image(current, DEFAULT_SPEC)
         except ImageError as error:
@@ -379,8 +398,7 @@ def test_small_jpegs_are_read_in_one_call_with_the_pixels_and_errors_of_pillows_
             assert answer == expected[current]
         else:
             assert np.array_equal(answer, expected[current]), current
-    assert all(read_from[path] is io.BytesIO for path in in_memory)
-    assert not any(read_from[path] is io.BytesIO for path in from_the_file)
+    assert through_image_open == long_way
 
 
 def test_the_best_class_of_each_image_of_a_batch_is_top_classes_of_its_row() -> None:
