@@ -38,6 +38,8 @@ from typing import Any
 
 import click
 
+from bench_runtime import cpu_model
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINE = REPO_ROOT / "benchmarks" / "baseline_litert.py"
 MAX_RATIO = 1.25  # issue 20: edge-classify on one photo within 1.25x the minimal script
@@ -180,7 +182,7 @@ def main(model: Path, photo: Path, repeats: int, work: Path | None, json_path: P
     cpu_medians = {name: statistics.median(values) for name, values in cpus.items()}
     summary = {
         "model": str(model), "photo": str(photo), "repeats": repeats, "wheel": wheel.name,
-        "python": sys.version.split()[0], "cpu": _cpu_model(), "load_average": os.getloadavg(),
+        "python": sys.version.split()[0], "cpu": cpu_model(), "load_average": os.getloadavg(),
         "wall_s": {name: values for name, values in walls.items()},
         "cpu_s": {name: values for name, values in cpus.items()},
         "median_ms": {name: value * MS for name, value in medians.items()},
@@ -210,16 +212,6 @@ def main(model: Path, photo: Path, repeats: int, work: Path | None, json_path: P
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=2) + "\n")
     sys.exit(0 if ratio <= MAX_RATIO else 1)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ import click
 import numpy as np
 
 from bench_runtime import (BENCHMARKS, CONSOLE_SCRIPT, DEFAULT_DATA, MIN_THROUGHPUT_RATIO, REPO_ROOT, Check,
-                           ProcessRun, link_files, median, run_process, spread, user_environment, warm_page_cache)
+                           ProcessRun, finish, link_files, median, run_process, spread, user_environment,
+                           warm_page_cache)
 
 DEFAULT_INT8 = Path("artifacts") / "model_int8.tflite"
 MIN_CAMERA_RATIO = 7.0  # issue 13's follow-up: default settings on camera-sized photos
@@ -342,15 +343,7 @@ def main(int8: Path, data: Path, camera_photos: int, camera_cache: Path | None, 
                          for name, answers_by_path in (("default", ours), ("full_decode", full),
                                                        ("bare_loop", bare))},
         }
-    summary["machine"]["load_average_after"] = list(os.getloadavg())
-    checks = evaluate(summary)
-    summary["targets"] = [dataclasses.asdict(check) for check in checks]
-    print_summary(summary, checks)
-    if json_path is not None:
-        from edge_runtime.atomic import write_text
-
-        write_text(json_path, json.dumps(summary, indent=2) + "\n")
-    sys.exit(0 if all(check.passed for check in checks) else 1)
+    finish(summary, evaluate, print_summary, json_path)
 
 
 if __name__ == "__main__":

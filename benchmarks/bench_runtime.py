@@ -485,15 +485,34 @@ def main(out: Path, int8: Path | None, float32: Path | None, keras: Path | None,
     pixels = np.stack([loader.load(path) for path in paths])
     summary["latency"] = {kind: preloaded_latency(model, pixels, latency_repeats)
                           for kind, model in (("int8", int8), ("float32", float32))}
+    finish(summary, evaluate, print_summary, json_path)
+
+
+def finish(summary: dict[str, Any], evaluate_targets: Callable[[dict[str, Any]], list[Check]],
+           print_figures: Callable[[dict[str, Any], list[Check]], None], json_path: Path | None) -> None:
+    """Check the targets, print, write the JSON file if asked, and exit 0 when every target holds, else 1."""
     summary["machine"]["load_average_after"] = list(os.getloadavg())
-    checks = evaluate(summary)
+    checks = evaluate_targets(summary)
     summary["targets"] = [dataclasses.asdict(check) for check in checks]
-    print_summary(summary, checks)
+    print_figures(summary, checks)
     if json_path is not None:
         from edge_runtime.atomic import write_text
 
         write_text(json_path, json.dumps(summary, indent=2) + "\n")
     sys.exit(0 if all(check.passed for check in checks) else 1)
+
+
+def cpu_model() -> str:
+    """The processor's model name as Linux reports it (figures are recorded with it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is one fol
 
 import numpy as np  # noqa: E402
 
+from benchmarks.bench_runtime import cpu_model  # noqa: E402
 from edge_runtime.classify import Classifier  # noqa: E402
 from edge_runtime.errors import ModelError  # noqa: E402
 from edge_runtime.flatbuffer_check import (FIELD_SLOT_BYTES, SOFFSET, UOFFSET, VTABLE_HEADER_BYTES,  # noqa: E402
@@ -948,16 +949,6 @@ def merge_figures(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[st
     return merged
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_workers(folder: Path, cases: int, seed: int, time_cap_s: float, address_space_mib: int,
                 script: str = __file__) -> tuple[dict[str, Any] | None, str | None]:
     """Run `cases` cases in a worker process (`script --worker`) with the seeds saved under `folder`
@@ -1028,7 +1019,7 @@ def parent(args: argparse.Namespace) -> int:
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/fuzz_models.py", *sys.argv[1:]]),
-        "cpu": _cpu_model(), "python": platform.python_version(),
+        "cpu": cpu_model(), "python": platform.python_version(),
         "seeds": [seed.name for seed in seeds], "hypothesis_seed": args.seed,
         "time_cap_s": args.time_cap, "memory_cap_mib": args.memory_cap_mib,
         "address_space_cap_mib": args.address_space_mib, **result,
