@@ -262,11 +262,6 @@ def print_summary(summary: dict[str, Any], checks: list[Check]) -> None:
                f"photo {camera['agreement_with_full_decode']:.1%}; accuracy on the source class: default "
                f"{camera['accuracy']['default']:.1%}, full decode {camera['accuracy']['full_decode']:.1%}, "
                f"bare loop {camera['accuracy']['bare_loop']:.1%}")
-    load = summary["machine"]
-    click.echo(f"load average before {load['load_average'][0]:.2f}, after {load['load_average_after'][0]:.2f}")
-    click.echo("targets:")
-    for check in checks:
-        click.echo(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.value} (target {check.target})")
 
 
 @click.command()

@@ -404,11 +404,6 @@ def print_summary(summary: dict[str, Any], checks: list[Check]) -> None:
         click.echo(f"latency {kind} ({latency['input']} input, {latency['images']} preloaded images, 1 thread): "
                    f"Classifier.scores {latency['classifier_ms']:.4f} ms, bare {latency['bare_ms']:.4f} ms, "
                    f"ratio {latency['ratio']:.3f}")
-    load = summary["machine"]
-    click.echo(f"load average before {load['load_average'][0]:.2f}, after {load['load_average_after'][0]:.2f}")
-    click.echo("targets:")
-    for check in checks:
-        click.echo(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.value} (target {check.target})")
 
 
 @click.command()
@@ -490,11 +485,17 @@ def main(out: Path, int8: Path | None, float32: Path | None, keras: Path | None,
 
 def finish(summary: dict[str, Any], evaluate_targets: Callable[[dict[str, Any]], list[Check]],
            print_figures: Callable[[dict[str, Any], list[Check]], None], json_path: Path | None) -> None:
-    """Check the targets, print, write the JSON file if asked, and exit 0 when every target holds, else 1."""
+    """Check the targets, print the figures, the load and the targets, write the JSON file if asked, and
+    exit 0 when every target holds, else 1."""
     summary["machine"]["load_average_after"] = list(os.getloadavg())
     checks = evaluate_targets(summary)
     summary["targets"] = [dataclasses.asdict(check) for check in checks]
     print_figures(summary, checks)
+    load = summary["machine"]
+    click.echo(f"load average before {load['load_average'][0]:.2f}, after {load['load_average_after'][0]:.2f}")
+    click.echo("targets:")
+    for check in checks:
+        click.echo(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.value} (target {check.target})")
     if json_path is not None:
         from edge_runtime.atomic import write_text
 
