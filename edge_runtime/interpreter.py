@@ -148,14 +148,14 @@ def graph_problem(interpreter: Any) -> str | None:
     list_operators = getattr(interpreter, "_get_ops_details", None)
     if list_operators is None:
         return None
-    tensor_count = len(interpreter.get_tensor_details())
+    tensor_count = _tensor_count(interpreter)
     graph_inputs = {int(tensor["index"]) for tensor in inputs}
     for operator in list_operators():
         name, index = operator.get("op_name", "?"), operator.get("index", "?")
         operands = [int(tensor) for tensor in operator.get("inputs", [])]
         results = [int(tensor) for tensor in operator.get("outputs", [])]
         for tensor in operands + results:
-            if not ABSENT_TENSOR <= tensor < tensor_count:
+            if tensor < ABSENT_TENSOR or (tensor_count is not None and tensor >= tensor_count):
                 return f"operator {index} ({name}) names tensor {tensor} of {tensor_count}"
         for tensor in results:
             if tensor == ABSENT_TENSOR or tensor in graph_inputs:
@@ -165,6 +165,18 @@ def graph_problem(interpreter: Any) -> str | None:
         if ABSENT_TENSOR in operands[:required] or len(operands) < required:
             return f"operator {index} ({name}) lacks one of its first {required} inputs"
     return None
+
+
+def _tensor_count(interpreter: Any) -> int | None:
+    """How many tensors the main graph has; None where the backend does not say.
+
+    `get_tensor_details()` leaves out tensors without a name, so its length can be short of it.
+    """
+    wrapper = getattr(interpreter, "_interpreter", None)
+    try:
+        return int(wrapper.NumTensors(0))
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
 
 
 def allocation_problem(interpreter: Any) -> str | None:

@@ -105,3 +105,27 @@ def test_an_output_scale_that_overflows_is_refused_without_a_numpy_warning() -> 
             _dequantization_table(damaged_scale)
     honest = TensorInfo(index=0, shape=(1, 3), dtype=np.dtype(np.int8), scale=1 / 256, zero_point=-128)
     assert _dequantization_table(honest)[0x80] == 0.0  # int8 -128 is probability 0
+
+
+class _Listing:
+    """A built interpreter as graph_problem sees it: its input, its operators, and a tensor count or none."""
+
+    def __init__(self, count: int | None):
+        if count is not None:
+            self._interpreter = type("Wrapper", (), {"NumTensors": lambda self, subgraph: count})()
+
+    def get_input_details(self):
+        return [{"index": 0, "shape": np.array([1, 8, 8, 3])}]
+
+    def _get_ops_details(self):
+        return [{"index": 0, "op_name": "RELU", "inputs": np.array([0]), "outputs": np.array([5])}]
+
+
+def test_tensor_indices_are_checked_against_the_graphs_own_count_not_the_named_tensors() -> None:
+    """get_tensor_details() leaves out unnamed tensors: the count comes from the graph, and without one
+    an index is not refused for being large."""
+    from edge_runtime.interpreter import graph_problem
+
+    assert graph_problem(_Listing(count=6)) is None
+    assert graph_problem(_Listing(count=None)) is None
+    assert graph_problem(_Listing(count=3)) == "operator 0 (RELU) names tensor 5 of 3"
