@@ -145,15 +145,12 @@ def graph_problem(interpreter: Any) -> str | None:
         if len(shape) == IMAGE_RANK and any(side > MAX_INPUT_SIDE for side in shape[1:3]):
             return (f"input tensor of shape {shape}: larger than {MAX_INPUT_SIDE} pixels a side, more than any "
                     "image classifier takes")
-    list_operators = getattr(interpreter, "_get_ops_details", None)
-    if list_operators is None:
+    operators = _operators(interpreter)
+    if operators is None:
         return None
     tensor_count = _tensor_count(interpreter)
     graph_inputs = {int(tensor["index"]) for tensor in inputs}
-    for operator in list_operators():
-        name, index = operator.get("op_name", "?"), operator.get("index", "?")
-        operands = [int(tensor) for tensor in operator.get("inputs", [])]
-        results = [int(tensor) for tensor in operator.get("outputs", [])]
+    for index, name, operands, results in operators:
         for tensor in operands + results:
             if tensor < ABSENT_TENSOR or (tensor_count is not None and tensor >= tensor_count):
                 return f"operator {index} ({name}) names tensor {tensor} of {tensor_count}"
@@ -165,6 +162,27 @@ def graph_problem(interpreter: Any) -> str | None:
         if ABSENT_TENSOR in operands[:required] or len(operands) < required:
             return f"operator {index} ({name}) lacks one of its first {required} inputs"
     return None
+
+
+def _operators(interpreter: Any) -> list[tuple[int, str, list[int], list[int]]] | None:
+    """(index, name, input tensors, output tensors) of each operator; None where the backend does not list them.
+
+    Straight from the interpreter's wrapper where it has the calls (a fifth of the time of
+    `_get_ops_details`, which also looks up every operand's type: about 1.7 ms on MobileNet v2 at
+    every start), else through `_get_ops_details`.
+    """
+    wrapper = getattr(interpreter, "_interpreter", None)
+    try:
+        return [(node, str(wrapper.NodeName(node)), [int(tensor) for tensor in wrapper.NodeInputs(node)],
+                 [int(tensor) for tensor in wrapper.NodeOutputs(node)]) for node in range(wrapper.NumNodes())]
+    except (AttributeError, TypeError):
+        pass
+    list_operators = getattr(interpreter, "_get_ops_details", None)
+    if list_operators is None:
+        return None
+    return [(operator.get("index", "?"), operator.get("op_name", "?"),
+             [int(tensor) for tensor in operator.get("inputs", [])],
+             [int(tensor) for tensor in operator.get("outputs", [])]) for operator in list_operators()]
 
 
 def _tensor_count(interpreter: Any) -> int | None:
@@ -186,10 +204,18 @@ def allocation_problem(interpreter: Any) -> str | None:
     which XNNPACK does not check before it runs: the first invoke would crash the process. No
     working image classifier has such a tensor.
     """
-    for tensor in interpreter.get_tensor_details():
-        shape = [int(side) for side in tensor["shape"]]
+    wrapper = getattr(interpreter, "_interpreter", None)
+    count = _tensor_count(interpreter)
+    try:
+        # The wrapper's sizes, where it has the call: a third of the time of get_tensor_details().
+        shapes = [(index, [int(side) for side in wrapper.TensorSize(index, 0)]) for index in range(count)]
+    except (AttributeError, TypeError, ValueError):
+        shapes = [(int(tensor["index"]), [int(side) for side in tensor["shape"]])
+                  for tensor in interpreter.get_tensor_details()]
+    for index, shape in shapes:
         if len(shape) == IMAGE_RANK and 0 in shape:
-            return f"tensor {tensor['index']} ({tensor['name']}) has an empty shape {shape} after allocation"
+            name = next((tensor["name"] for tensor in interpreter.get_tensor_details() if tensor["index"] == index), "")
+            return f"tensor {index} ({name}) has an empty shape {shape} after allocation"
     return None
 
 
