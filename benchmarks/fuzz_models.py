@@ -225,12 +225,19 @@ def _tiny_tflite() -> bytes:
 
     tf = import_tensorflow("make fuzz")
     with native_output_to_log():
-        tf.keras.utils.set_random_seed(0)
-        inputs = tf.keras.Input((SIDE, SIDE, 3))
-        x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-        x = tf.keras.layers.GlobalAveragePooling2D()(x)
-        outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
-        return tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, outputs)).convert()
+        network = _seed_network(tf, tf.keras.layers.GlobalAveragePooling2D())
+        return tf.lite.TFLiteConverter.from_keras_model(network).convert()
+
+
+def _seed_network(tf: Any, *middle: Any) -> Any:
+    """An untrained Conv2D(4) -> `middle` layers -> Dense softmax network on SIDE x SIDE RGB, seed 0."""
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((SIDE, SIDE, 3))
+    x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    for layer in middle:
+        x = layer(x)
+    outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
+    return tf.keras.Model(inputs, outputs)
 
 
 def _flatten_tflite() -> tuple[bytes, bytes]:
@@ -246,13 +253,7 @@ def _flatten_tflite() -> tuple[bytes, bytes]:
 
     tf = import_tensorflow("make fuzz")
     with native_output_to_log():
-        tf.keras.utils.set_random_seed(0)
-        inputs = tf.keras.Input((SIDE, SIDE, 3))
-        x = tf.keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-        x = tf.keras.layers.MaxPooling2D()(x)
-        x = tf.keras.layers.Flatten()(x)
-        outputs = tf.keras.layers.Dense(len(LABELS), activation="softmax")(x)
-        network = tf.keras.Model(inputs, outputs)
+        network = _seed_network(tf, tf.keras.layers.MaxPooling2D(), tf.keras.layers.Flatten())
         float_model = bytes(tf.lite.TFLiteConverter.from_keras_model(network).convert())
         pixels = np.random.default_rng(0).random((CALIBRATION_IMAGES, 1, SIDE, SIDE, 3), dtype=np.float32)
         converter = tf.lite.TFLiteConverter.from_keras_model(network)
