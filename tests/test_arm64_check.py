@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deploy import arm64_check
-from deploy.arm64_parity import (EMULATED_TIMING_NOTE, FLOAT32_TOLERANCE, Mismatch, ParseError, RunOutcome,
+from deploy.arm64 import chroot, cli, host, inputs, install
+from deploy.arm64.parity import (EMULATED_TIMING_NOTE, FLOAT32_TOLERANCE, Mismatch, ParseError, RunOutcome,
                                  ScoredImage, benchmark_line, compare_models, info_differences, parse_results,
                                  summary_lines)
 
@@ -231,7 +231,7 @@ def readme_step1_commands() -> list[str]:
 
 
 def test_the_edge_install_runs_the_readme_commands_verbatim() -> None:
-    script = arm64_check.readme_install_script("edge_image_toolkit-0.1.0-py3-none-any.whl", arm64_check.INSTALLS[0])
+    script = install.readme_install_script("edge_image_toolkit-0.1.0-py3-none-any.whl", install.INSTALLS[0])
     lines = script.splitlines()
     for command in readme_step1_commands():
         if command.startswith("sudo apt"):
@@ -240,9 +240,9 @@ def test_the_edge_install_runs_the_readme_commands_verbatim() -> None:
 
 
 def test_the_tflite_install_swaps_only_the_extra_and_the_folder() -> None:
-    edge, tflite = arm64_check.INSTALLS
+    edge, tflite = install.INSTALLS
     assert tflite.distros == ("bookworm",)
-    script = arm64_check.readme_install_script("w.whl", tflite)
+    script = install.readme_install_script("w.whl", tflite)
     assert '~/edge-venv-tflite/bin/pip install "./w.whl[tflite]" "numpy==$SYSTEM_NUMPY"' in script.splitlines()
 
 
@@ -251,7 +251,7 @@ def test_test_images_are_picked_round_robin_over_sorted_classes(tmp_path: Path) 
         (tmp_path / name).mkdir()
         for number in range(count):
             (tmp_path / name / f"{number:04d}.jpg").write_bytes(b"x")
-    picked = [f"{p.parent.name}/{p.name}" for p in arm64_check.pick_test_images(tmp_path, 5)]
+    picked = [f"{p.parent.name}/{p.name}" for p in inputs.pick_test_images(tmp_path, 5)]
     assert picked == ["airplane/0000.jpg", "bird/0000.jpg", "cat/0000.jpg", "bird/0001.jpg", "cat/0001.jpg"]
 
 
@@ -259,7 +259,7 @@ def test_format_images_cover_the_modes_the_preprocessing_tests_cover(tmp_path: P
     import numpy as np
     from PIL import Image
 
-    arm64_check.write_format_images(tmp_path, np, Image)
+    inputs.write_format_images(tmp_path, np, Image)
     modes = {path.name: Image.open(path).mode for path in tmp_path.iterdir()}
     assert {"RGBA", "P", "L", "CMYK"} <= set(modes.values())
     assert modes["grey16.png"] in ("I;16", "I")
@@ -269,8 +269,8 @@ def test_format_images_cover_the_modes_the_preprocessing_tests_cover(tmp_path: P
 
 @pytest.mark.parametrize("cpu, part", [("cortex-a72", "0xd08"), ("cortex-a76", "0xd0b")])
 def test_cpuinfo_names_the_pi_cpu(tmp_path: Path, cpu: str, part: str) -> None:
-    text = arm64_check.cpuinfo_file(tmp_path, cpu).read_text(encoding="utf-8")
-    assert text.count(f"CPU part\t: {part}") == arm64_check.PI_CORES
+    text = chroot.cpuinfo_file(tmp_path, cpu).read_text(encoding="utf-8")
+    assert text.count(f"CPU part\t: {part}") == chroot.PI_CORES
     assert "CPU implementer\t: 0x41" in text
 
 
@@ -285,11 +285,11 @@ def models_and_wheel(tmp_path: Path) -> list[str]:
 
 
 def run_main(args: list[str]):
-    return CliRunner().invoke(arm64_check.main, args)
+    return CliRunner().invoke(cli.main, args)
 
 
 def test_not_root_exits_2_with_the_reason(monkeypatch: pytest.MonkeyPatch, models_and_wheel: list[str]) -> None:
-    monkeypatch.setattr(arm64_check.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(host.os, "geteuid", lambda: 1000)
     result = run_main(models_and_wheel)
     assert result.exit_code == 2
     assert result.output.strip() == ("arm64-check: cannot run: must run as root (debootstrap, chroot and mounts need "
@@ -298,9 +298,9 @@ def test_not_root_exits_2_with_the_reason(monkeypatch: pytest.MonkeyPatch, model
 
 def test_an_unreachable_mirror_exits_2_naming_it(monkeypatch: pytest.MonkeyPatch,
                                                   models_and_wheel: list[str]) -> None:
-    monkeypatch.setattr(arm64_check.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(arm64_check.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    monkeypatch.setattr(arm64_check, "enable_binfmt", lambda: None)
+    monkeypatch.setattr(host.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(host.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(host, "enable_binfmt", lambda: None)
     result = run_main(models_and_wheel + ["--mirror", "http://127.0.0.1:9/debian"])
     assert result.exit_code == 2
     assert re.fullmatch(r"arm64-check: cannot run: the Debian mirror cannot be reached "
@@ -313,10 +313,10 @@ def test_a_binfmt_handler_without_fix_binary_exits_2(monkeypatch: pytest.MonkeyP
     binfmt.mkdir()
     (binfmt / "status").write_text("enabled\n")
     (binfmt / "qemu-aarch64").write_text("enabled\ninterpreter /usr/bin/qemu-aarch64\nflags: P\noffset 0\n")
-    monkeypatch.setattr(arm64_check, "BINFMT_DIR", binfmt)
-    monkeypatch.setattr(arm64_check, "BINFMT_ENTRY", binfmt / "qemu-aarch64")
-    monkeypatch.setattr(arm64_check.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(arm64_check.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(host, "BINFMT_DIR", binfmt)
+    monkeypatch.setattr(host, "BINFMT_ENTRY", binfmt / "qemu-aarch64")
+    monkeypatch.setattr(host.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(host.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     result = run_main(models_and_wheel)
     assert result.exit_code == 2
     assert "lacks the F (fix-binary) flag" in result.output

@@ -14,35 +14,35 @@ from pathlib import Path
 
 import pytest
 
-from deploy import arm64_check, arm64_ssh
+from deploy.arm64 import chroot, errors, install, runs, ssh
 
 
 def test_sshd_listens_on_loopback_only_takes_keys_only_and_passes_the_cpu_model() -> None:
-    lines = arm64_ssh.sshd_config(2345, "cortex-a76").splitlines()
+    lines = ssh.sshd_config(2345, "cortex-a76").splitlines()
     assert "ListenAddress 127.0.0.1" in lines and "Port 2345" in lines
     assert "PasswordAuthentication no" in lines and "PermitRootLogin prohibit-password" in lines
-    assert f"AuthorizedKeysFile {arm64_ssh.AUTHORIZED_KEYS_PATH}" in lines
+    assert f"AuthorizedKeysFile {ssh.AUTHORIZED_KEYS_PATH}" in lines
     # qemu-user reads QEMU_CPU from each program's environment: every session must get it.
     assert "SetEnv QEMU_CPU=cortex-a76" in lines
     assert "Subsystem sftp /usr/lib/openssh/sftp-server" in lines  # scp uses SFTP since OpenSSH 9.0
 
 
 def test_remote_commands_quote_every_word() -> None:
-    line = arm64_ssh.remote_command(["edge-classify", "-m", "models/a b.tflite", "it's.jpg"], "/root/arm64-check")
+    line = ssh.remote_command(["edge-classify", "-m", "models/a b.tflite", "it's.jpg"], "/root/arm64-check")
     assert line.startswith("cd /root/arm64-check && exec ")
     assert shlex.split(line.split(" && exec ", 1)[1]) == ["edge-classify", "-m", "models/a b.tflite", "it's.jpg"]
 
 
 def test_the_deploy_reaches_the_server_through_deploy_sh_settings(tmp_path: Path) -> None:
-    session = arm64_ssh.Session(2345, tmp_path / "id_ed25519", tmp_path / "known_hosts", timeout=5)
+    session = ssh.Session(2345, tmp_path / "id_ed25519", tmp_path / "known_hosts", timeout=5)
     env = session.deploy_env()
     assert env["SSH_PORT"] == "2345" and env["SSH_IDENTITY"] == str(tmp_path / "id_ed25519")
     assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in env["SSH_OPTS"].split()
     assert "StrictHostKeyChecking=accept-new" in env["SSH_OPTS"].split()
     assert session.destination == "root@127.0.0.1"
     # The models land where the chroot runs read them, so the same commands run over SSH.
-    assert arm64_check.SSH_DEST == "arm64-check/models"
-    assert f"{arm64_check.DEVICE_HOME}/{arm64_check.SSH_DEST}" == f"{arm64_check.DEVICE_WORK}/models"
+    assert install.SSH_DEST == "arm64-check/models"
+    assert f"{chroot.DEVICE_HOME}/{install.SSH_DEST}" == f"{chroot.DEVICE_WORK}/models"
 
 
 def serve_once(greeting: bytes) -> int:
@@ -72,7 +72,7 @@ def running() -> subprocess.Popen:
 
 def test_waiting_ends_when_an_ssh_server_greets(tmp_path: Path, running: subprocess.Popen) -> None:
     port = serve_once(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u7\r\n")
-    arm64_ssh.wait_for_banner(port, running, tmp_path / "sshd.log", timeout=10)
+    ssh.wait_for_banner(port, running, tmp_path / "sshd.log", timeout=10)
 
 
 def test_a_server_that_exits_is_reported_with_its_last_log_line(tmp_path: Path) -> None:
@@ -80,14 +80,14 @@ def test_a_server_that_exits_is_reported_with_its_last_log_line(tmp_path: Path) 
     log.write_text("Server listening...\n/etc/ssh/ssh_host_ed25519_key: No such file or directory\n")
     process = subprocess.Popen(["sh", "-c", "exit 255"])
     process.wait()
-    with pytest.raises(arm64_ssh.SshError, match=r"exited with status 255 .*ssh_host_ed25519_key: No such file"):
-        arm64_ssh.wait_for_banner(arm64_ssh.free_port(), process, log, timeout=10)
+    with pytest.raises(ssh.SshError, match=r"exited with status 255 .*ssh_host_ed25519_key: No such file"):
+        ssh.wait_for_banner(ssh.free_port(), process, log, timeout=10)
 
 
 def test_a_silent_port_is_reported_after_the_timeout(tmp_path: Path, running: subprocess.Popen) -> None:
     port = serve_once(b"HTTP/1.1 400 Bad Request\r\n")
-    with pytest.raises(arm64_ssh.SshError, match=f"did not answer on 127.0.0.1:{port} within 1 s"):
-        arm64_ssh.wait_for_banner(port, running, tmp_path / "missing.log", timeout=1)
+    with pytest.raises(ssh.SshError, match=f"did not answer on 127.0.0.1:{port} within 1 s"):
+        ssh.wait_for_banner(port, running, tmp_path / "missing.log", timeout=1)
 
 
 def test_stopping_ends_the_whole_process_group(tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_stopping_ends_the_whole_process_group(tmp_path: Path) -> None:
     while not child_pid.exists() or not child_pid.read_text().strip():
         assert time.monotonic() < deadline, "the test's child never started"
         time.sleep(0.05)
-    arm64_ssh.stop(process)
+    ssh.stop(process)
     assert process.returncode is not None
     status = Path(f"/proc/{child_pid.read_text().strip()}/stat")
     while status.exists() and status.read_text().split(") ")[1][0] != "Z":  # gone, or dead and not yet reaped
@@ -108,11 +108,11 @@ def test_stopping_ends_the_whole_process_group(tmp_path: Path) -> None:
 def test_a_failed_ssh_run_is_a_named_problem_of_its_run_not_a_crash(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def no_server(root: Path, cache: Path) -> None:
-        raise arm64_check.RunError("apt-get install openssh-server failed in the bookworm root filesystem: "
+        raise errors.RunError("apt-get install openssh-server failed in the bookworm root filesystem: "
                                    "Temporary failure resolving 'deb.debian.org'")
 
-    monkeypatch.setattr(arm64_check, "ensure_ssh_server", no_server)
-    outcome = arm64_check.run_over_ssh("bookworm", tmp_path / "root", tmp_path, [], {}, tmp_path)
+    monkeypatch.setattr(runs, "ensure_ssh_server", no_server)
+    outcome = runs.run_over_ssh("bookworm", tmp_path / "root", tmp_path, [], {}, tmp_path)
     assert (outcome.distro, outcome.install, outcome.cpu) == ("bookworm", "ssh", "cortex-a72")
     assert not outcome.ok
     assert outcome.problems == ["over SSH: apt-get install openssh-server failed in the bookworm root filesystem: "

@@ -3,7 +3,7 @@
 Nothing here runs a program or touches a root filesystem. It reads what `edge-classify --json
 --top-k ALL` printed on each side (one JSON object per image, every class with its score) and the
 `--info --json` facts, and turns them into small named results, the `runs` records of
-`arm64-check.json` and the summary a person reads. `deploy/arm64_check.py` is the shell around it.
+`arm64-check.json` and the summary a person reads. The other modules of deploy/arm64/ are the shell around it.
 
 The parity rules: a float32 model must give the same top-1 class for every image and scores within
 `FLOAT32_TOLERANCE` (the issue's rule). An int8 model must give the same top-1 and no score more than
@@ -11,7 +11,7 @@ The parity rules: a float32 model must give the same top-1 class for every image
 The issue asked for bit-identical int8 scores, but LiteRT's optimized int8 kernels are not the same
 code on arm64 (NEON) and x86 (AVX2): measured on the CIFAR-10 CNN, 1 of 2,140 int8 scores (XNNPACK) and
 166 of 2,140 (the builtin optimized kernels) differ by one to four steps between the machines, while
-the portable reference kernels give bit-identical outputs under the same emulation. `arm64_check.py`
+the portable reference kernels give bit-identical outputs under the same emulation. The check
 therefore also requires the reference kernels' raw int8 outputs to be bit-identical.
 """
 

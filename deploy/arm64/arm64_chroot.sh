@@ -1,6 +1,6 @@
 #!/bin/sh
 # Run COMMAND inside an arm64 root filesystem, as deploy/README.md's device steps would run on a Pi.
-# Usage: sh deploy/arm64_chroot.sh ROOT CPUINFO COMMAND [ARG...]   (as root; called by arm64_check.py)
+# Usage: sh deploy/arm64/arm64_chroot.sh ROOT CPUINFO COMMAND [ARG...]   (as root; called by chroot.py)
 #
 # The mounts live in a private mount namespace of their own, so they vanish when COMMAND ends, even
 # when it is killed: nothing is left mounted on the host. CPUINFO is bind-mounted over the chroot's
