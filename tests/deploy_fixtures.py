@@ -16,10 +16,10 @@ import shlex
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
+from deploy.arm64.ssh import SshError, wait_for_banner
 from edge_runtime.manifest import write_manifest
 
 SSHD_PATH = Path("/usr/sbin/sshd")
@@ -29,11 +29,7 @@ PRIVSEP_DIR_MODE = 0o755
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-POLL_INTERVAL_S = 0.05
-SSH_BANNER_PREFIX = b"SSH-2.0-"
-BANNER_BYTES = 64
 CLIENT_PROGRAMS = ("ssh", "scp", "ssh-keygen")
-LOG_TAIL_LINES = 5
 
 
 class SshdUnavailable(Exception):
@@ -118,29 +114,6 @@ def _sshd_config(folder: Path, port: int, host_key: Path, authorized_keys: Path,
     return "\n".join(lines) + "\n"
 
 
-def _log_tail(log: Path) -> str:
-    try:
-        lines = log.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "no log"
-    return " | ".join(lines[-LOG_TAIL_LINES:]) or "empty log"
-
-
-def _wait_for_banner(process: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SshdUnavailable(f"sshd exited with {process.returncode}: {_log_tail(log)}")
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=1.0) as connection:
-                if connection.recv(BANNER_BYTES).startswith(SSH_BANNER_PREFIX):
-                    return
-        except OSError:
-            pass
-        time.sleep(POLL_INTERVAL_S)
-    raise SshdUnavailable(f"sshd did not answer on port {port} within {START_TIMEOUT_S:.0f} s: {_log_tail(log)}")
-
-
 @contextlib.contextmanager
 def local_sshd(folder: Path) -> Iterator[SshServer]:
     """Run sshd on 127.0.0.1 for the current user until the block ends; SshdUnavailable if it cannot."""
@@ -171,7 +144,10 @@ def local_sshd(folder: Path) -> Iterator[SshServer]:
         process = subprocess.Popen([str(SSHD_PATH), "-D", "-e", "-f", str(config)],
                                    stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        _wait_for_banner(process, port, log)
+        try:
+            wait_for_banner(port, process, log, timeout=START_TIMEOUT_S)
+        except SshError as error:
+            raise SshdUnavailable(str(error)) from error
         yield SshServer(host=LOOPBACK, port=port, user=user, identity=client_key,
                         known_hosts=known_hosts, log=log)
     finally:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import click
 
 from .chroot import CPUINFO
-from .errors import EXIT_MISMATCH, EXIT_OK, EXIT_UNAVAILABLE, CheckFailed, RunError, Unavailable, log
+from .errors import CheckFailed, RunError, Unavailable, log
 from .host import check_host
 from .inputs import find_models, fresh_folder, write_images
 from .install import SSH_CPU, SSH_DISTRO, find_wheel
@@ -27,6 +27,9 @@ from .rootfs import DISTROS, build_rootfs, cached_rootfs
 from .runs import DistroResult, check_distro
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_UNAVAILABLE = 2
 CPUS = ("cortex-a72", "cortex-a76")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = Path.home() / ".cache" / "edge-image-toolkit" / "arm64"

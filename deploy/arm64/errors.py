@@ -1,12 +1,8 @@
-"""What stops `make arm64-check` or one of its runs, the exit code each leads to, and its progress lines."""
+"""What stops `make arm64-check` or one of its runs, and its progress lines on stderr."""
 
 from __future__ import annotations
 
 import click
-
-EXIT_OK = 0
-EXIT_MISMATCH = 1
-EXIT_UNAVAILABLE = 2
 
 
 class Unavailable(Exception):
