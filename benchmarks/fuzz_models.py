@@ -67,7 +67,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is one fol
 
 import numpy as np  # noqa: E402
 
-from benchmarks.bench_runtime import cpu_model  # noqa: E402
+from benchmarks.harness import cpu_model  # noqa: E402
 from edge_runtime.classify import Classifier  # noqa: E402
 from edge_runtime.errors import ModelError  # noqa: E402
 from edge_runtime.flatbuffer_check import (FIELD_SLOT_BYTES, SOFFSET, UOFFSET, VTABLE_HEADER_BYTES,  # noqa: E402
