@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from bench_runtime import cpu_model
+from harness import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINE = REPO_ROOT / "benchmarks" / "baseline_litert.py"

@@ -75,10 +75,13 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
                   calibration_size: int = DEFAULT_CALIBRATION_SIZE, quiet: bool = False,
                   compare_seeds: int = DEFAULT_COMPARE_SEEDS) -> dict[str, Any]:
     """Convert twice, report once, compare logit ranges; return the summary (numbers, timings, checks)."""
-    from converter.convert import (INT8, FLOAT32, KERAS_MODEL_NAME, convert_model, load_data, load_keras_model,
-                                   resolve_data)
+    from converter.artifacts import KERAS_MODEL_NAME
+    from converter.convert import convert_model
+    from converter.data import load_data, resolve_data
     from converter.report import build_report, threshold_failures, tflite_models
     from converter.report_render import terminal_summary, write_report
+    from converter.source_model import load_keras_model
+    from converter.variants import FLOAT32, INT8
 
     def say(message: str) -> None:
         if not quiet:
@@ -155,8 +158,9 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
 def compare_logit_ranges(model: Any, model_path: Path, dataset: Any, calibration_size: int,
                          seeds: list[int], say: Any) -> list[dict[str, Any]]:
     """int8 with the clipped logit range and with plain min/max, per calibration seed, through the runtime."""
-    from converter.convert import INT8, convert_model
+    from converter.convert import convert_model
     from converter.report import compare_format, keras_probabilities, runtime_probabilities
+    from converter.variants import INT8
 
     if not seeds:
         return []

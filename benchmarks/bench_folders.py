@@ -37,7 +37,7 @@ the photos it uses into a temporary folder. Generating 300 takes a few minutes o
 CAMERA_PHOTOS defaults to 300, edge-classify's SMALL_JOB_FILES: below it edge-classify classifies
 in one process whatever the file size. --limit N measures N of the CIFAR test files (spread over
 the classes) and N // LIMIT_PHOTO_DIVISOR photos: a smoke test of the script, not a measurement to
-record. Subprocesses run with the environment a user has (bench_runtime.user_environment), and
+record. Subprocesses run with the environment a user has (harness.user_environment), and
 edge_runtime is byte-compiled first. Exit status 0 when every target is met, 1 when one is
 missed, 2 for bad options or missing files.
 """
@@ -59,9 +59,9 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from bench_runtime import (BENCHMARKS, CONSOLE_SCRIPT, DEFAULT_DATA, MIN_THROUGHPUT_RATIO, REPO_ROOT, Check,
-                           ProcessRun, finish, link_files, median, run_process, spread, user_environment,
-                           warm_page_cache)
+from bench_runtime import MIN_THROUGHPUT_RATIO
+from harness import (BENCHMARKS, CONSOLE_SCRIPT, DEFAULT_DATA, REPO_ROOT, Check, ProcessRun, finish, link_files, median,
+                     run_process, spread, user_environment, warm_page_cache)
 
 DEFAULT_INT8 = Path("artifacts") / "model_int8.tflite"
 MIN_CAMERA_RATIO = 7.0  # issue 13's follow-up: default settings on camera-sized photos

@@ -17,9 +17,12 @@ from edge_runtime.errors import EdgeError
 from edge_runtime.manifest import sha256_file
 from trainer.tensorflow_env import CONVERT_PACKAGES, TRAIN_EXTRA_PACKAGES, require_packages
 
-from .convert import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VARIANTS, KERAS_MODEL_NAME, LABELS_NAME, VARIANTS,
-                      calibration_indices, check_calibration_size, check_keras_file, convert_model, load_data, load_keras_model,
-                      load_labels_for, needs_calibration, parse_variants, resolve_data, training_spec)
+from .artifacts import KERAS_MODEL_NAME, LABELS_NAME
+from .calibration import DEFAULT_CALIBRATION_SIZE, calibration_indices, check_calibration_size
+from .convert import convert_model
+from .data import load_data, resolve_data
+from .source_model import check_keras_file, load_keras_model, load_labels_for, training_spec
+from .variants import DEFAULT_VARIANTS, VARIANTS, needs_calibration, parse_variants
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_MODEL = DEFAULT_ARTIFACTS / KERAS_MODEL_NAME

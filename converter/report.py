@@ -26,7 +26,8 @@ from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
 from trainer.train import one_class_answer
 
-from .convert import FLOAT32, INT8, KERAS_MODEL_NAME, VARIANTS, convert_first_hint
+from .artifacts import KERAS_MODEL_NAME, convert_first_hint
+from .variants import FLOAT32, INT8, VARIANTS
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from edge_runtime.atomic import atomic_path, write_text
 from edge_runtime.info import describe_calibration
 from trainer.tensorflow_env import MATPLOTLIB, missing_package_error
 
-from .convert import FLOAT32, INT8
+from .variants import FLOAT32, INT8
 from .report import KERAS, PERCENT, FormatResult, Report, is_finite_number, per_class_change_pp
 
 logger = logging.getLogger(__name__)

@@ -105,9 +105,10 @@ def trained_model(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
 def converted(trained_model: TrainedModel) -> Converted:
     """float32 and int8 files of the trained model, converted in its folder (as `make convert` does)."""
     import converter.convert as convert
+    import converter.tflite_export as tflite_export
 
     recorded: list[np.ndarray] = []
-    original = convert.representative_dataset
+    original = tflite_export.representative_dataset
 
     def recording(calibration: np.ndarray):
         samples = original(calibration)
@@ -119,13 +120,13 @@ def converted(trained_model: TrainedModel) -> Converted:
 
         return generator
 
-    convert.representative_dataset = recording
+    tflite_export.representative_dataset = recording
     try:
         convert.convert_model(trained_model.model_path, trained_model.folder,
                               train_images=trained_model.dataset.train_images,
                               calibration_size=CALIBRATION_SIZE, seed=SEED)
     finally:
-        convert.representative_dataset = original
+        tflite_export.representative_dataset = original
     return Converted(trained=trained_model, out=trained_model.folder,
                      float32=trained_model.folder / "model_float32.tflite",
                      int8=trained_model.folder / "model_int8.tflite",

@@ -32,7 +32,7 @@ PIXEL_SCALE = 255.0
 
 @pytest.fixture(scope="module")
 def keras_test_probabilities(trained_model: TrainedModel) -> np.ndarray:
-    from converter.convert import load_keras_model
+    from converter.source_model import load_keras_model
     from edge_runtime.preprocess import scale_pixels
 
     model = load_keras_model(trained_model.model_path)
@@ -181,7 +181,7 @@ def _pixel_keys(images: np.ndarray) -> set[bytes]:
 
 
 def test_calibration_sees_training_images_only(converted: Converted) -> None:
-    from converter.convert import calibration_indices
+    from converter.calibration import calibration_indices
     from edge_runtime.preprocess import scale_pixels
 
     dataset = converted.trained.dataset
@@ -202,7 +202,7 @@ def test_calibration_sees_training_images_only(converted: Converted) -> None:
 
 
 def test_calibration_indices_are_seeded_distinct_and_bounded() -> None:
-    from converter.convert import calibration_indices
+    from converter.calibration import calibration_indices
 
     first = calibration_indices(1000, 500, seed=3)
     assert np.array_equal(first, calibration_indices(1000, 500, seed=3))
@@ -216,7 +216,7 @@ def test_calibration_indices_are_seeded_distinct_and_bounded() -> None:
     (0, 500, "empty calibration set: the data set has no training images"),
 ])
 def test_empty_calibration_set_is_refused(num_train: int, size: int, message: str) -> None:
-    from converter.convert import calibration_indices
+    from converter.calibration import calibration_indices
     from edge_runtime.errors import DataError
 
     with pytest.raises(DataError) as caught:
@@ -225,7 +225,7 @@ def test_empty_calibration_set_is_refused(num_train: int, size: int, message: st
 
 
 def test_parse_variants_orders_and_validates() -> None:
-    from converter.convert import parse_variants
+    from converter.variants import parse_variants
 
     assert parse_variants("int8, float32,int8") == ("float32", "int8")
     assert parse_variants(["float16", "dynamic", "int8", "float32"]) == ("float32", "int8", "dynamic", "float16")
@@ -384,7 +384,7 @@ def test_cli_calibration_never_draws_a_test_image_of_a_split_tree(trained_model:
     splits as training did (training.json's seed and fraction), and calibration draws from train only."""
     import keras
 
-    import converter.convert as convert
+    import converter.tflite_export as tflite_export
     from converter_fixtures import write_trainer_outputs
     from synthetic import write_image_folder
     from trainer.data import Progress, load_dataset
@@ -397,13 +397,13 @@ def test_cli_calibration_never_draws_a_test_image_of_a_split_tree(trained_model:
     write_trainer_outputs(folder, model, dataset, {"loss": [1.0], "accuracy": [0.5]}, tree, SEED,
                           test_accuracy=0.5, test_fraction=test_fraction)
     recorded: list[np.ndarray] = []
-    original = convert.representative_dataset
+    original = tflite_export.representative_dataset
 
     def recording(calibration: np.ndarray):
         recorded.append(np.array(calibration, copy=True))
         return original(calibration)
 
-    monkeypatch.setattr(convert, "representative_dataset", recording)
+    monkeypatch.setattr(tflite_export, "representative_dataset", recording)
     result = _convert(["--model", str(folder / "model.keras"), "--variants", "int8", "--seed", str(SEED + 1),
                        "--calibration-size", "1000", "--quiet"])
     assert result.exit_code == 0, result.output

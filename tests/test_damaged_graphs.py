@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.fuzz_models import build_seeds, graph_values, write_graph_value
+from benchmarks.fuzz.graph import graph_values, write_graph_value
+from benchmarks.fuzz.seeds import build_seeds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60

@@ -22,9 +22,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks import fuzz_models
-from benchmarks.fuzz_models import (CONSTANT, INVOKE_FAILED, LABELS, OPERAND, OPTION, RAN, SCALE, SHAPE, ZERO_POINT,
-                                    Case, GraphValue, Seed, build_seeds, graph_values, read_everything, run_cases,
-                                    run_workers, save_seeds, try_model, write_graph_value)
+from benchmarks.fuzz import run as fuzz_run
+from benchmarks.fuzz.graph import (CONSTANT, OPERAND, OPTION, SCALE, SHAPE, ZERO_POINT, GraphValue, graph_values,
+                                   write_graph_value)
+from benchmarks.fuzz.mutations import Case
+from benchmarks.fuzz.parent import run_workers
+from benchmarks.fuzz.run import INVOKE_FAILED, RAN, read_everything, run_cases, try_model
+from benchmarks.fuzz.seeds import LABELS, Seed, build_seeds, load_seeds, save_seeds
 from edge_runtime.errors import ModelError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,17 +47,18 @@ CRASHING_WORKER = """
 import json, os, signal, sys
 sys.path.insert(0, {root!r})
 from benchmarks import fuzz_models
+from benchmarks.fuzz import run
 
-run_model = fuzz_models.try_model
+run_model = run.try_model
 first_worker = sys.argv[sys.argv.index("--restart") + 1] == "0"
 
 def try_model(path):
-    progress = path.parent / fuzz_models.PROGRESS_FILE
+    progress = path.parent / run.PROGRESS_FILE
     if first_worker and progress.exists() and json.loads(progress.read_text())["index"] == {crash_at}:
         os.kill(os.getpid(), signal.SIGSEGV)
     return run_model(path)
 
-fuzz_models.try_model = try_model
+run.try_model = try_model
 sys.exit(fuzz_models.main(sys.argv[1:]))
 """
 # A line of TensorFlow's C++ logging ("I0000 00:00:1796600633.045251 6361 cudart_stub.cc:31] ...") or of absl's
@@ -108,8 +113,8 @@ def test_tally_counts_what_the_readers_raise(seeds, tmp_path, monkeypatch, raise
     def reader(path: Path) -> str:
         raise raised
 
-    monkeypatch.setattr(fuzz_models, "read_everything", reader)
-    tally = fuzz_models.Tally()
+    monkeypatch.setattr(fuzz_run, "read_everything", reader)
+    tally = fuzz_run.Tally()
     tally.record(Case("ours", ("none",), seeds[0].data), tmp_path / "case.tflite", time_cap_s=5.0)
     assert (tally.cases, getattr(tally, field)) == (1, 1)
     multi_line = isinstance(raised, ModelError) and "\n" in str(raised)
@@ -147,8 +152,8 @@ def test_tally_counts_what_the_classifier_of_an_accepted_model_does(seeds, tmp_p
     """A model the readers accept is built and invoked: one-line ModelErrors pass, a bare RuntimeError
     from invoke (what an unwrapped interpreter failure looks like) is a traceback."""
     fake = type("Fake", (FakeClassifier,), {f"raised_at_{stage}": raised} if stage else {})
-    monkeypatch.setattr(fuzz_models, "Classifier", fake)
-    tally = fuzz_models.Tally()
+    monkeypatch.setattr(fuzz_run, "Classifier", fake)
+    tally = fuzz_run.Tally()
     tally.record(Case("ours", ("none",), seeds[0].data), tmp_path / "case.tflite", time_cap_s=5.0)
     assert (tally.cases, getattr(tally, field)) == (1, 1)
     assert tally.read == int(field != "tracebacks") and tally.refused == 0
@@ -161,8 +166,8 @@ def test_tally_counts_a_case_over_the_time_cap_as_a_hang(seeds, tmp_path, monkey
         time.sleep(2.0)
         return "read"
 
-    monkeypatch.setattr(fuzz_models, "read_everything", reader)
-    tally = fuzz_models.Tally()
+    monkeypatch.setattr(fuzz_run, "read_everything", reader)
+    tally = fuzz_run.Tally()
     started = time.perf_counter()
     tally.record(Case("ours", ("none",), seeds[0].data), tmp_path / "case.tflite", time_cap_s=0.2)
     assert tally.hangs == 1 and tally.read == 0
@@ -209,13 +214,13 @@ def test_graph_writes_leave_the_metadata_readers_a_model_they_accept(seeds, tmp_
                 assert read_everything(path) == "read", (seed.name, kind, value.where)
 
 
-def _invoke_failure(seeds, tmp_path, seed_name: str, kind: str, chosen, new: int) -> tuple[fuzz_models.Tally, str]:
+def _invoke_failure(seeds, tmp_path, seed_name: str, kind: str, chosen, new: int) -> tuple[fuzz_run.Tally, str]:
     """Apply the graph write `chosen` (a predicate on the seed's values of `kind`) to the seed once, run it
     as a fuzz case, and return the tally and the interpreter's message."""
     seed = _seed(seeds, seed_name)
     value = next(value for value in seed.graph[kind] if chosen(seed, value))
     data = write_graph_value(seed.data, value, new)
-    tally = fuzz_models.Tally()
+    tally = fuzz_run.Tally()
     tally.record(Case(seed.name, (f"{value.where}: {_value(seed, value)} -> {new}",), data), tmp_path / "case.tflite",
                  time_cap_s=5.0)
     outcome, message = try_model(tmp_path / "case.tflite")
@@ -260,8 +265,8 @@ def test_a_case_that_kills_the_worker_is_a_crash_and_the_run_goes_on(seeds, tmp_
     assert [failure["error"] for failure in crash] == ["crash: the worker was killed by SIGSEGV"]
     # The record names the case and keeps its model (the first worker draws from the run's seed).
     drawn: list[Case] = []
-    monkeypatch.setattr(fuzz_models, "try_model", lambda path: (fuzz_models.REFUSED, "not run"))
-    run_cases(fuzz_models.load_seeds(tmp_path / "seeds"), CRASH_BUDGET, 3, 2.0, tmp_path,
+    monkeypatch.setattr(fuzz_run, "try_model", lambda path: (fuzz_run.REFUSED, "not run"))
+    run_cases(load_seeds(tmp_path / "seeds"), CRASH_BUDGET, 3, 2.0, tmp_path,
               progress=lambda index, case, tally: drawn.append(case))
     assert (crash[0]["seed"], crash[0]["steps"]) == (drawn[CRASH_AT].seed, list(drawn[CRASH_AT].steps))
     assert bytes.fromhex(crash[0]["data_hex"]) == drawn[CRASH_AT].data
@@ -287,7 +292,7 @@ def test_building_the_seeds_keeps_tensorflows_cpp_logs_off_the_terminal() -> Non
     error on a machine without a GPU, the converter's logs) must not reach the terminal."""
     environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
     completed = subprocess.run(
-        [sys.executable, "-c", "from benchmarks.fuzz_models import build_seeds; build_seeds()"],
+        [sys.executable, "-c", "from benchmarks.fuzz.seeds import build_seeds; build_seeds()"],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=environment)
     assert completed.returncode == 0, completed.stderr
     noise = [line for line in (completed.stderr + completed.stdout).splitlines() if TENSORFLOW_LOG_LINE.search(line)]

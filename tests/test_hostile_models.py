@@ -3,7 +3,7 @@ the limits of `edge_runtime.limits`, refused in one line naming the model and th
 with peak memory measured in a subprocess under an address-space cap; the converter refuses to
 write what the readers would refuse.
 
-The models are the fuzzer's seeds (benchmarks/fuzz_models.py): a tiny float32 classifier exported
+The models are the fuzzer's seeds (benchmarks/fuzz/seeds.py): a tiny float32 classifier exported
 as ours (official metadata plus labels.txt, preprocess.json, model_info.json) and a third-party-style
 one (official metadata, labels and a score calibration file).
 """
@@ -26,8 +26,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from benchmarks.fuzz_models import (CALIBRATION_FILE, LABELS, SIDE, Seed, bomb_entry, build_seeds, deflate_bomb,
-                                    raw_entry)
+from benchmarks.fuzz.archives import bomb_entry, deflate_bomb, raw_entry
+from benchmarks.fuzz.seeds import CALIBRATION_FILE, LABELS, SIDE, Seed, build_seeds
 from converter.official_metadata import ModelDescription, append_files, metadata_flatbuffer, spec_normalization
 from edge_runtime import limits
 from edge_runtime.bounded_zip import open_archive

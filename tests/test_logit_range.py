@@ -65,7 +65,7 @@ def test_only_a_dense_softmax_head_is_clipped() -> None:
 
 @pytest.mark.slow
 def test_clipped_graph_is_softmax_of_the_clipped_logits(trained_model) -> None:
-    from converter.convert import load_keras_model
+    from converter.source_model import load_keras_model
     from converter.logit_range import LogitRange, calibration_logits, clipped_model
     from edge_runtime.preprocess import scale_pixels
 
@@ -90,7 +90,7 @@ def test_clipped_graph_is_softmax_of_the_clipped_logits(trained_model) -> None:
 @pytest.mark.slow
 def test_int8_file_quantizes_its_logits_over_the_recorded_range(converted) -> None:
     """The logits tensor spans the calibration logits, cut to the recorded bounds (here they do not bind)."""
-    from converter.convert import load_keras_model
+    from converter.source_model import load_keras_model
     from converter.logit_range import calibration_logits
     from edge_runtime.manifest import read_manifest
 
@@ -106,7 +106,9 @@ def test_confident_model_gets_a_finer_logit_step_than_plain_minmax(trained_model
     """Scores spread wide (the head scaled up, as long training does): the clip binds and the step shrinks."""
     import keras
 
-    from converter.convert import calibration_batch, convert_model, load_keras_model
+    from converter.calibration import calibration_batch
+    from converter.convert import convert_model
+    from converter.source_model import load_keras_model
     from converter.logit_range import calibration_logits
     from converter_fixtures import CALIBRATION_SIZE, SEED
     from edge_runtime.manifest import read_manifest

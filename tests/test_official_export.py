@@ -67,7 +67,7 @@ def test_exports_read_back_through_the_official_schema(converted: Converted, uin
 
 
 def test_uint8_variant_has_uint8_tensors_and_agrees_with_keras(converted: Converted, uint8_model: Path) -> None:
-    from converter.convert import load_keras_model
+    from converter.source_model import load_keras_model
     from edge_runtime.classify import Classifier
     from edge_runtime.preprocess import scale_pixels
 
