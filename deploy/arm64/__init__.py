@@ -10,7 +10,8 @@ answers: float32 the same top-1 within 1e-5; int8 the same top-1 within one quan
 bit-identical raw outputs under LiteRT's portable reference kernels (parity.py says why).
 
 The modules, from the command down:
-- cli: the options and the check in the order it runs (deploy/arm64_check.py calls its `main`);
+- cli: the options, the exit codes and the check in the order it runs (deploy/arm64_check.py calls
+  its `main`);
 - host: whether this x86 host can emulate (root, tools, binfmt, mirrors), and facts about it;
 - rootfs: the root filesystems, built with debootstrap and kept in the cache;
 - inputs: the models from OUT and the test images both machines classify;
@@ -22,5 +23,5 @@ The modules, from the command down:
 - ssh: the root filesystem's own sshd on a loopback port, and commands and deploys over SSH;
 - parity: the comparison rules, the `runs` records of arm64-check.json and the summary's lines;
 - report: arm64-check.json and the summary printed at the end;
-- errors: what stops the check or a run, and the exit codes.
+- errors: what stops the check or a run, and its progress lines.
 """
