@@ -25,7 +25,7 @@ import click
 from . import __version__
 from .errors import BackendError, EdgeError
 from .interpreter import BACKEND_ORDER
-from .model_select import MODEL_ENV_VAR, MODEL_SUFFIX
+from .model_file.choose import MODEL_ENV_VAR, MODEL_SUFFIX
 
 if TYPE_CHECKING:  # for annotations only: the modules themselves load when a run needs them
     from .batch import BatchSummary
@@ -90,7 +90,7 @@ def _make_classifier(model_option: str | None, threads: int, backend: str | None
     Returns the classifier and, when the model was picked among several, why (else None).
     """
     from .classify import Classifier
-    from .model_select import choose_model
+    from .model_file.choose import choose_model
 
     try:
         model_path, choice_reason = choose_model(model_option)
@@ -320,7 +320,7 @@ def _run_info(classifier: Classifier, as_json: bool, choice_reason: str | None =
 def _run_benchmark(model_option: str | None, threads: int, backend: str | None, runs: int,
                    as_json: bool) -> int:
     from .bench import benchmark_model
-    from .model_select import find_model
+    from .model_file.choose import find_model
 
     try:
         result = benchmark_model(find_model(model_option), threads=threads, runs=runs, backend=backend)
@@ -331,10 +331,10 @@ def _run_benchmark(model_option: str | None, threads: int, backend: str | None, 
 
 
 def _run_verify(model: str, manifest: str | None) -> int:
-    from .manifest import verify_file
+    from .model_file.reader import ModelFile
 
     try:
-        verification = verify_file(model, manifest)
+        verification = ModelFile(model).verify(manifest)
     except EdgeError as error:
         raise FatalError(str(error)) from error
     click.echo(verification.message())

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from .classify import Classifier
 from .errors import ModelError
-from .manifest import sha256_file
-from .official_metadata import read_official_metadata
 from .output import LABEL_SEPARATOR
 
 PREVIEW_LABELS = 10
@@ -17,21 +14,25 @@ CALIBRATION_KEY = "calibration"
 
 
 def model_facts(classifier: Classifier) -> dict[str, Any]:
-    """`Classifier.describe()` plus the file's size and sha256 and the embedded model info."""
-    path = classifier.model_path
+    """`Classifier.describe()` plus the file's size and sha256 and the embedded model info,
+    asked of the classifier's `ModelFile` (the file is not opened again for what it has read)."""
+    model_file = classifier.model_file
     facts = classifier.describe()
-    facts["size_bytes"] = os.path.getsize(path)
-    facts["sha256"] = sha256_file(path)
-    facts["info"] = dict(classifier.metadata.info) if classifier.metadata else {}
+    official_error = None
     if facts["tflite_metadata"] is None and classifier.metadata is not None:
         # The classifier skips the official metadata of our own files; --info shows it all the same.
+        # Asked first: the sha256 below is then taken of the bytes it read.
         try:
-            with open(path, "rb") as handle:
-                official = read_official_metadata(handle.read(), path)
+            official = model_file.official
         except ModelError as error:
-            facts["tflite_metadata_error"] = str(error)
+            official_error = str(error)
         else:
             facts["tflite_metadata"] = official.summary() if official else None
+    facts["size_bytes"] = model_file.size
+    facts["sha256"] = model_file.sha256
+    facts["info"] = dict(classifier.metadata.info) if classifier.metadata else {}
+    if official_error is not None:
+        facts["tflite_metadata_error"] = official_error
     return facts
 
 

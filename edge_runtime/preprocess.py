@@ -8,7 +8,7 @@ tensor's own scale and zero point (see `classify.py`).
 
 Our own models are resized with Pillow's filters, as in training. Models from elsewhere are
 resized by `fixed_point_bilinear`, the resize MediaPipe's ImageClassifier applies (see
-`conventions.py`), so the two runtimes see the same pixels.
+`model_file/conventions.py`), so the two runtimes see the same pixels.
 """
 
 from __future__ import annotations

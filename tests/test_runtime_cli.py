@@ -13,8 +13,8 @@ from click.testing import CliRunner, Result
 
 from edge_runtime.classify import Classifier
 from edge_runtime.cli import main
-from edge_runtime.manifest import write_manifest
-from edge_runtime.model_select import MODEL_ENV_VAR
+from edge_runtime.model_file.choose import MODEL_ENV_VAR
+from edge_runtime.model_file.manifest import write_manifest
 from runtime_fixtures import BOMB_SIDE, bad_files, png_declaring
 from synthetic import CLASS_NAMES
 
@@ -435,7 +435,7 @@ def test_threads_and_backend_options_give_the_same_answer(runtime_models, photo,
 # --- info, benchmark, verify --------------------------------------------------------------------
 
 def test_info_shows_input_quantization_labels_size_sha256_and_backend(runtime_models) -> None:
-    from edge_runtime.manifest import sha256_file
+    from edge_runtime.model_file.manifest import sha256_file
 
     result = run("--info", runtime_models.int8)
     assert result.exit_code == 0, result.output

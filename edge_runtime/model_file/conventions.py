@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ..preprocess import FIXED_POINT_BILINEAR, PIXEL_SCALE, Normalization, PreprocessSpec
 from .labels import read_labels
 
 if TYPE_CHECKING:  # for annotations only: the metadata readers load when a model has what they read
     from .metadata import ModelMetadata
     from .official_metadata import OfficialMetadata
-from .preprocess import FIXED_POINT_BILINEAR, PIXEL_SCALE, Normalization, PreprocessSpec
 
 EMBEDDED = "embedded"  # our preprocess.json / labels.txt
 TFLITE_METADATA = "tflite_metadata"  # the official metadata's NormalizationOptions (float inputs use them)
