@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_runtime.errors import DataError, ModelError
-from edge_runtime.manifest import MANIFEST_NAME, read_manifest, verify_file
-from edge_runtime.metadata import read_metadata
+from edge_runtime.model_file.manifest import MANIFEST_NAME, read_manifest, verify_file
+from edge_runtime.model_file.metadata import read_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
 from trainer.train import one_class_answer
