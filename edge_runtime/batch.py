@@ -23,8 +23,8 @@ from PIL import Image
 
 from .classify import Class, Classifier, label_for, top_classes
 from .errors import ImageError
-from .inputs import InputItem
 from .output import error_reason
+from .sources.files import InputItem
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`edge-classify`: classify image files, folders or camera frames with a TFLite model, without TensorFlow.
 
 A thin shell over the library: it parses options, picks the model, builds one Classifier and
-hands it to `batch.classify_files`, `live.classify_frames`, `bench.benchmark_model` or
+hands it to `batch.classify_files`, `sources.live.classify_frames`, `bench.benchmark_model` or
 `info.model_facts`; SMALL_JOB_FILES files or more go to `workers`, whose processes build their
 own. Exit codes: 0 when everything asked for was done, 1 when some input could not be classified
 (the others still were) or a model differs from its manifest, 2 for a bad model, backend or
@@ -30,8 +30,8 @@ from .model_file.choose import MODEL_ENV_VAR, MODEL_SUFFIX
 if TYPE_CHECKING:  # for annotations only: the modules themselves load when a run needs them
     from .batch import BatchSummary
     from .classify import Classifier
-    from .inputs import InputItem
     from .preprocess import Normalization
+    from .sources.files import InputItem
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
@@ -136,7 +136,7 @@ def _check_output_folder(output: str) -> None:
 
 def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool, run: FileRun,
                output: str | None) -> int:
-    from .inputs import PassedOver, expand_inputs, passed_over_notes
+    from .sources.files import PassedOver, expand_inputs, passed_over_notes
     from .output import BlockWriter, display_path
 
     passed_over: list[PassedOver] = []
@@ -257,9 +257,9 @@ def _classify_in_workers(stream: TextIO, classifier: Classifier, items: Iterable
 
 
 def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
-    from .camera import frames, open_source
+    from .sources.camera import frames, open_source
     from .errors import ModelError
-    from .live import LiveStatus, classify_frames
+    from .sources.live import LiveStatus, classify_frames
 
     out = sys.stdout
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_runtime import camera as camera_module
-from edge_runtime.camera import (CameraError, FrameSource, OpenCVSource, PiCamera2Source, bgr_to_rgb, frames,
-                                 open_source)
 from edge_runtime.classify import Classifier
 from edge_runtime.cli import main
-from edge_runtime.live import LiveStatus, _worth_reporting, classify_frames
+from edge_runtime.sources import camera as camera_module
+from edge_runtime.sources.camera import (CameraError, FrameSource, OpenCVSource, PiCamera2Source, bgr_to_rgb, frames,
+                                         open_source)
+from edge_runtime.sources.live import LiveStatus, _worth_reporting, classify_frames
 from synthetic import CLASS_NAMES, synthetic_arrays
 
 pytest_plugins = ("runtime_fixtures",)
@@ -179,7 +179,7 @@ def test_what_opencvs_backends_print_themselves_goes_to_the_debug_log(monkeypatc
             pass
 
     monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(VideoCapture=Capture))
-    with caplog.at_level(logging.DEBUG, logger="edge_runtime.camera"):
+    with caplog.at_level(logging.DEBUG, logger="edge_runtime.sources.camera"):
         with pytest.raises(CameraError, match=r"^camera 5 \(OpenCV\): cannot open it$"):
             OpenCVSource(5).open()
     assert capfd.readouterr().err == ""

@@ -48,9 +48,10 @@ def run_cli(args: list[str]) -> str:
 
 def test_importing_every_runtime_module_loads_nothing_heavy() -> None:
     modules = ["edge_runtime", "edge_runtime.cli", "edge_runtime.classify", "edge_runtime.preprocess",
-               "edge_runtime.interpreter", "edge_runtime.camera", "edge_runtime.live", "edge_runtime.batch",
-               "edge_runtime.bench", "edge_runtime.info", "edge_runtime.inputs", "edge_runtime.output",
-               "edge_runtime.model_file.choose", "edge_runtime.model_file.metadata", "edge_runtime.model_file.manifest"]
+               "edge_runtime.interpreter", "edge_runtime.batch", "edge_runtime.bench", "edge_runtime.info",
+               "edge_runtime.output", "edge_runtime.sources.files", "edge_runtime.sources.camera",
+               "edge_runtime.sources.live", "edge_runtime.model_file.choose", "edge_runtime.model_file.metadata",
+               "edge_runtime.model_file.manifest", "edge_runtime.model_file.reader"]
     assert loaded_after("\n".join(f"import {name}" for name in modules))["loaded"] == []
 
 

@@ -27,8 +27,8 @@ from edge_runtime.batch import BatchSummary, _best_classes
 from edge_runtime.classify import Classifier, top_classes
 from edge_runtime.cli import main
 from edge_runtime.errors import ImageError
-from edge_runtime.inputs import expand_inputs
 from edge_runtime.preprocess import DEFAULT_SPEC, SMALL_JPEG_BYTES, load_image, open_image, prepare_image
+from edge_runtime.sources.files import expand_inputs
 from edge_runtime.workers import ClassifierSettings, OutputSettings, WorkerPool, start_method
 from PIL import Image
 from runtime_fixtures import bad_files

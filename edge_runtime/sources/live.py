@@ -17,10 +17,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..classify import Classifier, top_classes
+from ..output import UNCERTAIN_LABEL
+from ..preprocess import array_to_input
 from .camera import CameraError
-from .classify import Classifier, top_classes
-from .output import UNCERTAIN_LABEL
-from .preprocess import array_to_input
 
 REPORT_INTERVAL_S = 1.0
 # Frame rate is smoothed over roughly this many frames so the number shown does not flicker.
