@@ -20,8 +20,8 @@ Input values, in this order:
 scale and zero point.
 
 Resizing: ours as embedded; any other model's whole image to the input size, no crop, by
-`preprocess.fixed_point_bilinear`, MediaPipe's resize to the pixel. Labels: ours, else the official
-metadata's label file, else `--labels`, else class indices.
+`fixed_point_resize.fixed_point_bilinear`, MediaPipe's resize to the pixel. Labels: ours, else the
+official metadata's label file, else `--labels`, else class indices.
 """
 
 from __future__ import annotations
