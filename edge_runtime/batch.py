@@ -57,6 +57,14 @@ class BatchSummary:
     def images_per_second(self) -> float:
         return self.classified / self.seconds if self.seconds > 0 else 0.0
 
+    def line(self) -> str:
+        """The run in one line for people: how many were classified, how fast, how many failed."""
+        rate = f"in {self.seconds:.2f} s ({self.images_per_second:,.0f} images/s)"
+        failed = f"; {self.failed} failed" if self.failed else ""
+        if self.interrupted:
+            return f"interrupted after {self.total} inputs: {self.classified} classified {rate}{failed}"
+        return f"classified {self.classified} of {self.total} inputs {rate}{failed}"
+
 
 def classify_files(classifier: Classifier, items: Iterable[InputItem], writer: ResultWriter,
                    top_k: int = 1, threshold: float = 0.0,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from .classify import Classifier
 from .errors import ModelError
 from .output import LABEL_SEPARATOR
@@ -34,6 +36,22 @@ def model_facts(classifier: Classifier) -> dict[str, Any]:
     if official_error is not None:
         facts["tflite_metadata_error"] = official_error
     return facts
+
+
+def facts_text(facts: dict[str, Any], as_json: bool, choice_reason: str | None = None) -> str:
+    """What `--info` prints: the facts as JSON (with `model_choice`), else `format_facts` with the
+    reason a model was chosen among several, when it was."""
+    if as_json:
+        return json.dumps({**facts, "model_choice": choice_reason}, indent=2, sort_keys=True)
+    lines = format_facts(facts)
+    if choice_reason:
+        lines.insert(1, f"{'chosen:':<13} {choice_reason}")
+    return "\n".join(lines)
+
+
+def run_once(classifier: Classifier) -> None:
+    """Run the model once on a blank image: ModelError when it loads but cannot run."""
+    classifier.scores(np.zeros((classifier.spec.height, classifier.spec.width, 3), dtype=np.uint8))
 
 
 def _tensor_line(tensor: dict[str, Any]) -> str:

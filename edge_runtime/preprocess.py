@@ -45,6 +45,9 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # The resampling of models from elsewhere: OpenCV's fixed-point INTER_LINEAR warp of 8-bit images,
 # which MediaPipe's ImageToTensor runs over the whole image (see `fixed_point_resize`).
 FIXED_POINT_BILINEAR = "fixed_point_bilinear"
+# How many numbers the text form of a Normalization has: MEAN,STD, or three means and three stds.
+NORMALIZATION_SINGLE = 2
+NORMALIZATION_PER_CHANNEL = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +111,21 @@ class Normalization:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "Normalization":
+        """MEAN,STD (or three means and three stds, per channel), as `--normalization` takes it;
+        ValueError saying what to give when `text` is not that, or cannot normalize an image."""
+        try:
+            numbers = [float(part) for part in text.split(",")]
+        except ValueError:
+            raise ValueError(f"{text!r} is not numbers: give MEAN,STD (e.g. 127.5,127.5)") from None
+        if len(numbers) not in (NORMALIZATION_SINGLE, NORMALIZATION_PER_CHANNEL):
+            raise ValueError(f"{text!r} has {len(numbers)} numbers: give MEAN,STD or three means and three stds")
+        half = len(numbers) // 2
+        normalization = cls(mean=tuple(numbers[:half]), std=tuple(numbers[half:]))
+        normalization.validate()
+        return normalization
 
     def validate(self, channels: int = 3) -> None:
         """Raise ValueError when the values cannot normalize an image of `channels` channels."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -40,6 +40,14 @@ class LiveStatus:
 
     def line(self) -> str:
         return f"{self.label} {self.score:.{SCORE_DIGITS}f}  {self.fps:.1f} fps"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON line of `--camera --json`: score and rate rounded, `uncertain` only when it is."""
+        record: dict[str, Any] = {"frame": self.frame, "label": self.label, "score": round(self.score, 6),
+                                  "fps": round(self.fps, 2)}
+        if self.uncertain:
+            record["uncertain"] = True
+        return record
 
 
 @dataclasses.dataclass
@@ -108,6 +116,20 @@ def classify_frames(classifier: Classifier, frames: Iterable[np.ndarray],
     finally:
         summary.seconds = clock() - started
     return summary
+
+
+def classify_source(classifier: Classifier, source: str | None, report: Callable[[LiveStatus], None],
+                    notify: Callable[[str], None], max_frames: int | None = None,
+                    threshold: float = 0.0) -> LiveSummary:
+    """Open a frame source (`camera.open_source`: None for the automatic choice), say which to
+    `notify`, and classify its frames as `classify_frames` does; the source is closed either way."""
+    from .camera import frames, open_source
+
+    frame_source = open_source(source)
+    with frame_source:
+        notify(f"classifying frames from {frame_source.description}; Ctrl-C stops")
+        return classify_frames(classifier, frames(frame_source, notify=notify), report,
+                               max_frames=max_frames, threshold=threshold)
 
 
 def _worth_reporting(shown: LiveStatus | None, status: LiveStatus, since_shown_s: float) -> bool:
