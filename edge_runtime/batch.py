@@ -171,7 +171,7 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
         scores = classifier.scores_batch(np.stack(images))  # ModelError ends the run: not these images' fault
         share = (clock() - start) / len(images)
     labels = classifier.labels
-    answers = _best_classes(scores, labels) if top_k == 1 and scores is not None else None
+    answers = best_classes(scores, labels) if top_k == 1 and scores is not None else None
     row = 0
     for position, item in enumerate(items):
         reason = errors.get(position)
@@ -190,7 +190,7 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
         summary.classified += 1
 
 
-def _best_classes(scores: np.ndarray, labels: list[str] | None) -> list[list[Class]] | None:
+def best_classes(scores: np.ndarray, labels: list[str] | None) -> list[list[Class]] | None:
     """`top_classes(row, labels, 1)` of every row of a batch's scores, with one argmax for the batch."""
     if scores.ndim != 2 or scores.shape[1] == 0:
         return None

@@ -131,7 +131,7 @@ def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec,
     return quantize
 
 
-def _dequantization_table(tensor: TensorInfo) -> np.ndarray:
+def dequantization_table(tensor: TensorInfo) -> np.ndarray:
     """scale * (q - zero_point) in float32 for every 8-bit value q, indexed by q's byte.
 
     One table lookup per score replaces three array operations per image; the values are the
@@ -200,7 +200,7 @@ class Classifier:
         self._quantize = make_input_quantizer(self.input, self.spec, self.input_rule)
         self._input_values = self._make_input_writer()
         try:
-            self._score_table = _dequantization_table(self.output) if self.output.quantized else None
+            self._score_table = dequantization_table(self.output) if self.output.quantized else None
         except ModelError as error:
             raise ModelError(f"{model_path}: {error}") from error
         calibration = self.official.score_calibration if self.official else None

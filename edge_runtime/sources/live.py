@@ -102,7 +102,7 @@ def classify_frames(classifier: Classifier, frames: Iterable[np.ndarray],
             summary.label_counts[label] += 1
             status = LiveStatus(summary.frames, label, score,
                                 1.0 / frame_interval if frame_interval > 0 else 0.0, uncertain)
-            if _worth_reporting(shown, status, now - shown_at):
+            if worth_reporting(shown, status, now - shown_at):
                 report(status)
                 shown, shown_at = status, now
             if max_frames is not None and summary.frames >= max_frames:
@@ -132,7 +132,7 @@ def classify_source(classifier: Classifier, source: str | None, report: Callable
                                max_frames=max_frames, threshold=threshold)
 
 
-def _worth_reporting(shown: LiveStatus | None, status: LiveStatus, since_shown_s: float) -> bool:
+def worth_reporting(shown: LiveStatus | None, status: LiveStatus, since_shown_s: float) -> bool:
     """A new label always; a changed score or rate only after the report interval."""
     if shown is None or status.label != shown.label:
         return True
