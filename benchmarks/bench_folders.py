@@ -286,7 +286,7 @@ def main(int8: Path, data: Path, camera_photos: int, camera_cache: Path | None, 
     for path, what in ((int8, "int8 model"), (test_folder, "test folder")):
         if not path.exists():
             raise click.UsageError(f"{path}: {what} not found")
-    from edge_runtime.metadata import read_metadata
+    from edge_runtime.model_file.metadata import read_metadata
 
     metadata = read_metadata(int8)
     if metadata is None:

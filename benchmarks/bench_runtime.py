@@ -87,7 +87,7 @@ def cold_start(int8: Path, keras: Path | None, photo: Path, repeats: int, keras_
               for name, items in runs.items()}
     cli_answer = runs["edge-classify"][0].stdout.strip()
     litert_answer = int(runs["litert script"][0].stdout.strip())
-    from edge_runtime.metadata import read_metadata
+    from edge_runtime.model_file.metadata import read_metadata
 
     metadata = read_metadata(int8)
     expected_label = metadata.labels[litert_answer] if metadata else str(litert_answer)
@@ -110,7 +110,7 @@ def scaling_runs(batch: int) -> dict[str, list[str]]:
 def folder_throughput(int8: Path, folder: Path, repeats: int, work: Path) -> dict[str, Any]:
     """Default settings, the scaling runs and the bare loop over one folder, in turns."""
     from edge_runtime.cli import DEFAULT_BATCH
-    from edge_runtime.metadata import read_metadata
+    from edge_runtime.model_file.metadata import read_metadata
 
     python = sys.executable
     env = user_environment()

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from edge_runtime.errors import EdgeError
-from edge_runtime.manifest import sha256_file
+from edge_runtime.model_file.manifest import sha256_file
 from trainer.tensorflow_env import CONVERT_PACKAGES, TRAIN_EXTRA_PACKAGES, require_packages
 
 from .artifacts import KERAS_MODEL_NAME, LABELS_NAME

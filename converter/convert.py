@@ -1,7 +1,7 @@
 """Keras model to TFLite: float32, full-integer int8 and optional extra variants.
 
 Every variant is converted from a SavedModel export of the Keras model, gets the labels and the
-preprocessing specification embedded (`edge_runtime.metadata`), and is written atomically; a
+preprocessing specification embedded (`edge_runtime.model_file.metadata`), and is written atomically; a
 `manifest.json` beside them records each file's size and sha256.
 
 The int8 variant is full-integer post-training quantization: int8 weights and activations, int8
@@ -40,8 +40,8 @@ from converter.variants import (DEFAULT_VARIANTS, FLOAT32, FULL_INTEGER, VARIANT
                                 parse_variants)
 from edge_runtime.atomic import write_bytes
 from edge_runtime.errors import DataError
-from edge_runtime.manifest import sha256_file, write_manifest
-from edge_runtime.metadata import ModelMetadata, embed_metadata
+from edge_runtime.model_file.manifest import sha256_file, write_manifest
+from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import PreprocessSpec
 from trainer.tensorflow_env import import_tensorflow, native_output_to_log
 

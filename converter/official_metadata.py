@@ -4,11 +4,11 @@ Android Studio's ML binding and Netron read.
 A `ModelMetadata` flatbuffer (identifier "M001") says the model's name, version and description;
 the input's colour space (RGB) and normalization ((pixel - mean) / std, the same rule as our own
 `preprocess.json`); the output's value range (probabilities in [0, 1]) and its labels, as the
-TENSOR_AXIS_LABELS file `labels.txt` of the zip archive that `edge_runtime.metadata` appends.
+TENSOR_AXIS_LABELS file `labels.txt` of the zip archive that `edge_runtime.model_file.metadata` appends.
 It goes into a buffer of the model named "TFLITE_METADATA" in the model's metadata table.
 
 Written with the object API flatc generated from metadata_schema.fbs
-(`edge_runtime.metadata_schema_generated`) and TensorFlow's own `flatbuffer_utils` for the model.
+(`edge_runtime.model_file.metadata_schema_generated`) and TensorFlow's own `flatbuffer_utils` for the model.
 The maintained writers do not install beside TensorFlow 2.21: tflite-support 0.4.4 pins
 protobuf < 4 (TensorFlow needs >= 6.31), MediaPipe 0.10.x pins protobuf < 5 and numpy < 2, and
 the `metadata_writers` of MediaPipe 1.x fail to import from the wheel (their native
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import ModelError
-from edge_runtime.flatbuffer_check import verify
-from edge_runtime.limits import (ARCHIVE_MAX_ENTRIES, ASSOCIATED_FILE, LABELS, METADATA_FLATBUFFER_MAX_BYTES, check_bytes,
-                                 check_text, size_text)
-from edge_runtime.metadata import FIXED_ZIP_TIMESTAMP, INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY
-from edge_runtime.official_metadata import (METADATA_BUFFER_NAME, METADATA_FILE_IDENTIFIER, METADATA_SCHEMA,
-                                            read_official_metadata)
+from edge_runtime.model_file.flatbuffer_check import verify
+from edge_runtime.model_file.limits import (ARCHIVE_MAX_ENTRIES, ASSOCIATED_FILE, LABELS, METADATA_FLATBUFFER_MAX_BYTES,
+                                            check_bytes, check_text, size_text)
+from edge_runtime.model_file.metadata import FIXED_ZIP_TIMESTAMP, INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY
+from edge_runtime.model_file.official_metadata import (METADATA_BUFFER_NAME, METADATA_FILE_IDENTIFIER, METADATA_SCHEMA,
+                                                       read_official_metadata)
 from edge_runtime.preprocess import PIXEL_SCALE, Normalization, PreprocessSpec
 
 # Every field written here exists since version 1.0.0 of the metadata schema.
@@ -75,7 +75,7 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
     """
     import flatbuffers
 
-    from edge_runtime import metadata_schema_generated as schema
+    from edge_runtime.model_file import metadata_schema_generated as schema
 
     normalization = model.normalization
     lowest = [(0.0 - mean) / std for mean, std in zip(normalization.mean, normalization.std)]
@@ -142,7 +142,7 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
 
 
 def _stats(low: list[float], high: list[float]) -> Any:
-    from edge_runtime import metadata_schema_generated as schema
+    from edge_runtime.model_file import metadata_schema_generated as schema
 
     stats = schema.StatsT()
     stats.min = [float(value) for value in low]

@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_runtime.errors import DataError, ModelError
-from edge_runtime.manifest import MANIFEST_NAME, read_manifest, verify_file
-from edge_runtime.metadata import read_metadata
+from edge_runtime.model_file.manifest import MANIFEST_NAME, read_manifest
+from edge_runtime.model_file.reader import ModelFile
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
 from trainer.train import one_class_answer
@@ -253,14 +253,16 @@ class RuntimeEvaluation:
     labels: list[str] | None
 
 
-def runtime_probabilities(model_path: str | os.PathLike, images: np.ndarray | None = None,
+def runtime_probabilities(model_path: str | os.PathLike | ModelFile, images: np.ndarray | None = None,
                           paths: Sequence[str] | None = None,
                           pixel_cache: dict[PreprocessSpec, np.ndarray] | None = None,
                           threads: int = LATENCY_THREADS) -> RuntimeEvaluation:
     """Classify every test image through `edge_runtime.classify.Classifier`, as a device would.
 
-    With `paths`, each file is read by `Classifier.load` (the model's own embedded preprocessing);
-    `pixel_cache` keeps those pixels per preprocessing so several models read the files once.
+    `model_path` is a path or an opened ModelFile, whose answers the Classifier uses rather than
+    reading the file again. With `paths`, each file is read by `Classifier.load` (the model's own
+    embedded preprocessing); `pixel_cache` keeps those pixels per preprocessing so several models
+    read the files once.
     Latency is the mean time of `Classifier.scores` (input quantization, invoke, output
     dequantization) per image, after one untimed warm-up call.
     """
@@ -301,15 +303,17 @@ def sample_indices(count: int, limit: int | None, seed: int | None) -> np.ndarra
     return np.sort(rng.choice(count, size=limit, replace=False))
 
 
-def provenance_notes(models: Sequence[tuple[str, Path]], keras_sha256: str | None) -> list[str]:
+def provenance_notes(models: Sequence[tuple[str, Path | ModelFile]], keras_sha256: str | None) -> list[str]:
     """Warnings about files that are not what the report is meant to compare.
 
     A `.tflite` whose embedded source fingerprint is not the Keras model's was converted from
     another training (convert again); one that no longer matches manifest.json was changed since.
     """
     notes = []
-    for _, path in models:
-        metadata = read_metadata(path)
+    for _, model in models:
+        model_file = ModelFile.of(model)
+        path = Path(model_file.path)
+        metadata = model_file.metadata
         source = metadata.info.get("source_model_sha256") if metadata is not None else None
         if keras_sha256 is not None and source is not None and source != keras_sha256:
             notes.append(f"{path.name} was converted from a different Keras model than the one evaluated "
@@ -317,7 +321,7 @@ def provenance_notes(models: Sequence[tuple[str, Path]], keras_sha256: str | Non
         manifest = path.parent / MANIFEST_NAME
         if manifest.is_file():
             try:
-                verification = verify_file(path, manifest)
+                verification = model_file.verify(manifest)
             except ModelError as error:
                 notes.append(str(error))
                 continue
@@ -350,15 +354,17 @@ def build_report(keras_model: Any, models: Sequence[tuple[str, Path]], test_imag
     if keras_classes != num_classes:
         raise ModelError(f"the Keras model has {keras_classes} outputs but the test set has {num_classes} classes")
 
-    notes = provenance_notes(models, keras_sha256)
+    # One ModelFile per model: the notes, the evaluation and the calibration ask it, and none reads the file again.
+    opened = [(variant, ModelFile(path)) for variant, path in models]
+    notes = provenance_notes(opened, keras_sha256)
     progress(f"Evaluating Keras on {len(test_labels):,} test images")
     keras_probs = keras_probabilities(keras_model, test_images, spec)
     results = [compare_format(KERAS, keras_probs, test_labels, keras_probs, num_classes)]
     pixel_cache: dict[PreprocessSpec, np.ndarray] = {}
     backend = None
-    for variant, path in models:
+    for (variant, path), (_, model_file) in zip(models, opened):
         progress(f"Evaluating {path.name} through the edge runtime ({LATENCY_THREADS} thread)")
-        evaluation = runtime_probabilities(path, images=test_images, paths=test_paths, pixel_cache=pixel_cache)
+        evaluation = runtime_probabilities(model_file, images=test_images, paths=test_paths, pixel_cache=pixel_cache)
         if evaluation.labels is not None and list(evaluation.labels) != labels:
             raise DataError(f"{path}: its labels ({', '.join(evaluation.labels)}) are not the test set's "
                             f"classes ({', '.join(labels)}) in the same order")
@@ -377,14 +383,14 @@ def build_report(keras_model: Any, models: Sequence[tuple[str, Path]], test_imag
         notes.append("the data set has no image files: the TFLite models were fed the decoded uint8 arrays")
     return Report(labels=labels, num_images=len(test_labels), data_source=data_source, seed=seed,
                   formats=results, backend=backend, image_path="files" if test_paths is not None else "arrays",
-                  pixel_mismatches=mismatches, notes=notes, int8_calibration=int8_calibration(models))
+                  pixel_mismatches=mismatches, notes=notes, int8_calibration=int8_calibration(opened))
 
 
-def int8_calibration(models: Sequence[tuple[str, Path]]) -> dict[str, Any] | None:
+def int8_calibration(models: Sequence[tuple[str, Path | ModelFile]]) -> dict[str, Any] | None:
     """How the int8 model was calibrated, from its embedded info (None without an int8 model or info)."""
-    for variant, path in models:
+    for variant, model in models:
         if variant == INT8:
-            metadata = read_metadata(path)
+            metadata = ModelFile.of(model).metadata
             calibration = metadata.info.get("calibration") if metadata is not None else None
             return calibration if isinstance(calibration, dict) else None
     return None

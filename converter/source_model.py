@@ -15,7 +15,7 @@ from typing import Any
 from converter.artifacts import TRAINING_INFO_NAME, train_first_hint
 from converter.data import read_training_info
 from edge_runtime.errors import DataError, ModelError
-from edge_runtime.labels import read_labels
+from edge_runtime.model_file.labels import read_labels
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec
 from trainer.tensorflow_env import import_tensorflow, native_output_to_log
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from .classify import Class, Classifier, label_for, top_classes
 from .errors import ImageError
-from .inputs import InputItem
 from .output import error_reason
+from .sources.files import InputItem
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class BatchSummary:
     @property
     def images_per_second(self) -> float:
         return self.classified / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        """The run in one line for people: how many were classified, how fast, how many failed."""
+        rate = f"in {self.seconds:.2f} s ({self.images_per_second:,.0f} images/s)"
+        failed = f"; {self.failed} failed" if self.failed else ""
+        if self.interrupted:
+            return f"interrupted after {self.total} inputs: {self.classified} classified {rate}{failed}"
+        return f"classified {self.classified} of {self.total} inputs {rate}{failed}"
 
 
 def classify_files(classifier: Classifier, items: Iterable[InputItem], writer: ResultWriter,
@@ -163,7 +171,7 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
         scores = classifier.scores_batch(np.stack(images))  # ModelError ends the run: not these images' fault
         share = (clock() - start) / len(images)
     labels = classifier.labels
-    answers = _best_classes(scores, labels) if top_k == 1 and scores is not None else None
+    answers = best_classes(scores, labels) if top_k == 1 and scores is not None else None
     row = 0
     for position, item in enumerate(items):
         reason = errors.get(position)
@@ -182,7 +190,7 @@ def _classify_batch(classifier: Classifier, items: Sequence[InputItem], writer: 
         summary.classified += 1
 
 
-def _best_classes(scores: np.ndarray, labels: list[str] | None) -> list[list[Class]] | None:
+def best_classes(scores: np.ndarray, labels: list[str] | None) -> list[list[Class]] | None:
     """`top_classes(row, labels, 1)` of every row of a batch's scores, with one argmax for the batch."""
     if scores.ndim != 2 or scores.shape[1] == 0:
         return None

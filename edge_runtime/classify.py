@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 
-from .conventions import (EMBEDDED, NORMALIZED_KINDS, QUANTIZED_PIXELS, InputRule, resolve_input,
-                          resolve_labels)
 from .errors import ModelError
 from .interpreter import make_interpreter
-from .metadata import ModelMetadata, read_metadata
+from .model_file.conventions import EMBEDDED, NORMALIZED_KINDS, QUANTIZED_PIXELS, InputRule
+from .model_file.reader import ModelFile
 from .preprocess import PIXEL_SCALE, Normalization, PreprocessSpec, load_image, scale_pixels
 
 if TYPE_CHECKING:
-    from .official_metadata import OfficialMetadata
+    from .model_file.metadata import ModelMetadata
+    from .model_file.official_metadata import OfficialMetadata
 
 # uint8 pixel p maps exactly to int8 p - 128 when the input scale is 1/255 and zero point -128,
 # which is what post-training quantization of x / 255 inputs produces.
@@ -90,7 +90,7 @@ def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec,
                          rule: InputRule | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The fastest exact mapping from uint8 pixels to the values of an input tensor of this type.
 
-    `rule` says how pixels become real values (see `conventions`); without one, as `spec` says.
+    `rule` says how pixels become real values (see `model_file.conventions`); without one, as `spec` says.
     Float inputs get those values. Quantized inputs get round(x / scale + zero_point) of them,
     with the tensor's own scale and zero point, except where that is the identity in disguise:
     scale 1/255 with zero point -128 (int8) or 0 (uint8) maps pixel p to p - 128 or p, which
@@ -131,7 +131,7 @@ def make_input_quantizer(tensor: TensorInfo, spec: PreprocessSpec,
     return quantize
 
 
-def _dequantization_table(tensor: TensorInfo) -> np.ndarray:
+def dequantization_table(tensor: TensorInfo) -> np.ndarray:
     """scale * (q - zero_point) in float32 for every 8-bit value q, indexed by q's byte.
 
     One table lookup per score replaces three array operations per image; the values are the
@@ -149,27 +149,25 @@ def _dequantization_table(tensor: TensorInfo) -> np.ndarray:
 class Classifier:
     """One TFLite image classifier: build once, call `scores` or `classify` for every image.
 
-    What the model's file says decides its preprocessing and labels (see `conventions`): our
+    What the model's file says decides its preprocessing and labels (see `model_file.conventions`): our
     embedded metadata, else the official TFLite metadata, else the TFLite conventions;
     `labels_path` serves a model that carries no labels, `normalization` overrides the input rule.
+    `model_path` is a path or a `ModelFile` already opened, whose answers are used, not read again.
     """
 
-    def __init__(self, model_path: str | os.PathLike, threads: int | None = 1,
+    def __init__(self, model_path: str | os.PathLike | ModelFile, threads: int | None = 1,
                  backend: str | None = None, labels_path: str | os.PathLike | None = None,
                  normalization: Normalization | None = None):
-        self.model_path = os.fspath(model_path)  # a str: pathlib is not imported on this path
+        self.model_file = ModelFile.of(model_path)
+        self.model_path = self.model_file.path  # a str: pathlib is not imported on this path
+        model_path = self.model_path  # what the messages below name
         self.backend, self._interpreter = make_interpreter(model_path, threads=threads, backend=backend)
         self.threads = threads
         try:
-            self.metadata: ModelMetadata | None = read_metadata(model_path)
-            self.official: OfficialMetadata | None = None
-            if self.metadata is None:
-                # Our own metadata says everything classification needs; the official one is read
-                # (and its parser imported) only for models from elsewhere.
-                from .official_metadata import read_official_metadata
-
-                with open(model_path, "rb") as handle:
-                    self.official = read_official_metadata(handle.read(), self.model_path)
+            self.metadata: ModelMetadata | None = self.model_file.metadata
+            # Our own metadata says everything classification needs; the official one is read
+            # (and its parser imported) only for models from elsewhere.
+            self.official: OfficialMetadata | None = self.model_file.official_in_use
         except OSError as error:
             raise ModelError(f"{model_path}: cannot read the model file ({error.strerror or error})") from error
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
@@ -185,13 +183,13 @@ class Classifier:
         self._batch_input: np.ndarray | None = None
         self._check_tensors()
         height, width = self.input.shape[1], self.input.shape[2]
-        rule = resolve_input(self.metadata, self.official, self.input.dtype, height, width, normalization)
+        rule = self.model_file.input_rule(self.input.dtype, height, width, normalization)
         if (height, width) != (rule.spec.height, rule.spec.width):
             # Embedded metadata that disagrees with the tensor: resize to what the tensor wants.
             rule = rule._replace(spec=dataclasses.replace(rule.spec, height=height, width=width))
         self.input_rule: InputRule = rule
         self.spec: PreprocessSpec = rule.spec
-        choice = resolve_labels(self.metadata, self.official, labels_path)
+        choice = self.model_file.labels(labels_path)
         self.labels: list[str] | None = choice.labels
         self.labels_source = choice.source
         self.labels_from_model = choice.from_model
@@ -202,7 +200,7 @@ class Classifier:
         self._quantize = make_input_quantizer(self.input, self.spec, self.input_rule)
         self._input_values = self._make_input_writer()
         try:
-            self._score_table = _dequantization_table(self.output) if self.output.quantized else None
+            self._score_table = dequantization_table(self.output) if self.output.quantized else None
         except ModelError as error:
             raise ModelError(f"{model_path}: {error}") from error
         calibration = self.official.score_calibration if self.official else None

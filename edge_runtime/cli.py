@@ -1,7 +1,7 @@
 """`edge-classify`: classify image files, folders or camera frames with a TFLite model, without TensorFlow.
 
 A thin shell over the library: it parses options, picks the model, builds one Classifier and
-hands it to `batch.classify_files`, `live.classify_frames`, `bench.benchmark_model` or
+hands it to `batch.classify_files`, `sources.live.classify_frames`, `bench.benchmark_model` or
 `info.model_facts`; SMALL_JOB_FILES files or more go to `workers`, whose processes build their
 own. Exit codes: 0 when everything asked for was done, 1 when some input could not be classified
 (the others still were) or a model differs from its manifest, 2 for a bad model, backend or
@@ -18,20 +18,20 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Iterable, NamedTuple, TextIO
 
 import click
 
 from . import __version__
 from .errors import BackendError, EdgeError
 from .interpreter import BACKEND_ORDER
-from .model_select import MODEL_ENV_VAR, MODEL_SUFFIX
+from .model_file.choose import MODEL_ENV_VAR, MODEL_SUFFIX
 
 if TYPE_CHECKING:  # for annotations only: the modules themselves load when a run needs them
     from .batch import BatchSummary
     from .classify import Classifier
-    from .inputs import InputItem
     from .preprocess import Normalization
+    from .sources.files import InputItem
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
@@ -41,8 +41,6 @@ EXIT_BROKEN_PIPE = 141
 DEFAULT_MODEL = ""  # the value of a bare --info / --benchmark: use the model resolution order
 CAMERA_AUTO = "auto"
 PACKAGE_LOGGER = "edge_runtime"
-NORMALIZATION_SINGLE = 2  # MEAN,STD
-NORMALIZATION_PER_CHANNEL = 6  # three means, three stds
 # Images per invoke in the worker processes, where the model's batch dimension can be resized.
 # (8 to 32 did equally well on CIFAR-10 JPEGs in 2 workers, 64 and 128 worse; measured on a loaded
 # 2-core machine, so only the ranking is worth anything.)
@@ -90,7 +88,7 @@ def _make_classifier(model_option: str | None, threads: int, backend: str | None
     Returns the classifier and, when the model was picked among several, why (else None).
     """
     from .classify import Classifier
-    from .model_select import choose_model
+    from .model_file.choose import choose_model
 
     try:
         model_path, choice_reason = choose_model(model_option)
@@ -136,15 +134,13 @@ def _check_output_folder(output: str) -> None:
 
 def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool, run: FileRun,
                output: str | None) -> int:
-    from .inputs import PassedOver, expand_inputs, passed_over_notes
-    from .output import BlockWriter, display_path
+    from .output import display_path, result_stream
+    from .sources.files import PassedOver, expand_inputs, passed_over_notes
 
     passed_over: list[PassedOver] = []
     items = expand_inputs(inputs, recursive=recursive, passed_over=passed_over)
     if output is None:
-        # Line by line to a terminal; in blocks to a pipe or file, whatever PYTHONUNBUFFERED says.
-        stream = sys.stdout if _is_terminal(sys.stdout) else BlockWriter(sys.stdout)
-        summary = _classify_to(stream, classifier, items, run)
+        summary = _classify_to(result_stream(sys.stdout), classifier, items, run)
     else:
         from .atomic import atomic_path  # tempfile and its imports: only when writing a file
 
@@ -157,25 +153,10 @@ def _run_files(classifier: Classifier, inputs: tuple[str, ...], recursive: bool,
     for note in passed_over_notes(passed_over, errors_shown=not run.as_json):
         click.echo(f"note: {display_path(note)}", err=True)
     if summary.total > 1 or summary.interrupted:
-        click.echo(_summary_line(summary), err=True)
+        click.echo(summary.line(), err=True)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_INPUT_FAILED if summary.failed else EXIT_OK
-
-
-def _summary_line(summary: BatchSummary) -> str:
-    rate = f"in {summary.seconds:.2f} s ({summary.images_per_second:,.0f} images/s)"
-    failed = f"; {summary.failed} failed" if summary.failed else ""
-    if summary.interrupted:
-        return f"interrupted after {summary.total} inputs: {summary.classified} classified {rate}{failed}"
-    return f"classified {summary.classified} of {summary.total} inputs {rate}{failed}"
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _classify_to(stream: TextIO, classifier: Classifier, items: Iterable[InputItem], run: FileRun) -> BatchSummary:
@@ -257,32 +238,21 @@ def _classify_in_workers(stream: TextIO, classifier: Classifier, items: Iterable
 
 
 def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
-    from .camera import frames, open_source
     from .errors import ModelError
-    from .live import LiveStatus, classify_frames
+    from .sources.live import LiveStatus, classify_source
 
     out = sys.stdout
 
     def report(status: LiveStatus) -> None:
-        if as_json:
-            record: dict[str, Any] = {"frame": status.frame, "label": status.label,
-                                      "score": round(status.score, 6), "fps": round(status.fps, 2)}
-            if status.uncertain:
-                record["uncertain"] = True
-            out.write(json.dumps(record) + "\n")
-        else:
-            out.write(status.line() + "\n")
+        out.write((json.dumps(status.to_dict()) if as_json else status.line()) + "\n")
         out.flush()
 
     def notify(message: str) -> None:
         click.echo(message, err=True)
 
     try:
-        frame_source = open_source(None if source == CAMERA_AUTO else source)
-        with frame_source:
-            click.echo(f"classifying frames from {frame_source.description}; Ctrl-C stops", err=True)
-            summary = classify_frames(classifier, frames(frame_source, notify=notify), report,
-                                      max_frames=max_frames, threshold=threshold)
+        summary = classify_source(classifier, None if source == CAMERA_AUTO else source, report, notify,
+                                  max_frames=max_frames, threshold=threshold)
     except EdgeError as error:
         if isinstance(error, (BackendError, ModelError)):  # no camera package, or a model that cannot run
             raise FatalError(str(error)) from error
@@ -296,22 +266,12 @@ def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_
 def _run_info(classifier: Classifier, as_json: bool, choice_reason: str | None = None) -> int:
     """Print the model's facts, then run it once on a blank image: a model that loads but cannot
     run is a fact a user checks --info for (exit 2 and one line, after the facts)."""
-    import numpy as np
-
     from .errors import ModelError
-    from .info import format_facts, model_facts
+    from .info import facts_text, model_facts, run_once
 
-    facts = model_facts(classifier)
-    if as_json:
-        facts["model_choice"] = choice_reason
-        click.echo(json.dumps(facts, indent=2, sort_keys=True))
-    else:
-        lines = format_facts(facts)
-        if choice_reason:
-            lines.insert(1, f"{'chosen:':<13} {choice_reason}")
-        click.echo("\n".join(lines))
+    click.echo(facts_text(model_facts(classifier), as_json, choice_reason))
     try:
-        classifier.scores(np.zeros((classifier.spec.height, classifier.spec.width, 3), dtype=np.uint8))
+        run_once(classifier)
     except ModelError as error:
         raise FatalError(str(error)) from error
     return EXIT_OK
@@ -320,7 +280,7 @@ def _run_info(classifier: Classifier, as_json: bool, choice_reason: str | None =
 def _run_benchmark(model_option: str | None, threads: int, backend: str | None, runs: int,
                    as_json: bool) -> int:
     from .bench import benchmark_model
-    from .model_select import find_model
+    from .model_file.choose import find_model
 
     try:
         result = benchmark_model(find_model(model_option), threads=threads, runs=runs, backend=backend)
@@ -331,10 +291,10 @@ def _run_benchmark(model_option: str | None, threads: int, backend: str | None, 
 
 
 def _run_verify(model: str, manifest: str | None) -> int:
-    from .manifest import verify_file
+    from .model_file.reader import ModelFile
 
     try:
-        verification = verify_file(model, manifest)
+        verification = ModelFile(model).verify(manifest)
     except EdgeError as error:
         raise FatalError(str(error)) from error
     click.echo(verification.message())
@@ -381,19 +341,9 @@ def _normalization_option(ctx: click.Context, param: click.Parameter, value: str
     from .preprocess import Normalization
 
     try:
-        numbers = [float(part) for part in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not numbers: give MEAN,STD (e.g. 127.5,127.5)", ctx, param) from None
-    if len(numbers) not in (NORMALIZATION_SINGLE, NORMALIZATION_PER_CHANNEL):
-        raise click.BadParameter(f"{value!r} has {len(numbers)} numbers: give MEAN,STD or three means and "
-                                 "three stds", ctx, param)
-    half = len(numbers) // 2
-    normalization = Normalization(mean=tuple(numbers[:half]), std=tuple(numbers[half:]))
-    try:
-        normalization.validate()
+        return Normalization.parse(value)
     except ValueError as error:
         raise click.BadParameter(str(error), ctx, param) from error
-    return normalization
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+import numpy as np
 
 from .classify import Classifier
 from .errors import ModelError
-from .manifest import sha256_file
-from .official_metadata import read_official_metadata
 from .output import LABEL_SEPARATOR
 
 PREVIEW_LABELS = 10
@@ -17,22 +16,42 @@ CALIBRATION_KEY = "calibration"
 
 
 def model_facts(classifier: Classifier) -> dict[str, Any]:
-    """`Classifier.describe()` plus the file's size and sha256 and the embedded model info."""
-    path = classifier.model_path
+    """`Classifier.describe()` plus the file's size and sha256 and the embedded model info,
+    asked of the classifier's `ModelFile` (the file is not opened again for what it has read)."""
+    model_file = classifier.model_file
     facts = classifier.describe()
-    facts["size_bytes"] = os.path.getsize(path)
-    facts["sha256"] = sha256_file(path)
-    facts["info"] = dict(classifier.metadata.info) if classifier.metadata else {}
+    official_error = None
     if facts["tflite_metadata"] is None and classifier.metadata is not None:
         # The classifier skips the official metadata of our own files; --info shows it all the same.
+        # Asked first: the sha256 below is then taken of the bytes it read.
         try:
-            with open(path, "rb") as handle:
-                official = read_official_metadata(handle.read(), path)
+            official = model_file.official
         except ModelError as error:
-            facts["tflite_metadata_error"] = str(error)
+            official_error = str(error)
         else:
             facts["tflite_metadata"] = official.summary() if official else None
+    facts["size_bytes"] = model_file.size
+    facts["sha256"] = model_file.sha256
+    facts["info"] = dict(classifier.metadata.info) if classifier.metadata else {}
+    if official_error is not None:
+        facts["tflite_metadata_error"] = official_error
     return facts
+
+
+def facts_text(facts: dict[str, Any], as_json: bool, choice_reason: str | None = None) -> str:
+    """What `--info` prints: the facts as JSON (with `model_choice`), else `format_facts` with the
+    reason a model was chosen among several, when it was."""
+    if as_json:
+        return json.dumps({**facts, "model_choice": choice_reason}, indent=2, sort_keys=True)
+    lines = format_facts(facts)
+    if choice_reason:
+        lines.insert(1, f"{'chosen:':<13} {choice_reason}")
+    return "\n".join(lines)
+
+
+def run_once(classifier: Classifier) -> None:
+    """Run the model once on a blank image: ModelError when it loads but cannot run."""
+    classifier.scores(np.zeros((classifier.spec.height, classifier.spec.width, 3), dtype=np.uint8))
 
 
 def _tensor_line(tensor: dict[str, Any]) -> str:

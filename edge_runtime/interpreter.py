@@ -80,7 +80,7 @@ def load_interpreter_class(backend: str | None = None) -> tuple[str, Callable[..
 
 def check_model_file(path: str | os.PathLike) -> None:
     """Refuse, with one line, a model path that is missing, empty or not a TFLite flatbuffer."""
-    from .metadata import is_tflite_flatbuffer  # imported here so `edge-classify --help` needs no numpy
+    from .model_file.metadata import is_tflite_flatbuffer  # imported here so `edge-classify --help` needs no numpy
 
     if not os.path.exists(path):
         raise ModelError(f"{path}: model file not found")

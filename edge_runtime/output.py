@@ -76,6 +76,19 @@ class BlockWriter:
         self._stream.flush()
 
 
+def result_stream(stream: TextIO) -> TextIO | BlockWriter:
+    """Where results for `stream` go: line by line to a terminal; in blocks to a pipe or file,
+    whatever PYTHONUNBUFFERED says."""
+    return stream if _is_terminal(stream) else BlockWriter(stream)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 class HumanWriter:
     """`photo.jpg: cat 0.912` lines on `out`; problems as `photo.jpg: error: reason` on `err`.
 

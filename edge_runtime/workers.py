@@ -36,9 +36,9 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 from .batch import BatchSummary, chunked, classify_items
 from .classify import Classifier
 from .errors import EdgeError, ModelError
-from .inputs import InputItem
 from .output import make_writer
 from .preprocess import Normalization
+from .sources.files import InputItem
 
 logger = logging.getLogger(__name__)
 

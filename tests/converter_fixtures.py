@@ -67,7 +67,7 @@ def train_small_model(dataset, seed: int = SEED, epochs: int = EPOCHS):
 def write_trainer_outputs(folder: Path, model, dataset, history: dict, data_root: Path, seed: int,
                           test_accuracy: float, test_fraction: float | None = None) -> None:
     """model.keras, labels.txt and training.json as the trainer writes them."""
-    from edge_runtime.labels import write_labels
+    from edge_runtime.model_file.labels import write_labels
     from trainer.keep import KEEP_BEST, choose_epoch
     from trainer.train import TrainConfig, training_report
 

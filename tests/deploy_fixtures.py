@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from deploy.arm64.ssh import SshError, wait_for_banner
-from edge_runtime.manifest import write_manifest
+from edge_runtime.model_file.manifest import write_manifest
 
 SSHD_PATH = Path("/usr/sbin/sshd")
 # sshd running as root insists on this empty directory for its privilege-separated child.

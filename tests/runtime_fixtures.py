@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.labels import write_labels
-from edge_runtime.metadata import ModelMetadata, embed_metadata
+from edge_runtime.model_file.labels import write_labels
+from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, scale_pixels
 from PIL import Image
 

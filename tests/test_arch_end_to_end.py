@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import converter.cli as converter_cli
 import edge_runtime.cli as runtime_cli
-from edge_runtime.metadata import read_metadata
+from edge_runtime.model_file.metadata import read_metadata
 from edge_runtime.preprocess import PreprocessSpec, load_image, scale_pixels
 from synthetic import write_split_dataset
 from trainer.data import Progress

@@ -1,6 +1,6 @@
 """The appended-archive reader reads what `zipfile` reads, without `zipfile`.
 
-`edge_runtime.bounded_zip` parses the end record, the central directory and the local headers
+`edge_runtime.model_file.bounded_zip` parses the end record, the central directory and the local headers
 itself (importing zipfile cost every start of edge-classify about as much as click). `zipfile` is
 the reference here: on archives it writes (stored and deflated entries, UTF-8 and cp437 names,
 comments, bytes before the archive, zip64 records, a name written twice), both give the same names
@@ -18,9 +18,9 @@ import zipfile
 
 import pytest
 
-from edge_runtime.bounded_zip import open_archive
 from edge_runtime.errors import ModelError
-from edge_runtime.limits import LABELS
+from edge_runtime.model_file.bounded_zip import open_archive
+from edge_runtime.model_file.limits import LABELS
 
 PREFIX = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 4  # stands in for a model's flatbuffer
 MUTANTS = 600

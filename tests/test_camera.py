@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_runtime import camera as camera_module
-from edge_runtime.camera import (CameraError, FrameSource, OpenCVSource, PiCamera2Source, bgr_to_rgb, frames,
-                                 open_source)
 from edge_runtime.classify import Classifier
 from edge_runtime.cli import main
-from edge_runtime.live import LiveStatus, _worth_reporting, classify_frames
+from edge_runtime.sources import camera as camera_module
+from edge_runtime.sources.camera import (CameraError, FrameSource, OpenCVSource, PiCamera2Source, bgr_to_rgb, frames,
+                                         open_source)
+from edge_runtime.sources.live import LiveStatus, classify_frames, worth_reporting
 from synthetic import CLASS_NAMES, synthetic_arrays
 
 pytest_plugins = ("runtime_fixtures",)
@@ -179,7 +179,7 @@ def test_what_opencvs_backends_print_themselves_goes_to_the_debug_log(monkeypatc
             pass
 
     monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(VideoCapture=Capture))
-    with caplog.at_level(logging.DEBUG, logger="edge_runtime.camera"):
+    with caplog.at_level(logging.DEBUG, logger="edge_runtime.sources.camera"):
         with pytest.raises(CameraError, match=r"^camera 5 \(OpenCV\): cannot open it$"):
             OpenCVSource(5).open()
     assert capfd.readouterr().err == ""
@@ -420,11 +420,11 @@ def test_threshold_marks_live_frames_uncertain(runtime_models, monkeypatch) -> N
 
 def test_status_is_reported_on_label_change_and_otherwise_at_most_once_a_second() -> None:
     shown = LiveStatus(1, "cat", 0.91, 30.0, False)
-    assert _worth_reporting(None, shown, 0.0)
-    assert _worth_reporting(shown, LiveStatus(2, "dog", 0.91, 30.0, False), 0.01)
-    assert not _worth_reporting(shown, LiveStatus(2, "cat", 0.50, 30.0, False), 0.5)
-    assert _worth_reporting(shown, LiveStatus(2, "cat", 0.50, 30.0, False), 1.5)
-    assert not _worth_reporting(shown, LiveStatus(2, "cat", 0.912, 30.2, False), 5.0)  # same when rounded
+    assert worth_reporting(None, shown, 0.0)
+    assert worth_reporting(shown, LiveStatus(2, "dog", 0.91, 30.0, False), 0.01)
+    assert not worth_reporting(shown, LiveStatus(2, "cat", 0.50, 30.0, False), 0.5)
+    assert worth_reporting(shown, LiveStatus(2, "cat", 0.50, 30.0, False), 1.5)
+    assert not worth_reporting(shown, LiveStatus(2, "cat", 0.912, 30.2, False), 5.0)  # same when rounded
 
 
 def test_classify_frames_uses_one_classifier_for_every_frame(runtime_models, monkeypatch) -> None:

@@ -112,7 +112,7 @@ def test_int8_file_is_at_most_27_percent_of_float32(converted: Converted) -> Non
 
 
 def test_manifest_lists_both_files_with_size_and_sha256(converted: Converted) -> None:
-    from edge_runtime.manifest import read_manifest, sha256_file, verify_file
+    from edge_runtime.model_file.manifest import read_manifest, sha256_file, verify_file
 
     manifest = read_manifest(converted.out / "manifest.json")
     assert sorted(manifest["files"]) == ["model_float32.tflite", "model_int8.tflite"]
@@ -137,7 +137,7 @@ READ_WITHOUT_TENSORFLOW = textwrap.dedent("""
 
     sys.meta_path.insert(0, BlockTensorFlow())
     from edge_runtime.classify import Classifier
-    from edge_runtime.metadata import read_metadata
+    from edge_runtime.model_file.metadata import read_metadata
 
     model_path, image_path = sys.argv[1], sys.argv[2]
     metadata = read_metadata(model_path)
@@ -354,7 +354,7 @@ def test_cli_unknown_variant_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_cli_same_seed_gives_the_same_int8_file_in_a_new_process(converted: Converted, tmp_path: Path) -> None:
     """The command, run as its own process with training.json's data and seed, rebuilds the identical file."""
-    from edge_runtime.manifest import read_manifest, sha256_file
+    from edge_runtime.model_file.manifest import read_manifest, sha256_file
 
     out = tmp_path / "again"
     completed = subprocess.run(
@@ -430,7 +430,7 @@ def test_optional_variants_convert_and_agree_with_keras(converted: Converted, ke
                                                         tmp_path: Path) -> None:
     """dynamic (int8 weights, float activations) and float16 (half-size weights): smaller files, same answers."""
     from converter.convert import convert_model
-    from edge_runtime.metadata import read_metadata
+    from edge_runtime.model_file.metadata import read_metadata
 
     result = convert_model(converted.trained.model_path, tmp_path, variants=("dynamic", "float16"))
     float32_size = converted.float32.stat().st_size

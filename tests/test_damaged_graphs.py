@@ -95,7 +95,7 @@ def test_an_output_scale_that_overflows_is_refused_without_a_numpy_warning() -> 
     """The fuzzer's float32-maximum output scale: numpy printed an overflow warning before the error."""
     import warnings
 
-    from edge_runtime.classify import TensorInfo, _dequantization_table
+    from edge_runtime.classify import TensorInfo, dequantization_table
     from edge_runtime.errors import ModelError
 
     damaged_scale = TensorInfo(index=0, shape=(1, 3), dtype=np.dtype(np.int8), scale=3.4028235e38, zero_point=0)
@@ -103,9 +103,9 @@ def test_an_output_scale_that_overflows_is_refused_without_a_numpy_warning() -> 
         warnings.simplefilter("error")
         with pytest.raises(ModelError, match=r"^output quantization \(scale 3\.40282e\+38, zero point 0\) gives "
                                              r"scores that are not finite numbers$"):
-            _dequantization_table(damaged_scale)
+            dequantization_table(damaged_scale)
     honest = TensorInfo(index=0, shape=(1, 3), dtype=np.dtype(np.int8), scale=1 / 256, zero_point=-128)
-    assert _dequantization_table(honest)[0x80] == 0.0  # int8 -128 is probability 0
+    assert dequantization_table(honest)[0x80] == 0.0  # int8 -128 is probability 0
 
 
 class _Listing:

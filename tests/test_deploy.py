@@ -21,7 +21,7 @@ import pytest
 
 from deploy_fixtures import (SshdUnavailable, SshServer, flip_byte, free_port, local_sshd,
                              remote_edge_classify, write_deployable_model)
-from edge_runtime.manifest import MANIFEST_NAME
+from edge_runtime.model_file.manifest import MANIFEST_NAME
 
 pytest_plugins = ("runtime_fixtures",)
 

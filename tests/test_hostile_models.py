@@ -1,5 +1,5 @@
 """Hostile model files (issue 14): every embedded entry and the metadata flatbuffer are read within
-the limits of `edge_runtime.limits`, refused in one line naming the model and the entry (exit 2),
+the limits of `edge_runtime.model_file.limits`, refused in one line naming the model and the entry (exit 2),
 with peak memory measured in a subprocess under an address-space cap; the converter refuses to
 write what the readers would refuse.
 
@@ -29,15 +29,15 @@ from PIL import Image
 from benchmarks.fuzz.archives import bomb_entry, deflate_bomb, raw_entry
 from benchmarks.fuzz.seeds import CALIBRATION_FILE, LABELS, SIDE, Seed, build_seeds
 from converter.official_metadata import ModelDescription, append_files, metadata_flatbuffer, spec_normalization
-from edge_runtime import limits
-from edge_runtime.bounded_zip import open_archive
 from edge_runtime.cli import main
 from edge_runtime.errors import ModelError
-from edge_runtime.flatbuffer_check import UOFFSET, Verifier
-from edge_runtime.labels import read_labels
-from edge_runtime.metadata import (INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY, ModelMetadata, embed_metadata,
-                                   read_metadata, read_metadata_bytes)
-from edge_runtime.official_metadata import METADATA_SCHEMA, parse_metadata, read_official_metadata
+from edge_runtime.model_file import limits
+from edge_runtime.model_file.bounded_zip import open_archive
+from edge_runtime.model_file.flatbuffer_check import UOFFSET, Verifier
+from edge_runtime.model_file.labels import read_labels
+from edge_runtime.model_file.metadata import (INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY, ModelMetadata, embed_metadata,
+                                              read_metadata, read_metadata_bytes)
+from edge_runtime.model_file.official_metadata import METADATA_SCHEMA, parse_metadata, read_official_metadata
 from edge_runtime.preprocess import PreprocessSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -234,7 +234,7 @@ def test_metadata_flatbuffer_with_out_of_range_offsets_is_one_line(seeds, valid_
 def test_metadata_pointing_many_offsets_at_one_table_is_refused() -> None:
     """20,000 subgraphs that are one table: the object API would build 20,000 objects (and, nested,
     their product); the verifier stops at FLATBUFFER_MAX_OBJECTS visits."""
-    from edge_runtime import metadata_schema_generated as schema
+    from edge_runtime.model_file import metadata_schema_generated as schema
 
     builder = flatbuffers.Builder(1024)
     schema.SubGraphMetadataStart(builder)
@@ -411,7 +411,7 @@ def test_the_largest_labels_the_converter_writes_read_back(seeds) -> None:
 
 def test_metadata_schema_names_every_field_the_generated_code_reads() -> None:
     """Each table's field slots, from the vtable offsets metadata_schema_generated.py reads."""
-    source = (REPO_ROOT / "edge_runtime" / "metadata_schema_generated.py").read_text(encoding="utf-8")
+    source = (REPO_ROOT / "edge_runtime" / "model_file" / "metadata_schema_generated.py").read_text(encoding="utf-8")
     generated: dict[str, set[int]] = {}
     for block in re.split(r"^class ", source, flags=re.MULTILINE)[1:]:
         name = block.split("(", 1)[0]

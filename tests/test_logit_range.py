@@ -92,7 +92,7 @@ def test_int8_file_quantizes_its_logits_over_the_recorded_range(converted) -> No
     """The logits tensor spans the calibration logits, cut to the recorded bounds (here they do not bind)."""
     from converter.source_model import load_keras_model
     from converter.logit_range import calibration_logits
-    from edge_runtime.manifest import read_manifest
+    from edge_runtime.model_file.manifest import read_manifest
 
     recorded = read_manifest(converted.out / "manifest.json")["calibration"]["logit_range"]
     logits = calibration_logits(load_keras_model(converted.trained.model_path), converted.calibration)
@@ -111,7 +111,7 @@ def test_confident_model_gets_a_finer_logit_step_than_plain_minmax(trained_model
     from converter.source_model import load_keras_model
     from converter.logit_range import calibration_logits
     from converter_fixtures import CALIBRATION_SIZE, SEED
-    from edge_runtime.manifest import read_manifest
+    from edge_runtime.model_file.manifest import read_manifest
 
     model = load_keras_model(trained_model.model_path)
     head = model.layers[-1]
@@ -138,7 +138,7 @@ def test_confident_model_gets_a_finer_logit_step_than_plain_minmax(trained_model
 
 @pytest.mark.slow
 def test_minmax_logits_option_records_plain_calibration(converted, tmp_path: Path) -> None:
-    from edge_runtime.manifest import read_manifest
+    from edge_runtime.model_file.manifest import read_manifest
 
     out = tmp_path / "minmax"
     completed = subprocess.run(
@@ -185,7 +185,7 @@ def test_info_shows_how_the_int8_file_was_calibrated(converted) -> None:
     from click.testing import CliRunner
 
     from edge_runtime.cli import main
-    from edge_runtime.manifest import read_manifest
+    from edge_runtime.model_file.manifest import read_manifest
 
     recorded = read_manifest(converted.out / "manifest.json")["calibration"]
     result = CliRunner().invoke(main, ["--info", str(converted.int8)])

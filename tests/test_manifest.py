@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.errors import ModelError
-from edge_runtime.manifest import (MANIFEST_FORMAT_VERSION, MANIFEST_NAME, read_manifest, sha256_file,
-                                   verify_file, write_manifest)
+from edge_runtime.model_file.manifest import (MANIFEST_FORMAT_VERSION, MANIFEST_NAME, read_manifest, sha256_file,
+                                              verify_file, write_manifest)
 
 MODEL_NAME = "model_int8.tflite"
 OTHER_NAME = "model_float32.tflite"

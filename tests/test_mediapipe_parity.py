@@ -2,8 +2,8 @@
 
 MediaPipe 1.2.3 is the reference runtime of the TFLite ecosystem (its Android and web demos run the
 same ImageClassifier). For a model without our `preprocess.json` edge-classify resizes as MediaPipe
-does (`preprocess.fixed_point_bilinear`) and turns pixels into input values as MediaPipe does
-(`conventions`), so the scores agree.
+does (`fixed_point_resize.fixed_point_bilinear`) and turns pixels into input values as MediaPipe
+does (`model_file.conventions`), so the scores agree.
 
 Three kinds of check:
 - Coral's MobileNet v2 (../shared/models/coral) on its two photos: the command line against MediaPipe

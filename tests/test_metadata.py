@@ -9,8 +9,8 @@ import pytest
 
 from edge_runtime import atomic
 from edge_runtime.errors import ModelError
-from edge_runtime.metadata import (ModelMetadata, embed_metadata, is_tflite_flatbuffer, read_metadata,
-                                   read_metadata_bytes)
+from edge_runtime.model_file.metadata import (ModelMetadata, embed_metadata, is_tflite_flatbuffer, read_metadata,
+                                              read_metadata_bytes)
 from edge_runtime.preprocess import PreprocessSpec
 
 # A stand-in flatbuffer: root offset, then the TFLite identifier, then padding bytes.

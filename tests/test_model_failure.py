@@ -30,8 +30,8 @@ from PIL import Image
 from edge_runtime.classify import Classifier, interpreter_reason
 from edge_runtime.cli import DEFAULT_BATCH, SMALL_JOB_FILES, main
 from edge_runtime.errors import ModelError
-from edge_runtime.flatbuffer_check import UOFFSET, Table
-from edge_runtime.metadata import ModelMetadata, embed_metadata
+from edge_runtime.model_file.flatbuffer_check import UOFFSET, Table
+from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import PreprocessSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -51,7 +51,7 @@ def _paths(converted: Converted, uint8_model: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("variant", ["float32", "int8", "uint8"])
 def test_exports_read_back_through_the_official_schema(converted: Converted, uint8_model: Path,
                                                       variant: str) -> None:
-    from edge_runtime.official_metadata import read_official_metadata
+    from edge_runtime.model_file.official_metadata import read_official_metadata
 
     path = _paths(converted, uint8_model)[variant]
     official = read_official_metadata(path.read_bytes(), str(path))

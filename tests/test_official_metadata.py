@@ -23,11 +23,11 @@ from converter.official_metadata import (ModelDescription, append_files, attach_
                                          metadata_flatbuffer, spec_normalization)
 from edge_runtime.classify import Classifier
 from edge_runtime.cli import main
-from edge_runtime.conventions import EMBEDDED, GUESSED_UNIT_RANGE, QUANTIZED_PIXELS, TFLITE_METADATA
 from edge_runtime.errors import ModelError
-from edge_runtime.metadata import ModelMetadata, embed_metadata
-from edge_runtime.official_metadata import (ScoreCalibration, SigmoidParameters, metadata_buffer, parse_metadata,
-                                            read_official_metadata)
+from edge_runtime.model_file.conventions import EMBEDDED, GUESSED_UNIT_RANGE, QUANTIZED_PIXELS, TFLITE_METADATA
+from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
+from edge_runtime.model_file.official_metadata import (ScoreCalibration, SigmoidParameters, metadata_buffer,
+                                                       parse_metadata, read_official_metadata)
 from edge_runtime.preprocess import Normalization, PreprocessSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -286,7 +286,7 @@ def test_score_calibration_follows_the_sigmoid_rule() -> None:
 
 
 def test_score_calibration_is_read_and_applied_to_the_scores(brightness, tmp_path: Path) -> None:
-    from edge_runtime import metadata_schema_generated as schema
+    from edge_runtime.model_file import metadata_schema_generated as schema
 
     raw = bytearray(metadata_flatbuffer(ModelDescription(
         name="b", description="", version="", labels=BRIGHTNESS_LABELS, width=SIDE, height=SIDE,
@@ -405,7 +405,7 @@ def test_our_models_never_load_the_model_schema_and_others_load_no_tensorflow(br
                                     ModelMetadata(labels=BRIGHTNESS_LABELS, preprocess=PreprocessSpec(
                                         height=SIDE, width=SIDE))))
     assert modules_loaded_by(["--model", str(ours), str(photo)]) == []
-    # The official metadata is read through edge_runtime.flatbuffer_check: no model schema package either.
+    # The official metadata is read through edge_runtime.model_file.flatbuffer_check: no model schema package either.
     assert modules_loaded_by(["--model", str(brightness["uint8"]), str(photo)]) == []
     assert modules_loaded_by(["--model", str(brightness["bare_uint8"]), str(photo)]) == []
 

@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from edge_runtime.errors import ImageError
+from edge_runtime.fixed_point_resize import fixed_point_bilinear
 from edge_runtime.preprocess import (DEFAULT_SPEC, FIXED_POINT_BILINEAR, MAX_IMAGE_PIXELS, Normalization,
-                                     PreprocessSpec, array_to_input, fixed_point_bilinear, load_image, open_image,
-                                     prepare_image, scale_pixels)
+                                     PreprocessSpec, array_to_input, load_image, open_image, prepare_image,
+                                     scale_pixels)
 from runtime_fixtures import BOMB_SIDE, bad_files, png_declaring
 from synthetic import synthetic_arrays
 

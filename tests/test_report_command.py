@@ -120,7 +120,7 @@ def test_report_files_and_pictures(report_run) -> None:
 @pytest.mark.slow
 def test_report_says_how_int8_was_calibrated(report_run) -> None:
     """The int8 calibration (count, seed, logit range) comes from the int8 file itself, as convert wrote it."""
-    from edge_runtime.manifest import read_manifest
+    from edge_runtime.model_file.manifest import read_manifest
 
     converted, _ = report_run
     manifest = read_manifest(converted.out / "manifest.json")["calibration"]

@@ -48,9 +48,10 @@ def run_cli(args: list[str]) -> str:
 
 def test_importing_every_runtime_module_loads_nothing_heavy() -> None:
     modules = ["edge_runtime", "edge_runtime.cli", "edge_runtime.classify", "edge_runtime.preprocess",
-               "edge_runtime.interpreter", "edge_runtime.camera", "edge_runtime.live", "edge_runtime.batch",
-               "edge_runtime.bench", "edge_runtime.info", "edge_runtime.inputs", "edge_runtime.output",
-               "edge_runtime.model_select", "edge_runtime.metadata", "edge_runtime.manifest"]
+               "edge_runtime.interpreter", "edge_runtime.batch", "edge_runtime.bench", "edge_runtime.info",
+               "edge_runtime.output", "edge_runtime.sources.files", "edge_runtime.sources.camera",
+               "edge_runtime.sources.live", "edge_runtime.model_file.choose", "edge_runtime.model_file.metadata",
+               "edge_runtime.model_file.manifest", "edge_runtime.model_file.reader"]
     assert loaded_after("\n".join(f"import {name}" for name in modules))["loaded"] == []
 
 
@@ -74,8 +75,8 @@ def test_info_and_benchmark_load_nothing_heavy(runtime_models, option: str) -> N
 # What a single photo costs at start-up (issue 20): every module imported is paid for at each start
 # of `edge-classify photo.jpg`. The probe runs without `site` (its .pth hooks, such as an editable
 # install's finder, import pathlib and more by themselves), with the installed packages on the path.
-COLD_PATH_ABSENT = ("zipfile", "tempfile", "shutil", "pathlib", "shlex", "edge_runtime.official_metadata",
-                    "edge_runtime.flatbuffer_check", "flatbuffers", "encodings.cp437")
+COLD_PATH_ABSENT = ("zipfile", "tempfile", "shutil", "pathlib", "shlex", "edge_runtime.model_file.official_metadata",
+                    "edge_runtime.model_file.flatbuffer_check", "flatbuffers", "encodings.cp437")
 BARE_PROBE = """
 import json, sys
 sys.path[:0] = {paths!r}

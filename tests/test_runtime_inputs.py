@@ -11,10 +11,10 @@ import pytest
 
 from edge_runtime.classify import Class
 from edge_runtime.errors import ModelError
-from edge_runtime.inputs import (FOLDER_NAMED_LIKE_IMAGE, InputItem, PassedOver, expand_inputs, has_image_extension,
-                                  passed_over_notes)
-from edge_runtime.model_select import MODEL_ENV_VAR, find_model
+from edge_runtime.model_file.choose import MODEL_ENV_VAR, find_model
 from edge_runtime.output import BlockWriter, HumanWriter, JsonWriter, display_path, error_reason
+from edge_runtime.sources.files import (FOLDER_NAMED_LIKE_IMAGE, InputItem, PassedOver, expand_inputs,
+                                        has_image_extension, passed_over_notes)
 
 
 def touch(path: Path) -> Path:

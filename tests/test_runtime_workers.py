@@ -23,12 +23,12 @@ from click.testing import CliRunner, Result
 
 import edge_runtime.cli as cli_module
 import edge_runtime.workers as workers_module
-from edge_runtime.batch import BatchSummary, _best_classes
+from edge_runtime.batch import BatchSummary, best_classes
 from edge_runtime.classify import Classifier, top_classes
 from edge_runtime.cli import main
 from edge_runtime.errors import ImageError
-from edge_runtime.inputs import expand_inputs
 from edge_runtime.preprocess import DEFAULT_SPEC, SMALL_JPEG_BYTES, load_image, open_image, prepare_image
+from edge_runtime.sources.files import expand_inputs
 from edge_runtime.workers import ClassifierSettings, OutputSettings, WorkerPool, start_method
 from PIL import Image
 from runtime_fixtures import bad_files
@@ -406,7 +406,7 @@ def test_the_best_class_of_each_image_of_a_batch_is_top_classes_of_its_row() -> 
     scores = np.array([[0.1, 0.7, 0.2], [0.4, 0.4, 0.2], [nan, 0.2, 0.3], [0.1, nan, 0.9], [-0.5, -0.2, -0.9],
                        [0.0, 0.0, 0.0], [0.2, 0.3, 0.5]], dtype=np.float32)
     for labels in (["a", "b", "c"], ["a"], None):
-        best = _best_classes(scores, labels)
+        best = best_classes(scores, labels)
         assert best == [top_classes(row, labels, 1) for row in scores]
         assert [len(classes) for classes in best] == [1, 1, 0, 0, 0, 1, 1]  # NaN or negative: no class
         assert all(type(c.score) is float for classes in best for c in classes)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from edge_runtime.errors import DataError
-from edge_runtime.labels import read_labels
+from edge_runtime.model_file.labels import read_labels
 from edge_runtime.preprocess import scale_pixels
 from synthetic import CLASS_NAMES, write_image_folder
 from trainer_fixtures import InterruptAfterEpoch

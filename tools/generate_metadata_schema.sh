@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerate edge_runtime/metadata_schema_generated.py, the Python reader and writer of the official
+# Regenerate edge_runtime/model_file/metadata_schema_generated.py, the Python reader and writer of the official
 # TFLite Metadata flatbuffer, with flatc from the published metadata_schema.fbs.
 #
 # The schema is taken from the MediaPipe wheel on PyPI (mediapipe/tasks/metadata/metadata_schema.fbs,
@@ -19,7 +19,7 @@ SCHEMA_IN_WHEEL=mediapipe/tasks/metadata/metadata_schema.fbs
 PYTHON=${PYTHON:-python3}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-target="$root/edge_runtime/metadata_schema_generated.py"
+target="$root/edge_runtime/model_file/metadata_schema_generated.py"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge_runtime.atomic import atomic_path, write_text
 from edge_runtime.errors import DataError, EdgeError
-from edge_runtime.labels import write_labels
+from edge_runtime.model_file.labels import write_labels
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
 from .batch_norm import RECALIBRATION_IMAGES, recalibration_batches, recalibration_callback

@@ -9,7 +9,7 @@ import struct
 import zipfile
 import zlib
 
-from edge_runtime.limits import MIB
+from edge_runtime.model_file.limits import MIB
 
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 # Zip records, written field by field so that the tests can make them lie.

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from edge_runtime.flatbuffer_check import FIELD_SLOT_BYTES, SOFFSET, UOFFSET, VTABLE_HEADER_BYTES, Table
+from edge_runtime.model_file.flatbuffer_check import FIELD_SLOT_BYTES, SOFFSET, UOFFSET, VTABLE_HEADER_BYTES, Table
 
 # The fields of TFLite's schema.fbs walked to find them (field ids): Model.subgraphs and buffers,
 # SubGraph.tensors and operators, Tensor.shape, type, buffer, quantization and shape_signature,

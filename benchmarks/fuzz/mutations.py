@@ -17,7 +17,7 @@ import numpy as np
 from benchmarks.fuzz.archives import bomb_entry, raw_entry
 from benchmarks.fuzz.graph import FLOAT32_MAX, _stored, write_graph_value
 from benchmarks.fuzz.seeds import Seed
-from edge_runtime.limits import ARCHIVE_MAX_ENTRIES, LABELS_MAX_BYTES, LABELS_MAX_LINES, MIB
+from edge_runtime.model_file.limits import ARCHIVE_MAX_ENTRIES, LABELS_MAX_BYTES, LABELS_MAX_LINES, MIB
 
 FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,

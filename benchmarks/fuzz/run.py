@@ -26,9 +26,9 @@ from benchmarks.fuzz.seeds import Seed, load_seeds
 from edge_runtime.classify import Classifier
 from edge_runtime.errors import ModelError
 from edge_runtime.info import describe_calibration
-from edge_runtime.limits import MIB
-from edge_runtime.metadata import read_metadata
-from edge_runtime.official_metadata import read_official_metadata
+from edge_runtime.model_file.limits import MIB
+from edge_runtime.model_file.metadata import read_metadata
+from edge_runtime.model_file.official_metadata import read_official_metadata
 
 KEPT_FAILURES = 5
 KEPT_MODEL_BYTES = 64 * 1024  # a failed case's model is kept whole up to this size (the seeds are a few KiB)

@@ -21,8 +21,8 @@ import numpy as np
 
 from benchmarks.fuzz.archives import RawEntry, raw_entry, zip_archive
 from benchmarks.fuzz.graph import GraphValue, graph_values
-from edge_runtime.metadata import INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY
-from edge_runtime.official_metadata import read_official_metadata
+from edge_runtime.model_file.metadata import INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY
+from edge_runtime.model_file.official_metadata import read_official_metadata
 
 LABELS = ["cat", "dog", "bird"]
 CALIBRATION_FILE = "calibration.csv"
@@ -114,7 +114,7 @@ def _with_score_calibration(raw: bytes) -> bytes:
     """The metadata flatbuffer `raw` with a score calibration on its output, as Model Maker writes."""
     import flatbuffers
 
-    from edge_runtime import metadata_schema_generated as schema
+    from edge_runtime.model_file import metadata_schema_generated as schema
 
     metadata = schema.ModelMetadataT.InitFromPackedBuf(raw, 0)
     output = metadata.subgraphMetadata[0].outputTensorMetadata[0]
@@ -136,7 +136,7 @@ def _with_score_calibration(raw: bytes) -> bytes:
 def _ours(bare: bytes, description: Any, variant: str, name: str) -> Seed:
     """`bare` exported as edge-convert exports: official metadata, then our archive of three entries."""
     from converter.official_metadata import attach_metadata_buffer, metadata_flatbuffer
-    from edge_runtime.metadata import ModelMetadata, embed_metadata, read_metadata_bytes
+    from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata, read_metadata_bytes
     from edge_runtime.preprocess import PreprocessSpec
 
     prefix = attach_metadata_buffer(bare, metadata_flatbuffer(description))
@@ -155,7 +155,7 @@ def _third_party(bare: bytes, description: Any, method: int, name: str) -> Seed:
     """`bare` as Model Maker-style tools ship it: official metadata with a score calibration, labels and
     the calibration file appended (stored or deflated)."""
     from converter.official_metadata import attach_metadata_buffer, metadata_flatbuffer
-    from edge_runtime.labels import format_labels
+    from edge_runtime.model_file.labels import format_labels
 
     prefix = attach_metadata_buffer(bare, _with_score_calibration(metadata_flatbuffer(description)))
     files = {LABELS_ENTRY: format_labels(LABELS).encode("utf-8"), CALIBRATION_FILE: CALIBRATION_TEXT}

@@ -13,14 +13,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..classify import Classifier, top_classes
+from ..output import UNCERTAIN_LABEL
+from ..preprocess import array_to_input
 from .camera import CameraError
-from .classify import Classifier, top_classes
-from .output import UNCERTAIN_LABEL
-from .preprocess import array_to_input
 
 REPORT_INTERVAL_S = 1.0
 # Frame rate is smoothed over roughly this many frames so the number shown does not flicker.
@@ -40,6 +40,14 @@ class LiveStatus:
 
     def line(self) -> str:
         return f"{self.label} {self.score:.{SCORE_DIGITS}f}  {self.fps:.1f} fps"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON line of `--camera --json`: score and rate rounded, `uncertain` only when it is."""
+        record: dict[str, Any] = {"frame": self.frame, "label": self.label, "score": round(self.score, 6),
+                                  "fps": round(self.fps, 2)}
+        if self.uncertain:
+            record["uncertain"] = True
+        return record
 
 
 @dataclasses.dataclass
@@ -94,7 +102,7 @@ def classify_frames(classifier: Classifier, frames: Iterable[np.ndarray],
             summary.label_counts[label] += 1
             status = LiveStatus(summary.frames, label, score,
                                 1.0 / frame_interval if frame_interval > 0 else 0.0, uncertain)
-            if _worth_reporting(shown, status, now - shown_at):
+            if worth_reporting(shown, status, now - shown_at):
                 report(status)
                 shown, shown_at = status, now
             if max_frames is not None and summary.frames >= max_frames:
@@ -110,7 +118,21 @@ def classify_frames(classifier: Classifier, frames: Iterable[np.ndarray],
     return summary
 
 
-def _worth_reporting(shown: LiveStatus | None, status: LiveStatus, since_shown_s: float) -> bool:
+def classify_source(classifier: Classifier, source: str | None, report: Callable[[LiveStatus], None],
+                    notify: Callable[[str], None], max_frames: int | None = None,
+                    threshold: float = 0.0) -> LiveSummary:
+    """Open a frame source (`camera.open_source`: None for the automatic choice), say which to
+    `notify`, and classify its frames as `classify_frames` does; the source is closed either way."""
+    from .camera import frames, open_source
+
+    frame_source = open_source(source)
+    with frame_source:
+        notify(f"classifying frames from {frame_source.description}; Ctrl-C stops")
+        return classify_frames(classifier, frames(frame_source, notify=notify), report,
+                               max_frames=max_frames, threshold=threshold)
+
+
+def worth_reporting(shown: LiveStatus | None, status: LiveStatus, since_shown_s: float) -> bool:
     """A new label always; a changed score or rate only after the report interval."""
     if shown is None or status.label != shown.label:
         return True

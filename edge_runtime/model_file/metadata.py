@@ -19,11 +19,11 @@ import math
 import os
 from typing import IO, Any
 
+from ..errors import ModelError
+from ..preprocess import PreprocessSpec
 from .bounded_zip import open_archive
-from .errors import ModelError
 from .labels import format_labels, parse_labels
 from .limits import JSON_ENTRY, LABELS, check_bytes, check_text, decode_text, parse_json
-from .preprocess import PreprocessSpec
 
 LABELS_ENTRY = "labels.txt"
 PREPROCESS_ENTRY = "preprocess.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ModelError
+from ..errors import ModelError
 from .limits import LABELS, decode_text, read_file_bounded
 
 
@@ -36,6 +36,6 @@ def format_labels(labels: list[str]) -> str:
 
 def write_labels(path: str | os.PathLike, labels: list[str]) -> None:
     """Write a labels file atomically."""
-    from .atomic import write_text  # only writers need it; keeps the device's start-up imports small
+    from ..atomic import write_text  # only writers need it; keeps the device's start-up imports small
 
     write_text(path, format_labels(labels))

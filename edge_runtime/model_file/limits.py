@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any, NamedTuple
 
-from .errors import ModelError
+from ..errors import ModelError
 
 KIB = 1 << 10
 MIB = 1 << 20

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text
-from .errors import ModelError
+from ..atomic import write_text
+from ..errors import ModelError
 from .limits import MANIFEST, read_file_bounded
 
 MANIFEST_NAME = "manifest.json"

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import BackendError, EdgeError
+from ..errors import BackendError, EdgeError
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _opencv_quiet(cv2: Any) -> Iterator[None]:
     for diagnostics; what its backends print to stderr themselves (FFmpeg, GStreamer) is sent to
     the debug log either way.
     """
-    from .interpreter import native_stderr_to_log
+    from ..interpreter import native_stderr_to_log
 
     logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
     silence = logging_api is not None and not logger.isEnabledFor(logging.DEBUG)

@@ -20,7 +20,7 @@ import struct
 import zlib
 from typing import IO, NamedTuple
 
-from .errors import ModelError
+from ..errors import ModelError
 from .limits import (ARCHIVE_DIRECTORY_MAX_BYTES, ARCHIVE_MAX_ENTRIES, ARCHIVE_MAX_RATIO, ARCHIVE_RATIO_FLOOR_BYTES,
                      READ_CHUNK_BYTES, Limit, size_text)
 

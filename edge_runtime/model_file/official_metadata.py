@@ -26,13 +26,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..errors import ModelError
+from ..preprocess import Normalization
 from .bounded_zip import BoundedArchive, open_archive
-from .errors import ModelError
 from .flatbuffer_check import SCALAR, SCALARS, STRING, STRINGS, TABLE, TABLES, UNION, Field, Table, verify
 from .labels import parse_labels
 from .limits import (ASSOCIATED_FILE, CALIBRATION, LABELS, METADATA_FLATBUFFER_MAX_BYTES, MODEL_METADATA_MAX_ENTRIES,
                      decode_text, size_text)
-from .preprocess import Normalization
 
 METADATA_BUFFER_NAME = b"TFLITE_METADATA"
 METADATA_FILE_IDENTIFIER = b"M001"

@@ -20,8 +20,8 @@ Input values, in this order:
 scale and zero point.
 
 Resizing: ours as embedded; any other model's whole image to the input size, no crop, by
-`preprocess.fixed_point_bilinear`, MediaPipe's resize to the pixel. Labels: ours, else the official
-metadata's label file, else `--labels`, else class indices.
+`fixed_point_resize.fixed_point_bilinear`, MediaPipe's resize to the pixel. Labels: ours, else the
+official metadata's label file, else `--labels`, else class indices.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ..preprocess import FIXED_POINT_BILINEAR, PIXEL_SCALE, Normalization, PreprocessSpec
 from .labels import read_labels
 
 if TYPE_CHECKING:  # for annotations only: the metadata readers load when a model has what they read
     from .metadata import ModelMetadata
     from .official_metadata import OfficialMetadata
-from .preprocess import FIXED_POINT_BILINEAR, PIXEL_SCALE, Normalization, PreprocessSpec
 
 EMBEDDED = "embedded"  # our preprocess.json / labels.txt
 TFLITE_METADATA = "tflite_metadata"  # the official metadata's NormalizationOptions (float inputs use them)

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Mapping, NamedTuple
 
-from .errors import ModelError
+from ..errors import ModelError
 
 MODEL_ENV_VAR = "EDGE_CLASSIFY_MODEL"
 MODEL_SUFFIX = ".tflite"
