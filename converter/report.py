@@ -24,7 +24,7 @@ from edge_runtime.manifest import MANIFEST_NAME, read_manifest, verify_file
 from edge_runtime.metadata import read_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
-from trainer.train import one_class_answer
+from trainer.outputs import one_class_answer
 
 from .convert import FLOAT32, INT8, KERAS_MODEL_NAME, VARIANTS, convert_first_hint
 

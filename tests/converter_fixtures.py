@@ -34,7 +34,7 @@ class TrainedModel:
     model_path: Path
     labels_path: Path
     data_root: Path
-    dataset: object  # trainer.data.Dataset
+    dataset: object  # trainer.dataset.Dataset
     keras_test_accuracy: float
 
 
@@ -69,7 +69,8 @@ def write_trainer_outputs(folder: Path, model, dataset, history: dict, data_root
     """model.keras, labels.txt and training.json as the trainer writes them."""
     from edge_runtime.labels import write_labels
     from trainer.keep import KEEP_BEST, choose_epoch
-    from trainer.train import TrainConfig, training_report
+    from trainer.config import TrainConfig
+    from trainer.outputs import training_report
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
@@ -89,7 +90,8 @@ def write_trainer_outputs(folder: Path, model, dataset, history: dict, data_root
 def trained_model(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """The recipe's CNN trained on the synthetic split data set, saved like the trainer saves it."""
     from edge_runtime.preprocess import scale_pixels
-    from trainer.data import Progress, load_dataset
+    from trainer.progress import Progress
+    from trainer.sources import load_dataset
 
     dataset = load_dataset(split_dataset, seed=SEED, progress=Progress(quiet=True))
     model, history = train_small_model(dataset)
