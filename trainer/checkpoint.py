@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_MODEL_PATTERN = "epoch-{epoch:03d}.keras"

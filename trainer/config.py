@@ -18,7 +18,6 @@ from .dataset import DEFAULT_SEED, DEFAULT_TEST_FRACTION
 from .keep import KEEP_BEST, KEEP_CHOICES
 from .models import ARCHS, DEFAULT_ARCH, Arch, get_arch
 
-
 DEFAULT_OUT = Path("artifacts")
 DEFAULT_EPOCHS = ARCHS[DEFAULT_ARCH].epochs
 DEFAULT_BATCH_SIZE = ARCHS[DEFAULT_ARCH].batch_size

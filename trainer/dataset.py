@@ -10,15 +10,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-
 DEFAULT_SEED = 0
 # Share of each class held out as the test set when a single class-folder tree is given.
 DEFAULT_TEST_FRACTION = 0.2
 TRAIN_FOLDER = "train"
 TEST_FOLDER = "test"
 SPLITS = (TRAIN_FOLDER, TEST_FOLDER)
-
-
 # `load_dataset(pick=...)`: (split name, image count) -> sorted indices of the images to keep.
 Picker = Callable[[str, int], np.ndarray]
 

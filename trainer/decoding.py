@@ -27,7 +27,6 @@ from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
-
 # Below this many files a process pool costs more to start than it saves.
 PARALLEL_MIN_FILES = 4000
 FILES_PER_TASK = 500

@@ -13,7 +13,6 @@ from .progress import Progress
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-
 STATUS_INTERVAL_SECONDS = 0.5  # how often the in-epoch status line is redrawn on a terminal
 
 

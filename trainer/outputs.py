@@ -25,7 +25,6 @@ from .phases import training_phases
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "training.json"

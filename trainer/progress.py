@@ -11,7 +11,6 @@ import time
 
 import click
 
-
 PROGRESS_INTERVAL_SECONDS = 2.0
 
 

@@ -10,7 +10,6 @@ import numpy as np
 from .invocation import knob
 from .keep import KEEP_BEST
 
-
 # Fewer validation images than this draw a warning when the best epoch is kept. With n images one
 # image moves validation accuracy by 100/n points, and late epochs differ by about a point: at 100,
 # one image is one point (and an accuracy near 85% still has a standard error of about 3.6 points),

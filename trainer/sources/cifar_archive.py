@@ -19,7 +19,6 @@ from edge_runtime.errors import DataError
 from ..dataset import Dataset
 from ..progress import Progress
 
-
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_SIDE = 32
 CIFAR_CHANNELS = 3
