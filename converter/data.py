@@ -76,7 +76,7 @@ def resolve_data(model_path: str | os.PathLike, data: str | os.PathLike | None =
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise DataError(f"{Path(model_path).parent / TRAINING_INFO_NAME}: {name} {value!r} is not a number")
     if training_seed is None:
-        from trainer.data import DEFAULT_SEED
+        from trainer.dataset import DEFAULT_SEED
 
         training_seed = seed if seed is not None else DEFAULT_SEED
     return DataChoice(source=source, seed=int(seed if seed is not None else training_seed),
@@ -93,8 +93,8 @@ def load_data(choice: DataChoice, quiet: bool = False, splits: Sequence[str] = (
     train/ + test/ image tree then decodes only those files, and with `pick` (split, count) -> indices
     only the picked ones (the calibration draw, the report's --max-images sample).
     """
-    from trainer.data import Progress as LoadProgress
-    from trainer.data import load_dataset
+    from trainer.progress import Progress as LoadProgress
+    from trainer.sources import load_dataset
 
     kwargs: dict[str, Any] = {"seed": choice.split_seed, "progress": LoadProgress(quiet=quiet), "splits": splits,
                               "spec": spec, "pick": pick}

@@ -24,7 +24,7 @@ from edge_runtime.model_file.manifest import MANIFEST_NAME, read_manifest
 from edge_runtime.model_file.reader import ModelFile
 from edge_runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, scale_pixels
 
-from trainer.train import one_class_answer
+from trainer.outputs import one_class_answer
 
 from .artifacts import KERAS_MODEL_NAME, convert_first_hint
 from .variants import FLOAT32, INT8, VARIANTS

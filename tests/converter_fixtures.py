@@ -1,6 +1,6 @@
 """Fixtures for the converter and report tests: one small model trained once per session.
 
-The model is the recipe's network (`trainer.model.build_model`) with four classes, trained for a few
+The model is the recipe's network (`trainer.models.cnn.build_model`) with four classes, trained for a few
 epochs on the synthetic image folders of `conftest.split_dataset`, so parity is measured on a model
 that has learned something. Its folder looks like the trainer's output: model.keras, labels.txt
 and a training.json written by the trainer's own `training_report`.
@@ -34,7 +34,7 @@ class TrainedModel:
     model_path: Path
     labels_path: Path
     data_root: Path
-    dataset: object  # trainer.data.Dataset
+    dataset: object  # trainer.dataset.Dataset
     keras_test_accuracy: float
 
 
@@ -54,7 +54,7 @@ def train_small_model(dataset, seed: int = SEED, epochs: int = EPOCHS):
     import keras
 
     from edge_runtime.preprocess import scale_pixels
-    from trainer.model import build_model
+    from trainer.models.cnn import build_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(num_classes=len(dataset.class_names), input_shape=dataset.train_images.shape[1:])
@@ -69,7 +69,8 @@ def write_trainer_outputs(folder: Path, model, dataset, history: dict, data_root
     """model.keras, labels.txt and training.json as the trainer writes them."""
     from edge_runtime.model_file.labels import write_labels
     from trainer.keep import KEEP_BEST, choose_epoch
-    from trainer.train import TrainConfig, training_report
+    from trainer.config import TrainConfig
+    from trainer.outputs import training_report
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
@@ -89,7 +90,8 @@ def write_trainer_outputs(folder: Path, model, dataset, history: dict, data_root
 def trained_model(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """The recipe's CNN trained on the synthetic split data set, saved like the trainer saves it."""
     from edge_runtime.preprocess import scale_pixels
-    from trainer.data import Progress, load_dataset
+    from trainer.progress import Progress
+    from trainer.sources import load_dataset
 
     dataset = load_dataset(split_dataset, seed=SEED, progress=Progress(quiet=True))
     model, history = train_small_model(dataset)

@@ -15,9 +15,10 @@ import edge_runtime.cli as runtime_cli
 from edge_runtime.model_file.metadata import read_metadata
 from edge_runtime.preprocess import PreprocessSpec, load_image, scale_pixels
 from synthetic import write_split_dataset
-from trainer.data import Progress
+from trainer.config import TrainConfig
 from trainer.models import ARCHS
-from trainer.train import TrainConfig, train
+from trainer.progress import Progress
+from trainer.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,11 @@ import pytest
 from edge_runtime.preprocess import PreprocessSpec
 from synthetic import write_split_dataset
 from trainer.batch_norm import RECALIBRATION_IMAGES, recalibrate, recalibration_batches, recalibration_callback
-from trainer.data import Progress
+from trainer.config import TrainConfig, recalibrates_batch_norm
 from trainer.models import ARCHS
-from trainer.train import TrainConfig, recalibrates_batch_norm, shuffled_split, train
+from trainer.progress import Progress
+from trainer.train import train
+from trainer.validation import shuffled_split
 
 SLOW_MOMENTUM = 0.999999  # moving statistics that training alone would barely move
 
@@ -143,7 +145,7 @@ def test_a_mobilenetv2_run_saves_the_recalibrated_statistics(tmp_path: Path) -> 
 
     # The saved model's first batch-norm layer holds the averages over the un-augmented sample, as
     # computed from the saved (final) weights.
-    from trainer.data import load_dataset
+    from trainer.sources import load_dataset
 
     dataset = load_dataset(data, seed=config.seed, test_fraction=config.test_fraction, spec=config.spec(),
                            progress=Progress(quiet=True))

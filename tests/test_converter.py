@@ -387,7 +387,8 @@ def test_cli_calibration_never_draws_a_test_image_of_a_split_tree(trained_model:
     import converter.tflite_export as tflite_export
     from converter_fixtures import write_trainer_outputs
     from synthetic import write_image_folder
-    from trainer.data import Progress, load_dataset
+    from trainer.progress import Progress
+    from trainer.sources import load_dataset
 
     tree = write_image_folder(tmp_path / "tree", per_class=25, seed=5)
     test_fraction = 0.4

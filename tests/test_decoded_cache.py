@@ -11,9 +11,9 @@ import pytest
 
 from edge_runtime.preprocess import PreprocessSpec
 from synthetic import write_image_folder, write_split_dataset
-from trainer import data as data_module
-from trainer import decoded_cache
-from trainer.data import Progress, load_dataset
+from trainer import decoded_cache, decoding
+from trainer.progress import Progress
+from trainer.sources import load_dataset
 
 QUIET = Progress(quiet=True)
 SPEC_40 = PreprocessSpec(height=40, width=40)
@@ -36,7 +36,7 @@ def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("an image was decoded although the cache held it")
 
-    monkeypatch.setattr(data_module, "_decode_chunk", refuse)
+    monkeypatch.setattr(decoding, "decode_chunk", refuse)
 
 
 def test_second_load_reads_the_cache_and_gives_the_same_arrays(cache, tmp_path, monkeypatch):
@@ -108,7 +108,7 @@ def test_an_interrupted_decode_leaves_no_entry(cache, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_module, "_decode_chunk", interrupted)
+    monkeypatch.setattr(decoding, "decode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_dataset(root, progress=QUIET)
     assert not cache.exists() or list(cache.iterdir()) == []
@@ -167,13 +167,13 @@ def test_a_pick_decodes_only_the_picked_files(tmp_path, monkeypatch):
     root = write_split_dataset(tmp_path / "data")
     whole = load_dataset(root, progress=QUIET)
     decoded: list[int] = []
-    decode = data_module._decode_chunk
+    decode = decoding.decode_chunk
 
     def counting(paths, *args, **kwargs):
         decoded.append(len(paths))
         return decode(paths, *args, **kwargs)
 
-    monkeypatch.setattr(data_module, "_decode_chunk", counting)
+    monkeypatch.setattr(decoding, "decode_chunk", counting)
     chosen = np.array([0, 3, 7, 20])
     picked = load_dataset(root, progress=QUIET, splits=("train",), pick=lambda split, count: chosen)
     assert sum(decoded) == len(chosen)

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from synthetic import synthetic_image
-from trainer.data import CIFAR10_CLASSES
+from trainer.sources.cifar_archive import CIFAR10_CLASSES
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 12, 4
 

@@ -52,7 +52,7 @@ def test_only_a_dense_softmax_head_is_clipped() -> None:
     import keras
 
     from converter.logit_range import softmax_head
-    from trainer.model import build_model
+    from trainer.models.cnn import build_model
 
     recipe = build_model(num_classes=4, input_shape=(32, 32, 3))
     assert softmax_head(recipe) is recipe.layers[-1]

@@ -215,7 +215,7 @@ def test_report_markdown_speaks_in_users_words() -> None:
 
 def test_report_links_the_trainers_accuracy_png_only_when_it_is_there(tmp_path: Path) -> None:
     from converter.report_render import TRAINING_PLOT, write_report
-    from trainer.train import PLOT_FILE
+    from trainer.outputs import PLOT_FILE
 
     assert TRAINING_PLOT == PLOT_FILE
     report = _three_class_report()

@@ -156,7 +156,7 @@ def bad_int8_folder(converted: Converted, tmp_path_factory: pytest.TempPathFacto
     import keras
 
     from converter.convert import convert_model
-    from trainer.model import build_model
+    from trainer.models.cnn import build_model
 
     dataset = converted.trained.dataset
     folder = tmp_path_factory.mktemp("bad_int8")

@@ -9,10 +9,11 @@ from click.testing import CliRunner
 
 import trainer.cli as cli
 from synthetic import CLASS_NAMES
-from trainer import train as train_module
+from trainer.checkpoint import CHECKPOINT_DIR, Checkpoint, CheckpointError, check_resumable, write_checkpoint
+from trainer.config import TrainConfig, streams_batches
 from trainer.models import ARCHS
-from trainer.train import (CHECKPOINT_DIR, CheckpointError, Checkpoint, Phase, TrainConfig, streams_batches,
-                           training_phases)
+from trainer.phases import Phase, prepare_phase, training_phases
+from trainer.train import build_network
 
 EXIT_USAGE = 2
 
@@ -103,18 +104,18 @@ def checkpoint_of(config: TrainConfig, recipe_changes: dict | None = None) -> Ch
 
 def test_resume_refuses_another_network_or_a_changed_schedule(tmp_path: Path) -> None:
     made = TrainConfig(data=tmp_path, arch="resnet8", epochs=4)
-    train_module._check_resumable(checkpoint_of(made), made, tmp_path)  # the same settings resume
+    check_resumable(checkpoint_of(made), made, tmp_path)  # the same settings resume
     with pytest.raises(CheckpointError, match="made with arch 'resnet8', not 'cnn'"):
-        train_module._check_resumable(checkpoint_of(made), TrainConfig(data=tmp_path, epochs=4), tmp_path)
+        check_resumable(checkpoint_of(made), TrainConfig(data=tmp_path, epochs=4), tmp_path)
     with pytest.raises(CheckpointError, match="made with augment True, not False"):
-        train_module._check_resumable(checkpoint_of(made), TrainConfig(data=tmp_path, arch="resnet8", epochs=4,
-                                                                       augment=False), tmp_path)
+        check_resumable(checkpoint_of(made), TrainConfig(data=tmp_path, arch="resnet8", epochs=4,
+                                                         augment=False), tmp_path)
     with pytest.raises(CheckpointError, match="schedule was planned for 4 epochs, not 6; resume with --epochs 4"):
-        train_module._check_resumable(checkpoint_of(made), TrainConfig(data=tmp_path, arch="resnet8", epochs=6),
-                                      tmp_path)
+        check_resumable(checkpoint_of(made), TrainConfig(data=tmp_path, arch="resnet8", epochs=6),
+                        tmp_path)
     # The documented CNN's constant learning rate may be given more epochs, as before.
     cnn = TrainConfig(data=tmp_path, epochs=4)
-    train_module._check_resumable(checkpoint_of(cnn), TrainConfig(data=tmp_path, epochs=6), tmp_path)
+    check_resumable(checkpoint_of(cnn), TrainConfig(data=tmp_path, epochs=6), tmp_path)
 
 
 def test_a_checkpoint_from_before_arch_existed_resumes_as_the_documented_cnn(tmp_path: Path) -> None:
@@ -123,9 +124,9 @@ def test_a_checkpoint_from_before_arch_existed_resumes_as_the_documented_cnn(tmp
               if key in ("data", "epochs", "batch_size", "validation_fraction", "seed", "test_fraction", "keep")}
     old = Checkpoint(epoch=1, model_path=Path("m"), history={"loss": [1.0]}, recipe=legacy, class_names=["a"],
                      training_seconds=1.0)
-    train_module._check_resumable(old, config, tmp_path)
+    check_resumable(old, config, tmp_path)
     with pytest.raises(CheckpointError, match="made with arch 'cnn', not 'resnet8'"):
-        train_module._check_resumable(old, TrainConfig(data=tmp_path, epochs=4, arch="resnet8"), tmp_path)
+        check_resumable(old, TrainConfig(data=tmp_path, epochs=4, arch="resnet8"), tmp_path)
 
 
 def test_resume_takes_the_network_from_the_checkpoint(split_dataset: Path, tmp_path: Path,
@@ -133,8 +134,8 @@ def test_resume_takes_the_network_from_the_checkpoint(split_dataset: Path, tmp_p
     made_with = TrainConfig(data=split_dataset, out=tmp_path, arch="resnet8", epochs=3, augment=False,
                             learning_rate=0.002)
     model = ARCHS["resnet8"].build(len(CLASS_NAMES), 32)
-    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, model, 1, {"loss": [1.0]}, made_with.recipe(),
-                                   sorted(CLASS_NAMES), 3.0)
+    write_checkpoint(tmp_path / CHECKPOINT_DIR, model, 1, {"loss": [1.0]}, made_with.recipe(),
+                     sorted(CLASS_NAMES), 3.0)
     configs = []
 
     def capture(config, progress):
@@ -154,8 +155,8 @@ def test_resnet8_compiles_with_label_smoothing_and_the_documented_cnn_without() 
 
     for arch, smoothing in (("resnet8", 0.1), ("cnn", 0.0)):
         config = TrainConfig(arch=arch, epochs=4)
-        model = train_module.build_network(config, 10)
-        train_module.prepare_phase(model, config, train_module.training_phases(config)[0], steps=2)
+        model = build_network(config, 10)
+        prepare_phase(model, config, training_phases(config)[0], steps=2)
         target, predicted = np.eye(10, dtype=np.float32)[:1], np.eye(10, dtype=np.float32)[:1] * 0.9 + 0.01
         # Cross-entropy against the smoothed target (0.91 for the class, 0.01 for each other one).
         smoothed = target * (1 - smoothing) + smoothing / 10

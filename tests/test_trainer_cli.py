@@ -12,10 +12,12 @@ from click.testing import CliRunner
 
 import trainer.cli as cli
 from synthetic import CLASS_NAMES, write_image_folder
-from trainer import train as train_module
+from trainer.checkpoint import CHECKPOINT_DIR, write_checkpoint
+from trainer.config import TrainConfig
 from trainer.invocation import MAKE_ENV, train_program
 from trainer.keep import KEEP_BEST, RULE_BEST, KeptEpoch
-from trainer.train import CHECKPOINT_DIR, TrainConfig, TrainingInterrupted, TrainResult
+from trainer.outputs import TrainResult
+from trainer.train import TrainingInterrupted
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
@@ -100,12 +102,12 @@ def test_ctrl_c_before_any_checkpoint_says_nothing_was_written(tmp_path: Path,
 
 def test_resume_takes_unspecified_options_from_the_checkpoint(split_dataset: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainer.model import build_model
+    from trainer.models.cnn import build_model
 
     made_with = TrainConfig(data=split_dataset, out=tmp_path, epochs=5, batch_size=16, seed=9,
                             validation_fraction=0.25)
-    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, build_model(num_classes=len(CLASS_NAMES)), 2,
-                                   {"loss": [1.0, 0.9]}, made_with.recipe(), sorted(CLASS_NAMES), 3.0)
+    write_checkpoint(tmp_path / CHECKPOINT_DIR, build_model(num_classes=len(CLASS_NAMES)), 2,
+                     {"loss": [1.0, 0.9]}, made_with.recipe(), sorted(CLASS_NAMES), 3.0)
     configs = []
 
     def capture(config, progress):

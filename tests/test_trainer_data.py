@@ -13,7 +13,9 @@ from PIL import Image
 from edge_runtime.errors import DataError
 from edge_runtime.preprocess import DEFAULT_SPEC, load_image
 from synthetic import CLASS_NAMES, synthetic_arrays, write_image_folder
-from trainer.data import Progress, load_dataset, stratified_test_mask
+from trainer.progress import Progress
+from trainer.sources import load_dataset
+from trainer.sources.image_folders import stratified_test_mask
 from trainer_fixtures import (IMAGES_PER_BATCH, TINY_CLASS_NAMES, TRAIN_BATCH_COUNT, CallsEval, RunsShellCommand,
                               batch_rows, cifar_members, pickle_batch, write_cifar_archive, write_cifar_folder,
                               write_damaged_files)
@@ -350,7 +352,9 @@ def test_failed_download_is_a_data_error_that_suggests_data(monkeypatch: pytest.
 POOL_CHECK = r"""
 import concurrent.futures, json, sys
 import numpy as np
-import trainer.data as data
+import trainer.decoding as decoding
+from trainer.progress import Progress
+from trainer.sources import load_dataset
 
 pools = []
 class CountingPool(concurrent.futures.ProcessPoolExecutor):
@@ -359,11 +363,11 @@ class CountingPool(concurrent.futures.ProcessPoolExecutor):
         super().__init__(*args, **kwargs)
 
 concurrent.futures.ProcessPoolExecutor = CountingPool
-data.PARALLEL_MIN_FILES, data.FILES_PER_TASK = 10, 37  # odd chunks: boundaries inside classes
-quiet = data.Progress(quiet=True)
-serial = data.load_dataset(sys.argv[1], progress=quiet, workers=1)
+decoding.PARALLEL_MIN_FILES, decoding.FILES_PER_TASK = 10, 37  # odd chunks: boundaries inside classes
+quiet = Progress(quiet=True)
+serial = load_dataset(sys.argv[1], progress=quiet, workers=1)
 assert pools == [], pools
-pooled = data.load_dataset(sys.argv[1], progress=quiet, workers=2)
+pooled = load_dataset(sys.argv[1], progress=quiet, workers=2)
 print(json.dumps({
     "pools": pools,
     "same_images": bool(np.array_equal(serial.train_images, pooled.train_images)

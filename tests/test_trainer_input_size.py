@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.preprocess import PreprocessSpec, array_to_input, load_image
-from trainer.data import Progress, load_dataset
+from trainer.progress import Progress
+from trainer.sources import load_dataset
 from trainer_fixtures import cifar_members, write_cifar_folder
 
 QUIET = Progress(quiet=True)
@@ -39,17 +40,17 @@ def test_decoded_images_are_not_copied_when_every_file_reads(split_dataset: Path
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """At 96 px and above a second copy of the set is what memory cannot afford: each split's array is
     the one its files were decoded into."""
-    import trainer.data as data_module
+    import trainer.sources.image_folders as image_folders
 
     decoded = []
-    decode = data_module.decode_images
+    decode = image_folders.decode_images
 
     def recording(*args, **kwargs):
         result = decode(*args, **kwargs)
         decoded.append(result[0])
         return result
 
-    monkeypatch.setattr(data_module, "decode_images", recording)
+    monkeypatch.setattr(image_folders, "decode_images", recording)
     dataset = load_dataset(split_dataset, progress=QUIET, spec=SPEC_48)
     assert len(decoded) == 2
     assert dataset.train_images is decoded[0] and dataset.test_images is decoded[1]

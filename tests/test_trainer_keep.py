@@ -11,10 +11,13 @@ import pytest
 
 from synthetic import CLASS_NAMES
 from trainer_fixtures import InterruptAfterEpoch
-from trainer.data import Progress
+from trainer.checkpoint import CHECKPOINT_DIR, read_checkpoint
+from trainer.config import TrainConfig
+from trainer.epochs import epoch_status
 from trainer.keep import (KEEP_BEST, KEEP_LAST, RULE_BEST, RULE_LAST, RULE_LAST_NO_VALIDATION, KeptEpoch,
                           choose_epoch)
-from trainer.train import CHECKPOINT_DIR, TrainConfig, TrainingInterrupted, epoch_status, read_checkpoint, train
+from trainer.progress import Progress
+from trainer.train import TrainingInterrupted, train
 
 QUIET = Progress(quiet=True)
 SMALL_BATCH = 32
@@ -121,7 +124,7 @@ def test_keep_last_keeps_the_final_epoch(split_dataset: Path, tmp_path: Path) ->
     import keras
 
     from edge_runtime.preprocess import scale_pixels
-    from trainer.data import load_dataset
+    from trainer.sources import load_dataset
 
     dataset = load_dataset(split_dataset, progress=QUIET)
     answers = keras.models.load_model(tmp_path / "model.keras").predict(scale_pixels(dataset.test_images), verbose=0)
@@ -212,12 +215,12 @@ def test_time_left_leaves_out_the_first_step_which_compiles_the_graph() -> None:
 
 def test_status_line_of_the_training_callback_starts_timing_after_step_1(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainer import train as train_module
+    from trainer import epochs
 
-    callback = train_module._epoch_callback(tmp_path, {}, {}, CLASS_NAMES, 15, 64, 0.0, Progress(live=True))
+    callback = epochs.epoch_callback(tmp_path, {}, {}, CLASS_NAMES, 15, 64, 0.0, Progress(live=True))
     callback.set_params({"steps": 100})
     clock = iter([100.0, 112.0, *(112.0 + 0.1 * step for step in range(1, 11))])
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(epochs.time, "perf_counter", lambda: next(clock))
     callback.on_epoch_begin(0)
     for batch in range(11):  # step 1 ends 12 s in, then a step every 0.1 s
         callback.on_train_batch_end(batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.model import RECIPE_PARAMETER_COUNT, build_model
+from trainer.models.cnn import RECIPE_PARAMETER_COUNT, build_model
 
 # (layer class, output shape without the batch axis) in the documented order.
 RECIPE_LAYERS = (

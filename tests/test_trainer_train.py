@@ -15,12 +15,14 @@ from edge_runtime.model_file.labels import read_labels
 from edge_runtime.preprocess import scale_pixels
 from synthetic import CLASS_NAMES, write_image_folder
 from trainer_fixtures import InterruptAfterEpoch
-from trainer import train as train_module
-from trainer.data import Progress, load_dataset
+from trainer.checkpoint import CHECKPOINT_DIR, CheckpointError, RunExists, read_checkpoint, write_checkpoint
+from trainer.config import TrainConfig
 from trainer.invocation import MAKE_ENV, resume_command
-from trainer.train import (CHECKPOINT_DIR, MIN_VALIDATION_IMAGES, CheckpointError, RunExists, TrainConfig,
-                           TrainingInterrupted, one_class_answer, read_checkpoint, shuffled_split, train,
-                           validation_count, validation_warning, write_outputs)
+from trainer.outputs import one_class_answer, write_outputs
+from trainer.progress import Progress
+from trainer.sources import load_dataset
+from trainer.train import TrainingInterrupted, train
+from trainer.validation import MIN_VALIDATION_IMAGES, shuffled_split, validation_count, validation_warning
 
 QUIET = Progress(quiet=True)
 HISTORY_KEYS = ["accuracy", "loss", "val_accuracy", "val_loss"]
@@ -164,8 +166,8 @@ def test_interrupted_run_resumes_to_the_same_epoch_count(split_dataset: Path, tm
 def test_resume_refuses_a_checkpoint_from_different_settings(small_model, split_dataset: Path,
                                                             tmp_path: Path) -> None:
     made_with = TrainConfig(data=split_dataset, out=tmp_path, epochs=2, batch_size=SMALL_BATCH)
-    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]},
-                                   made_with.recipe(), sorted(CLASS_NAMES), 1.0)
+    write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]},
+                     made_with.recipe(), sorted(CLASS_NAMES), 1.0)
     changed = TrainConfig(data=split_dataset, out=tmp_path, epochs=2, batch_size=16, resume=True)
     with pytest.raises(CheckpointError) as error:
         train(changed, QUIET)
@@ -185,8 +187,8 @@ def test_resume_without_a_checkpoint_says_so(split_dataset: Path, tmp_path: Path
 def test_fresh_start_refuses_to_replace_an_unfinished_run(small_model, split_dataset: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch, make: bool) -> None:
     recipe = TrainConfig(data=split_dataset, epochs=4).recipe()
-    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
-                                   sorted(CLASS_NAMES), 1.0)
+    write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
+                     sorted(CLASS_NAMES), 1.0)
     before = sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir())
     if make:
         monkeypatch.setenv(MAKE_ENV, "1")
@@ -209,8 +211,8 @@ def test_a_run_with_every_epoch_but_no_outputs_is_written_by_resuming(small_mode
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MAKE_ENV, raising=False)
     recipe = TrainConfig(data=split_dataset, epochs=2).recipe()
-    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
-                                   sorted(CLASS_NAMES), 1.0)
+    write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 2, {"loss": [1.0, 0.9]}, recipe,
+                     sorted(CLASS_NAMES), 1.0)
     with pytest.raises(RunExists) as refused:
         train(TrainConfig(data=split_dataset, out=tmp_path, epochs=2), QUIET)
     assert str(refused.value) == (
@@ -221,8 +223,8 @@ def test_a_run_with_every_epoch_but_no_outputs_is_written_by_resuming(small_mode
 def test_force_replaces_a_run_and_says_so(small_model, split_dataset: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     recipe = TrainConfig(data=split_dataset, epochs=4).recipe()
-    train_module._write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 3, {"loss": [1.0, 0.9, 0.8]}, recipe,
-                                   sorted(CLASS_NAMES), 1.0)
+    write_checkpoint(tmp_path / CHECKPOINT_DIR, small_model, 3, {"loss": [1.0, 0.9, 0.8]}, recipe,
+                     sorted(CLASS_NAMES), 1.0)
     result = train(TrainConfig(data=split_dataset, out=tmp_path, epochs=1, batch_size=SMALL_BATCH, force=True),
                    QUIET)
     assert capsys.readouterr().err.startswith(
@@ -307,7 +309,7 @@ def test_too_few_images_for_a_validation_split(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def small_model():
-    from trainer.model import build_model
+    from trainer.models.cnn import build_model
 
     return build_model(num_classes=len(CLASS_NAMES))
 
@@ -351,7 +353,7 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(small_model, tm
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / CHECKPOINT_DIR
     recipe = TrainConfig(data=tmp_path).recipe()
-    train_module._write_checkpoint(folder, small_model, 1, {"loss": [1.0]}, recipe, CLASS_NAMES, 2.0)
+    write_checkpoint(folder, small_model, 1, {"loss": [1.0]}, recipe, CLASS_NAMES, 2.0)
 
     def crashing_save(path, *args, **kwargs):
         Path(path).write_bytes(b"PK\x03\x04 half")
@@ -359,7 +361,7 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(small_model, tm
 
     monkeypatch.setattr(small_model, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        train_module._write_checkpoint(folder, small_model, 2, {"loss": [1.0, 0.9]}, recipe, CLASS_NAMES, 4.0)
+        write_checkpoint(folder, small_model, 2, {"loss": [1.0, 0.9]}, recipe, CLASS_NAMES, 4.0)
     checkpoint = read_checkpoint(tmp_path)
     assert (checkpoint.epoch, checkpoint.history, checkpoint.training_seconds) == (1, {"loss": [1.0]}, 2.0)
     assert sorted(p.name for p in folder.iterdir()) == ["epoch-001.keras", "state.json"]

@@ -8,24 +8,36 @@ Augmentation (random horizontal flip, random shift with reflected borders) is ap
 training batches only: it is no part of the model and never reaches the exported files. Rotation
 is left out: unlike a flip or a shift it resamples every pixel, which costs more than the rest of
 the pipeline on a small CPU.
+
+The fit and evaluation data `train()` hands to Keras come from here too: float32 arrays in memory
+(the documented recipe's way) or these batches as a tf.data stream.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+
+from .tensorflow_env import import_tensorflow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import TrainConfig
+    from .dataset import Dataset
 
 # The largest shift, as a fraction of the image side (MLPerf Tiny's reference uses 0.1).
 DEFAULT_SHIFT = 0.1
 # Salts that keep the order and the augmentation draws of one epoch independent of each other.
 ORDER_STREAM = 0
 AUGMENT_STREAM = 1
+# Batches the input pipeline prepares ahead of the training step.
+PREFETCH_BATCHES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,3 +131,47 @@ def evaluation_batches(images: np.ndarray, labels: np.ndarray, index: np.ndarray
         weights = np.concatenate([np.ones(len(chosen)), np.zeros(padding)]).astype(np.float32)
         chosen = np.concatenate([chosen, np.repeat(chosen[-1:], padding)])
         yield scale_pixels(images[chosen], spec), one_hot(labels[chosen], num_classes), weights
+
+
+def stream(generate: Any, *args: Any, batches: int | None = None, weighted: bool = False) -> Any:
+    """A tf.data pipeline over `generate(*args)`, which yields (float32 inputs, one-hot targets) batches,
+    with sample weights as a third array when `weighted`.
+
+    `batches` is how many a finite stream yields: Keras then knows where an evaluation ends.
+    """
+    tf = import_tensorflow()
+    images, num_classes = args[0], args[3]
+    signature = (tf.TensorSpec((None, *images.shape[1:]), tf.float32), tf.TensorSpec((None, num_classes), tf.float32))
+    if weighted:
+        signature += (tf.TensorSpec((None,), tf.float32),)
+    dataset = tf.data.Dataset.from_generator(functools.partial(generate, *args), output_signature=signature)
+    if batches is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    return dataset.prefetch(PREFETCH_BATCHES)
+
+
+def evaluation_stream(images: np.ndarray, labels: np.ndarray, index: np.ndarray | None, num_classes: int,
+                      spec: PreprocessSpec, batch_size: int, replicas: int) -> Any:
+    """Evaluation batches in order, as a stream of known length (padded for the devices when distributed)."""
+    count = len(images) if index is None else len(index)
+    return stream(evaluation_batches, images, labels, index, num_classes, spec, batch_size, replicas,
+                  batches=steps_per_epoch(count, batch_size), weighted=replicas > 1)
+
+
+def fit_data(dataset: Dataset, index: np.ndarray, config: TrainConfig, spec: PreprocessSpec, streaming: bool,
+             evaluation: bool = False, replicas: int = 1) -> Any:
+    """The images at `index` as the network takes them: (float32 array, one-hot) in memory, or a stream."""
+    if streaming and evaluation:
+        return evaluation_stream(dataset.train_images, dataset.train_labels, index, dataset.num_classes, spec,
+                                 config.batch_size, replicas)
+    # The fancy indexing copies, in shuffled order (the documented recipe's arrays).
+    return (scale_pixels(dataset.train_images[index], spec), one_hot(dataset.train_labels[index], dataset.num_classes))
+
+
+def evaluation_data(dataset: Dataset, config: TrainConfig, spec: PreprocessSpec, streaming: bool,
+                    replicas: int = 1) -> Any:
+    """The test set as the network takes it: arrays for the documented path, else a stream."""
+    if streaming:
+        return evaluation_stream(dataset.test_images, dataset.test_labels, None, dataset.num_classes, spec,
+                                 config.batch_size, replicas)
+    return scale_pixels(dataset.test_images, spec), one_hot(dataset.test_labels, dataset.num_classes)

@@ -13,13 +13,17 @@ import click
 
 from edge_runtime.errors import EdgeError
 
-from .data import DEFAULT_SEED, DEFAULT_TEST_FRACTION, Progress
+from .checkpoint import read_checkpoint
+from .config import DEFAULT_OUT, TrainConfig
+from .dataset import DEFAULT_SEED, DEFAULT_TEST_FRACTION
 from .invocation import resume_command
 from .tensorflow_env import require_packages
 from .keep import KEEP_BEST, KEEP_CHOICES, KEEP_LAST, RULE_BEST
 from .models import ARCH_NAMES, ARCHS, DEFAULT_ARCH, DEFAULT_VALIDATION_FRACTION
 from .models.mobilenetv2 import IMAGENET
-from .train import DEFAULT_OUT, TrainConfig, TrainingInterrupted, TrainResult, read_checkpoint, train
+from .outputs import TrainResult
+from .progress import Progress
+from .train import TrainingInterrupted, train
 
 EXIT_DATA_ERROR = 1
 EXIT_INTERRUPTED = 130  # the shell's convention for a program stopped by SIGINT

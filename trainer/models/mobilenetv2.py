@@ -23,7 +23,7 @@ IMAGENET = "imagenet"
 DEFAULT_ALPHA = 0.35
 # The width multipliers Keras publishes ImageNet weights for.
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
-# The layer that `trainer.train` freezes for the first epochs of a run from pretrained weights.
+# The layer that `trainer.phases` freezes for the first epochs of a run from pretrained weights.
 BACKBONE_NAME = "backbone"
 MODEL_NAME = "mobilenetv2"
 
