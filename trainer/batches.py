@@ -36,8 +36,6 @@ DEFAULT_SHIFT = 0.1
 # Salts that keep the order and the augmentation draws of one epoch independent of each other.
 ORDER_STREAM = 0
 AUGMENT_STREAM = 1
-# Batches the input pipeline prepares ahead of the training step.
-PREFETCH_BATCHES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +129,10 @@ def evaluation_batches(images: np.ndarray, labels: np.ndarray, index: np.ndarray
         weights = np.concatenate([np.ones(len(chosen)), np.zeros(padding)]).astype(np.float32)
         chosen = np.concatenate([chosen, np.repeat(chosen[-1:], padding)])
         yield scale_pixels(images[chosen], spec), one_hot(labels[chosen], num_classes), weights
+
+
+# Batches the input pipeline prepares ahead of the training step.
+PREFETCH_BATCHES = 2
 
 
 def stream(generate: Any, *args: Any, batches: int | None = None, weighted: bool = False) -> Any:
