@@ -19,8 +19,6 @@ schema cannot say: crop and resize policy, resampling, EXIF orientation, the bac
 from __future__ import annotations
 
 import dataclasses
-import io
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,7 @@ from edge_runtime.errors import ModelError
 from edge_runtime.model_file.flatbuffer_check import verify
 from edge_runtime.model_file.limits import (ARCHIVE_MAX_ENTRIES, ASSOCIATED_FILE, LABELS, METADATA_FLATBUFFER_MAX_BYTES,
                                             check_bytes, check_text, size_text)
-from edge_runtime.model_file.metadata import FIXED_ZIP_TIMESTAMP, INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY
+from edge_runtime.model_file.metadata import INFO_ENTRY, LABELS_ENTRY, PREPROCESS_ENTRY, append_stored_files
 from edge_runtime.model_file.official_metadata import (METADATA_BUFFER_NAME, METADATA_FILE_IDENTIFIER, METADATA_SCHEMA,
                                                        read_official_metadata)
 from edge_runtime.preprocess import PIXEL_SCALE, Normalization, PreprocessSpec
@@ -183,12 +181,7 @@ def append_files(model_bytes: bytes, files: dict[str, bytes]) -> bytes:
         raise ModelError(f"refusing to append {len(files)} files: the limit is {ARCHIVE_MAX_ENTRIES}")
     for name, data in files.items():
         check_bytes(data, ASSOCIATED_FILE, f"refusing to append {name}")
-    buffer = io.BytesIO()
-    buffer.write(model_bytes)
-    with zipfile.ZipFile(buffer, mode="a", compression=zipfile.ZIP_STORED) as archive:
-        for name, data in files.items():
-            archive.writestr(zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIMESTAMP), data)
-    return buffer.getvalue()
+    return append_stored_files(model_bytes, files)
 
 
 def _name(value: bytes | str | None) -> bytes:

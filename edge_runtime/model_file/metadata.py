@@ -72,13 +72,19 @@ def embed_metadata(model_bytes: bytes, metadata: ModelMetadata) -> bytes:
     check_text(labels_text, LABELS, where + LABELS_ENTRY)
     for name in (PREPROCESS_ENTRY, INFO_ENTRY):
         check_bytes(entries[name], JSON_ENTRY, where + name)
+    return append_stored_files(model_bytes, entries)
+
+
+def append_stored_files(model_bytes: bytes, files: dict[str, bytes]) -> bytes:
+    """`model_bytes` followed by a zip archive of `files`, stored uncompressed with a fixed date
+    (the writer of both our metadata and the official metadata's associated files)."""
     import zipfile  # the writer's side only: reading goes through bounded_zip, which needs no zipfile
 
     buffer = io.BytesIO()
     buffer.write(model_bytes)
     # Mode "a" on bytes that are not a zip appends a new archive after them.
     with zipfile.ZipFile(buffer, mode="a", compression=zipfile.ZIP_STORED) as archive:
-        for name, data in entries.items():
+        for name, data in files.items():
             archive.writestr(zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIMESTAMP), data)
     return buffer.getvalue()
 
