@@ -19,20 +19,22 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 
 from edge_runtime.errors import DataError
+from edge_runtime.preprocess import PreprocessSpec
 
 from .batch_norm import RECALIBRATION_IMAGES, recalibration_batches, recalibration_callback
 from .batches import DEFAULT_AUGMENTATION, evaluation_data, fit_data, steps_per_epoch, stream, training_batches
-from .checkpoint import (CHECKPOINT_DIR, CHECKPOINT_MODEL_PATTERN, CheckpointError, check_resumable, finished_result,
-                         read_checkpoint, refuse_to_replace)
+from .checkpoint import (CHECKPOINT_DIR, CHECKPOINT_MODEL_PATTERN, Checkpoint, CheckpointError, check_resumable,
+                         finished_result, read_checkpoint, refuse_to_replace)
 from .config import TrainConfig, recalibrates_batch_norm, streams_batches
 from .distribution import check_replicas, distribution_strategy, strategy_scope
 from .epochs import epoch_callback
-from .keep import choose_epoch
+from .dataset import Dataset
+from .keep import KeptEpoch, choose_epoch
 from .outputs import TrainResult, one_class_answer, training_report, write_outputs
 from .phases import prepare_phase, training_phases
 from .progress import Progress
@@ -91,18 +93,12 @@ def train(config: TrainConfig, progress: Progress | None = None,
     progress = progress if progress is not None else Progress()
     out = Path(config.out)
     folder = out / CHECKPOINT_DIR
-    checkpoint = None
-    if config.resume:
-        checkpoint = read_checkpoint(out)
-        if checkpoint is None:
-            raise CheckpointError(f"{folder}: no checkpoint to resume from; run without --resume to start")
-        check_resumable(checkpoint, config, folder)
+    checkpoint = _starting_checkpoint(config, out, progress)
+    if checkpoint is not None:
         complete = finished_result(out, config, checkpoint)
         if complete is not None:
             return complete
         progress.message(f"resuming from epoch {checkpoint.epoch} of {config.epochs} ({checkpoint.model_path})")
-    else:
-        refuse_to_replace(out, config.force, progress)
 
     started = time.perf_counter()
     spec = config.spec()
@@ -113,11 +109,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
     if checkpoint is not None and checkpoint.class_names != dataset.class_names:
         raise CheckpointError(f"{folder}: the checkpoint's classes ({', '.join(checkpoint.class_names)}) "
                               f"differ from the data's ({', '.join(dataset.class_names)})")
-
-    train_index, validation_index = shuffled_split(dataset.train_count, config.validation_fraction, config.seed)
-    if len(train_index) == 0 or (config.validation_fraction > 0 and len(validation_index) == 0):
-        raise DataError(f"{dataset.source}: {dataset.train_count} training image(s) are too few to hold out "
-                        f"{config.validation_fraction:.0%} for validation")
+    train_index, validation_index = _validation_split(dataset, config)
 
     # Lazy and quiet: after the data, so `--help` and data errors never wait for TensorFlow.
     import_tensorflow()
@@ -141,64 +133,150 @@ def train(config: TrainConfig, progress: Progress | None = None,
     session_training_seconds = 0.0
     checkpoint_seconds = 0.0
     if initial_epoch < config.epochs:
-        validation = None
-        if len(validation_index):
-            validation = fit_data(dataset, validation_index, config, spec, streaming, evaluation=True,
-                                  replicas=replicas)
-        whole_batches = replicas > 1
-        steps = steps_per_epoch(len(train_index), config.batch_size, drop_remainder=whole_batches)
-        epoch_checkpoint = epoch_callback(folder, history, config.recipe(), dataset.class_names, config.epochs,
-                                          config.batch_size, prior_seconds, progress)
-        fit_callbacks = [epoch_checkpoint, *callbacks]
-        if recalibrates_batch_norm(config):
-            # Before the checkpointing callback, so that each saved epoch carries the new statistics.
-            fit_callbacks.insert(0, recalibration_callback(functools.partial(
-                recalibration_batches, dataset.train_images, train_index, spec, config.batch_size)))
-            progress.message(f"batch-norm statistics recomputed after each epoch from "
-                             f"{min(RECALIBRATION_IMAGES, len(train_index)):,} training images")
-        too_few = validation_warning(dataset.train_count, config.validation_fraction, config.keep)
-        if too_few is not None:
-            progress.warning(too_few)
-        augmentation = "augmented, " if config.augment else ""
-        progress.message(f"training {config.arch} on {len(train_index):,} {spec.width}x{spec.height} images "
-                         f"({augmentation}{'streamed' if streaming else 'in memory'}), validating on "
-                         f"{len(validation_index):,}: epochs {initial_epoch + 1}..{config.epochs}, "
-                         f"batch {config.batch_size}")
-        fit_started = time.perf_counter()
-        try:
-            for phase in training_phases(config):
-                if phase.end_epoch <= initial_epoch:
-                    continue
-                first = max(phase.first_epoch, initial_epoch)
-                if first == phase.first_epoch:  # a phase starting now; a resumed one has its optimizer
-                    with strategy_scope(strategy):
-                        prepare_phase(model, config, phase, steps)
-                    if phase.first_epoch > 0:
-                        progress.message(f"fine-tuning the whole network from epoch {first + 1} at learning rate "
-                                         f"{phase.learning_rate:g}")
-                    elif not phase.backbone_trainable:
-                        progress.message(f"pretrained backbone frozen for epochs 1..{phase.end_epoch}")
-                if streaming:
-                    model.fit(stream(training_batches, dataset.train_images, dataset.train_labels, train_index,
-                                     dataset.num_classes, spec, config.batch_size, config.seed, first, None,
-                                     DEFAULT_AUGMENTATION if config.augment else None, whole_batches),
-                              epochs=phase.end_epoch, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
-                              validation_data=validation, verbose=0, callbacks=fit_callbacks)
-                else:
-                    x_train, y_train = fit_data(dataset, train_index, config, spec, streaming)
-                    model.fit(x_train, y_train, batch_size=config.batch_size, epochs=phase.end_epoch,
-                              initial_epoch=first, validation_data=validation, shuffle=True, verbose=0,
-                              callbacks=fit_callbacks)
-                    del x_train, y_train
-        except KeyboardInterrupt as interrupt:
-            progress.end_status()
-            raise TrainingInterrupted(initial_epoch + epoch_checkpoint.epochs_completed, config.epochs,
-                                      out) from interrupt
-        session_training_seconds = time.perf_counter() - fit_started
-        checkpoint_seconds = epoch_checkpoint.checkpoint_seconds
-        del validation
+        session_training_seconds, checkpoint_seconds = _fit(
+            model, history, config, dataset, spec, train_index, validation_index, initial_epoch=initial_epoch,
+            prior_seconds=prior_seconds, strategy=strategy, replicas=replicas, streaming=streaming,
+            callbacks=callbacks, progress=progress)
     else:
         progress.message(f"all {config.epochs} epochs are trained; evaluating and writing the outputs")
+
+    evaluation = _evaluate_kept(model, test_set, history, config, dataset)
+    model = evaluation.model
+    progress.message(f"kept epoch {evaluation.kept.epoch} of {config.epochs} ({evaluation.kept.rule}): test accuracy "
+                     f"{evaluation.test_accuracy:.4f}, loss {evaluation.test_loss:.4f} on {dataset.test_count:,} "
+                     f"images (last epoch: {evaluation.last_accuracy:.4f})")
+
+    durations = {
+        "loading_seconds": round(loading_seconds, 3),
+        "training_seconds": round(prior_seconds + session_training_seconds, 3),
+        "training_seconds_this_session": round(session_training_seconds, 3),
+        "checkpoint_seconds_this_session": round(checkpoint_seconds, 3),
+        "evaluation_seconds": round(evaluation.seconds, 3),
+    }
+    kept, test_loss, test_accuracy = evaluation.kept, evaluation.test_loss, evaluation.test_accuracy
+    report = training_report(config, dataset, history, test_loss, test_accuracy,
+                             durations, resumed_from_epoch=initial_epoch,
+                             validation_count=len(validation_index), train_count=len(train_index),
+                             parameters=int(model.count_params()), kept=kept,
+                             last_epoch_test={"loss": evaluation.last_loss, "accuracy": evaluation.last_accuracy},
+                             one_class=evaluation.one_class)
+    paths = write_outputs(out, model, dataset.class_names, history, report, kept_epoch=kept.epoch)
+    progress.message(f"wrote {', '.join(path.name for path in paths.values())} to {out}")
+    return TrainResult(out=out, model_path=paths["model"], labels_path=paths["labels"],
+                       report_path=paths["report"], plot_path=paths["plot"], history=history,
+                       test_loss=test_loss, test_accuracy=test_accuracy,
+                       epochs_completed=config.epochs, resumed_from_epoch=initial_epoch, durations=durations,
+                       kept=kept, last_epoch_test_accuracy=evaluation.last_accuracy,
+                       one_class_answer=evaluation.one_class)
+
+
+def _starting_checkpoint(config: TrainConfig, out: Path, progress: Progress) -> Checkpoint | None:
+    """The checkpoint a resumed run continues from, checked against `config`; None for a fresh run,
+    once it is sure to replace nothing it must not (RunExists)."""
+    if not config.resume:
+        refuse_to_replace(out, config.force, progress)
+        return None
+    folder = out / CHECKPOINT_DIR
+    checkpoint = read_checkpoint(out)
+    if checkpoint is None:
+        raise CheckpointError(f"{folder}: no checkpoint to resume from; run without --resume to start")
+    check_resumable(checkpoint, config, folder)
+    return checkpoint
+
+
+def _validation_split(dataset: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices of the training images; DataError when too few to hold any out."""
+    train_index, validation_index = shuffled_split(dataset.train_count, config.validation_fraction, config.seed)
+    if len(train_index) == 0 or (config.validation_fraction > 0 and len(validation_index) == 0):
+        raise DataError(f"{dataset.source}: {dataset.train_count} training image(s) are too few to hold out "
+                        f"{config.validation_fraction:.0%} for validation")
+    return train_index, validation_index
+
+
+def _fit(model: "keras.Model", history: dict[str, list[float]], config: TrainConfig, dataset: Dataset,
+         spec: PreprocessSpec, train_index: np.ndarray, validation_index: np.ndarray, *, initial_epoch: int,
+         prior_seconds: float, strategy: Any, replicas: int, streaming: bool, callbacks: Sequence[Any],
+         progress: Progress) -> tuple[float, float]:
+    """Fit epochs initial_epoch + 1 .. config.epochs, phase by phase, checkpointing after each epoch.
+
+    Returns (training seconds, checkpointing seconds) of this session; TrainingInterrupted on Ctrl-C.
+    """
+    out = Path(config.out)
+    folder = out / CHECKPOINT_DIR
+    validation = None
+    if len(validation_index):
+        validation = fit_data(dataset, validation_index, config, spec, streaming, evaluation=True,
+                              replicas=replicas)
+    whole_batches = replicas > 1
+    steps = steps_per_epoch(len(train_index), config.batch_size, drop_remainder=whole_batches)
+    epoch_checkpoint = epoch_callback(folder, history, config.recipe(), dataset.class_names, config.epochs,
+                                      config.batch_size, prior_seconds, progress)
+    fit_callbacks = [epoch_checkpoint, *callbacks]
+    if recalibrates_batch_norm(config):
+        # Before the checkpointing callback, so that each saved epoch carries the new statistics.
+        fit_callbacks.insert(0, recalibration_callback(functools.partial(
+            recalibration_batches, dataset.train_images, train_index, spec, config.batch_size)))
+        progress.message(f"batch-norm statistics recomputed after each epoch from "
+                         f"{min(RECALIBRATION_IMAGES, len(train_index)):,} training images")
+    too_few = validation_warning(dataset.train_count, config.validation_fraction, config.keep)
+    if too_few is not None:
+        progress.warning(too_few)
+    augmentation = "augmented, " if config.augment else ""
+    progress.message(f"training {config.arch} on {len(train_index):,} {spec.width}x{spec.height} images "
+                     f"({augmentation}{'streamed' if streaming else 'in memory'}), validating on "
+                     f"{len(validation_index):,}: epochs {initial_epoch + 1}..{config.epochs}, "
+                     f"batch {config.batch_size}")
+    fit_started = time.perf_counter()
+    try:
+        for phase in training_phases(config):
+            if phase.end_epoch <= initial_epoch:
+                continue
+            first = max(phase.first_epoch, initial_epoch)
+            if first == phase.first_epoch:  # a phase starting now; a resumed one has its optimizer
+                with strategy_scope(strategy):
+                    prepare_phase(model, config, phase, steps)
+                if phase.first_epoch > 0:
+                    progress.message(f"fine-tuning the whole network from epoch {first + 1} at learning rate "
+                                     f"{phase.learning_rate:g}")
+                elif not phase.backbone_trainable:
+                    progress.message(f"pretrained backbone frozen for epochs 1..{phase.end_epoch}")
+            if streaming:
+                model.fit(stream(training_batches, dataset.train_images, dataset.train_labels, train_index,
+                                 dataset.num_classes, spec, config.batch_size, config.seed, first, None,
+                                 DEFAULT_AUGMENTATION if config.augment else None, whole_batches),
+                          epochs=phase.end_epoch, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
+                          validation_data=validation, verbose=0, callbacks=fit_callbacks)
+            else:
+                x_train, y_train = fit_data(dataset, train_index, config, spec, streaming)
+                model.fit(x_train, y_train, batch_size=config.batch_size, epochs=phase.end_epoch,
+                          initial_epoch=first, validation_data=validation, shuffle=True, verbose=0,
+                          callbacks=fit_callbacks)
+                del x_train, y_train
+    except KeyboardInterrupt as interrupt:
+        progress.end_status()
+        raise TrainingInterrupted(initial_epoch + epoch_checkpoint.epochs_completed, config.epochs,
+                                  out) from interrupt
+    return time.perf_counter() - fit_started, epoch_checkpoint.checkpoint_seconds
+
+
+class Evaluation(NamedTuple):
+    """The kept epoch's model and its test figures, beside the last epoch's."""
+
+    model: Any  # keras.Model
+    kept: KeptEpoch
+    test_loss: float
+    test_accuracy: float
+    last_loss: float
+    last_accuracy: float
+    one_class: str | None  # the class every test image was given, when the model answers only one
+    seconds: float
+
+
+def _evaluate_kept(model: "keras.Model", test_set: Any, history: dict[str, list[float]], config: TrainConfig,
+                   dataset: Dataset) -> Evaluation:
+    """Evaluate the last epoch on the test set, then the kept epoch (loaded from its checkpoint when it
+    is another)."""
+    import keras
 
     started = time.perf_counter()
     last_loss, last_accuracy = _evaluate(model, test_set)
@@ -206,33 +284,12 @@ def train(config: TrainConfig, progress: Progress | None = None,
     if kept.epoch == config.epochs:
         test_loss, test_accuracy = last_loss, last_accuracy
     else:
+        folder = Path(config.out) / CHECKPOINT_DIR
         with native_output_to_log():
             model = keras.models.load_model(folder / CHECKPOINT_MODEL_PATTERN.format(epoch=kept.epoch))
         test_loss, test_accuracy = _evaluate(model, test_set)
     answered = one_class_answer(_predicted_classes(model, test_set), dataset.test_labels)
     one_class = None if answered is None else dataset.class_names[answered]
-    evaluation_seconds = time.perf_counter() - started
-    progress.message(f"kept epoch {kept.epoch} of {config.epochs} ({kept.rule}): test accuracy "
-                     f"{test_accuracy:.4f}, loss {test_loss:.4f} on {dataset.test_count:,} images "
-                     f"(last epoch: {last_accuracy:.4f})")
-
-    durations = {
-        "loading_seconds": round(loading_seconds, 3),
-        "training_seconds": round(prior_seconds + session_training_seconds, 3),
-        "training_seconds_this_session": round(session_training_seconds, 3),
-        "checkpoint_seconds_this_session": round(checkpoint_seconds, 3),
-        "evaluation_seconds": round(evaluation_seconds, 3),
-    }
-    report = training_report(config, dataset, history, float(test_loss), float(test_accuracy),
-                             durations, resumed_from_epoch=initial_epoch,
-                             validation_count=len(validation_index), train_count=len(train_index),
-                             parameters=int(model.count_params()), kept=kept,
-                             last_epoch_test={"loss": float(last_loss), "accuracy": float(last_accuracy)},
-                             one_class=one_class)
-    paths = write_outputs(out, model, dataset.class_names, history, report, kept_epoch=kept.epoch)
-    progress.message(f"wrote {', '.join(path.name for path in paths.values())} to {out}")
-    return TrainResult(out=out, model_path=paths["model"], labels_path=paths["labels"],
-                       report_path=paths["report"], plot_path=paths["plot"], history=history,
-                       test_loss=float(test_loss), test_accuracy=float(test_accuracy),
-                       epochs_completed=config.epochs, resumed_from_epoch=initial_epoch, durations=durations,
-                       kept=kept, last_epoch_test_accuracy=float(last_accuracy), one_class_answer=one_class)
+    return Evaluation(model=model, kept=kept, test_loss=float(test_loss), test_accuracy=float(test_accuracy),
+                      last_loss=float(last_loss), last_accuracy=float(last_accuracy), one_class=one_class,
+                      seconds=time.perf_counter() - started)
