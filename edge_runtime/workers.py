@@ -134,7 +134,7 @@ def _worker_main(settings: ClassifierSettings, output: OutputSettings, tasks: An
     try:
         classifier = settings.build()
     except Exception as error:  # reported by the parent as one line
-        if _send(results, (SETUP_FAILED, str(error), 0, 0)):
+        if send_answer(results, (SETUP_FAILED, str(error), 0, 0)):
             _wait_for_stop(tasks, parent_pid)
         return
     recorder = _Recorder()
@@ -154,14 +154,14 @@ def _worker_main(settings: ClassifierSettings, output: OutputSettings, tasks: An
         try:
             classify_items(classifier, items, writer, output.top_k, output.threshold, clock, summary)
         except ModelError as error:  # the model's fault, not the files': the parent stops the run
-            if _send(results, (MODEL_FAILED, str(error), 0, 0)):
+            if send_answer(results, (MODEL_FAILED, str(error), 0, 0)):
                 _wait_for_stop(tasks, parent_pid)
             return
-        if not _send(results, (sequence, recorder.take(), summary.classified, summary.failed)):
+        if not send_answer(results, (sequence, recorder.take(), summary.classified, summary.failed)):
             return
 
 
-def _send(results: connection.Connection, message: tuple[int, Any, int, int]) -> bool:
+def send_answer(results: connection.Connection, message: tuple[int, Any, int, int]) -> bool:
     """Send one answer to the parent; False when nobody reads the pipe any more (the parent is gone)."""
     try:
         results.send(message)

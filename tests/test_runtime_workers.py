@@ -308,7 +308,7 @@ def test_answers_a_worker_sent_before_it_died_are_written(runtime_models, split_
     chunks it still held (or was given before its death was seen) are reported lost."""
     files = sorted((split_dataset / "test").rglob("*.png"))
     chunk, answered_then_died = 4, 2
-    original = workers_module._send
+    original = workers_module.send_answer
 
     def send_then_die(results, message) -> bool:
         sent = original(results, message)
@@ -316,7 +316,7 @@ def test_answers_a_worker_sent_before_it_died_are_written(runtime_models, split_
             os.kill(os.getpid(), signal.SIGKILL)
         return sent
 
-    monkeypatch.setattr(workers_module, "_send", send_then_die)
+    monkeypatch.setattr(workers_module, "send_answer", send_then_die)
     result = run("--model", runtime_models.int8, "--json", "--workers", "2", "--batch", chunk, *files)
     assert result.exit_code == 1
     records = [json.loads(line) for line in result.stdout.splitlines()]

@@ -119,7 +119,7 @@ def graph_values(model: bytes) -> list[GraphValue]:
     return sorted(found.values(), key=lambda value: value.position)
 
 
-def _stored(form: str, new: int | float) -> bytes:
+def stored_bytes(form: str, new: int | float) -> bytes:
     """`new` as a value of struct format `form` stores it (a float beyond float32's range becomes infinite)."""
     if form == "<f" and math.isfinite(new) and abs(new) > FLOAT32_MAX:
         new = math.copysign(math.inf, new)
@@ -128,5 +128,5 @@ def _stored(form: str, new: int | float) -> bytes:
 
 def write_graph_value(data: bytes, value: GraphValue, new: int | float) -> bytes:
     """`data` with `value` rewritten to `new`."""
-    stored = _stored(value.form, new)
+    stored = stored_bytes(value.form, new)
     return data[:value.position] + stored + data[value.position + len(stored):]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks.fuzz.archives import bomb_entry, raw_entry
-from benchmarks.fuzz.graph import FLOAT32_MAX, _stored, write_graph_value
+from benchmarks.fuzz.graph import FLOAT32_MAX, stored_bytes, write_graph_value
 from benchmarks.fuzz.seeds import Seed
 from edge_runtime.model_file.limits import ARCHIVE_MAX_ENTRIES, LABELS_MAX_BYTES, LABELS_MAX_LINES, MIB
 
@@ -40,8 +40,8 @@ def _replacements(form: str, current: int | float):
         chosen = tuple(sorted({min(max(value, low), high)
                                for value in (current + 1, current - 1, -current, current * 2, 0, 1, -1, low, high)}))
         anything = st.integers(low, high)
-    unchanged = _stored(form, current)
-    changes = tuple(value for value in chosen if _stored(form, value) != unchanged)
+    unchanged = stored_bytes(form, current)
+    changes = tuple(value for value in chosen if stored_bytes(form, value) != unchanged)
     return st.sampled_from(changes) | anything
 
 
