@@ -168,6 +168,7 @@ class Classifier:
             # Our own metadata says everything classification needs; the official one is read
             # (and its parser imported) only for models from elsewhere.
             self.official: OfficialMetadata | None = self.model_file.official_in_use
+            self.model_file.release_data()  # read for the official metadata: the interpreter has its own
         except OSError as error:
             raise ModelError(f"{model_path}: cannot read the model file ({error.strerror or error})") from error
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()

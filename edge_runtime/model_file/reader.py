@@ -52,6 +52,12 @@ class ModelFile:
         with open(self.path, "rb") as handle:
             return handle.read()
 
+    def release_data(self) -> None:
+        """Let go of the file's bytes; the facts read from them stay. What keeps a ModelFile for
+        long (a Classifier, for its whole run, in each worker) must not keep a second copy of
+        the model beside the interpreter's."""
+        self.__dict__.pop("data", None)
+
     @functools.cached_property
     def metadata(self) -> ModelMetadata | None:
         """Our embedded labels and preprocessing; None when the model carries none.
