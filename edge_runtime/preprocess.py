@@ -23,7 +23,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
-from .fixed_point_resize import fixed_point_bilinear
 
 # An image that declares more pixels than this is refused before it is decoded: a 40000x40000 PNG
 # would otherwise allocate gigabytes. 100 MP is above any phone or DSLR photo a user would classify.
@@ -291,6 +290,8 @@ def resize_for_input(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) ->
     if image.size == target:
         return image
     if spec.resample == FIXED_POINT_BILINEAR:
+        from .fixed_point_resize import fixed_point_bilinear  # models from elsewhere only: not at start-up
+
         return Image.fromarray(fixed_point_bilinear(np.asarray(image), spec.height, spec.width))
     box = None
     if spec.resize == "center_crop":
@@ -385,6 +386,8 @@ def array_to_input(frame: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np
         if frame.shape[:2] == (spec.height, spec.width) and frame.dtype == np.uint8:
             return np.ascontiguousarray(frame)
         if spec.resample == FIXED_POINT_BILINEAR:
+            from .fixed_point_resize import fixed_point_bilinear
+
             # Straight from the frame: no detour through Pillow.
             return fixed_point_bilinear(np.asarray(frame, dtype=np.uint8), spec.height, spec.width)
         image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGB")

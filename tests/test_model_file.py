@@ -75,7 +75,7 @@ def test_a_model_file_reads_nothing_until_asked_then_each_fact_once(runtime_mode
 def test_the_sha256_of_a_file_whose_bytes_were_not_read_is_streamed(runtime_models) -> None:
     model = ModelFile(runtime_models.float32)
     assert model.sha256 == hashlib.sha256(runtime_models.float32.read_bytes()).hexdigest()
-    assert "data" not in vars(model)  # not held in memory for a sha256 alone
+    assert not model.holds_data  # not held in memory for a sha256 alone
 
 
 def test_a_classifier_built_from_a_model_file_uses_its_answers(runtime_models, monkeypatch) -> None:
@@ -101,7 +101,7 @@ def test_info_reads_the_whole_file_once_and_a_classifier_keeps_no_copy_of_it(run
     path = getattr(runtime_models, name)
     expected_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     classifier = Classifier(path)
-    assert "data" not in vars(classifier.model_file)
+    assert not classifier.model_file.holds_data
     opens = count_opens(monkeypatch, path)
     facts = model_facts(classifier)
     assert opens == ["rb"]

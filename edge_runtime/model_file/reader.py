@@ -52,6 +52,11 @@ class ModelFile:
         with open(self.path, "rb") as handle:
             return handle.read()
 
+    @property
+    def holds_data(self) -> bool:
+        """Whether the file's bytes are in memory now."""
+        return "data" in self.__dict__
+
     def release_data(self) -> None:
         """Let go of the file's bytes; the facts read from them stay. What keeps a ModelFile for
         long (a Classifier, for its whole run, in each worker) must not keep a second copy of
