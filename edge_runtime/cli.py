@@ -18,18 +18,20 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Iterable, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, TextIO
 
 import click
 
 from . import __version__
-from .errors import BackendError, EdgeError
+from .errors import EdgeError
+from .cli_live import LIVE_PARAMETERS, check_live_options, live_options, live_run_options
 from .interpreter import BACKEND_ORDER
 from .model_file.choose import MODEL_ENV_VAR, MODEL_SUFFIX
 
 if TYPE_CHECKING:  # for annotations only: the modules themselves load when a run needs them
     from .batch import BatchSummary
     from .classify import Classifier
+    from .live_run import LiveOptions
     from .preprocess import Normalization
     from .sources.files import InputItem
 
@@ -237,29 +239,26 @@ def _classify_in_workers(stream: TextIO, classifier: Classifier, items: Iterable
         raise FatalError(str(error)) from error
 
 
-def _run_camera(classifier: Classifier, source: str, max_frames: int | None, as_json: bool, threshold: float) -> int:
-    from .errors import ModelError
-    from .sources.live import LiveStatus, classify_source
-
-    out = sys.stdout
-
-    def report(status: LiveStatus) -> None:
-        out.write((json.dumps(status.to_dict()) if as_json else status.line()) + "\n")
-        out.flush()
+def _run_camera(classifier: Classifier, options: LiveOptions, make_classifier: Callable[[], Classifier]) -> int:
+    from .live_run import run_live
+    from .sources.camera import CameraError
 
     def notify(message: str) -> None:
         click.echo(message, err=True)
 
     try:
-        summary = classify_source(classifier, None if source == CAMERA_AUTO else source, report, notify,
-                                  max_frames=max_frames, threshold=threshold)
-    except EdgeError as error:
-        if isinstance(error, (BackendError, ModelError)):  # no camera package, or a model that cannot run
-            raise FatalError(str(error)) from error
+        outcome = run_live(classifier, options, notify, make_classifier)
+    except CameraError as error:  # the source cannot be opened
         raise RunFailed(str(error)) from error
-    click.echo(summary.line(), err=True)
-    if summary.error is not None:
-        raise RunFailed(summary.error)
+    except EdgeError as error:  # no camera package, a model that cannot run, a bad -o file, folder or address
+        raise FatalError(str(error)) from error
+    click.echo(outcome.summary.line(), err=True)
+    if outcome.saved_line:
+        click.echo(outcome.saved_line, err=True)
+    if outcome.summary.error is not None:
+        raise RunFailed(outcome.summary.error)
+    if outcome.save_error is not None:
+        raise RunFailed(outcome.save_error)
     return EXIT_OK
 
 
@@ -320,8 +319,10 @@ def _check_combinations(inputs: tuple[str, ...], info: str | None, benchmark: st
                                          ("--manifest", manifest, "--verify", verify)):
         if value is not None and needed is None:
             raise click.UsageError(f"{option} only applies to {needs}")
-    for option, given in (("--output", output is not None), ("--recursive", recursive),
-                          ("--workers", workers is not None), ("--batch", batch is not None)):
+    if output is not None and not inputs and camera is None:
+        raise click.UsageError("--output only applies to image inputs and --camera")
+    for option, given in (("--recursive", recursive), ("--workers", workers is not None),
+                          ("--batch", batch is not None)):
         if given and not inputs:
             raise click.UsageError(f"{option} only applies to image inputs")
     models = [path for path in inputs if path.lower().endswith(MODEL_SUFFIX)]
@@ -355,11 +356,11 @@ def _normalization_option(ctx: click.Context, param: click.Parameter, value: str
               help="Input values (pixel - MEAN) / STD, over what the model says or the conventions guess "
                    "(three means and three stds for per-channel values).")
 @click.option("-k", "--top-k", default=1, show_default=True, type=click.IntRange(min=1),
-              help="How many classes to show per image.")
+              help="How many classes to show per image or frame.")
 @click.option("-t", "--threshold", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
               help='Below this best score, say "uncertain".')
-@click.option("--json", "as_json", is_flag=True, help="JSON lines (one object per image) instead of text.")
-@click.option("-o", "--output", metavar="FILE", help="Write the results to FILE instead of stdout.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (one object per image or frame) instead of text.")
+@click.option("-o", "--output", metavar="FILE", help="Write the results to FILE instead of stdout (with --camera: appended).")
 @click.option("-r", "--recursive", is_flag=True, help="Look for images in sub-folders too.")
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
               help=f"Processes classifying files (default: one per CPU; 1 classifies in this process). "
@@ -376,6 +377,7 @@ def _normalization_option(ctx: click.Context, param: click.Parameter, value: str
                    "a video file or a stream URL.")
 @click.option("--frames", "max_frames", type=click.IntRange(min=1), metavar="N",
               help="With --camera: stop after N frames.")
+@live_options
 @click.option("--info", "info_model", is_flag=False, flag_value=DEFAULT_MODEL, default=None,
               metavar="[MODEL]", help="Show the model's input, quantization, labels, size and sha256.")
 @click.option("--benchmark", "benchmark_model", is_flag=False, flag_value=DEFAULT_MODEL, default=None,
@@ -393,13 +395,14 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
          batch: int | None, threads: int,
          backend: str | None, camera: str | None, max_frames: int | None, info_model: str | None,
          benchmark_model: str | None, runs: int | None, verify_model: str | None,
-         manifest: str | None, verbose: bool) -> None:
+         manifest: str | None, verbose: bool, **live: Any) -> None:
     """Classify images with a TFLite model: files, folders (-r for sub-folders) or a camera.
 
     \b
     edge-classify photo.jpg
     edge-classify --json -r photos/ > results.jsonl
     edge-classify --camera --frames 100
+    edge-classify --camera --serve --save frames/ --save-when unsure:0.6
     edge-classify --info model.tflite
     """
     _one_blas_thread()
@@ -412,6 +415,7 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
         package_logger.setLevel(logging.DEBUG)
     _check_combinations(inputs, info_model, benchmark_model, verify_model, camera, max_frames, runs, manifest,
                         output, recursive, workers, batch)
+    check_live_options(camera, live["loop"], {name: live[name] for name in LIVE_PARAMETERS})
     if normalization is not None and (verify_model is not None or benchmark_model is not None):
         raise click.UsageError("--normalization only applies to classifying and --info")
     if verify_model is not None:
@@ -428,7 +432,9 @@ def main(inputs: tuple[str, ...], model_option: str | None, labels: str | None,
         _check_output_folder(output)
     classifier, _ = _make_classifier(model_option, threads, backend, labels, normalization)
     if camera is not None:
-        sys.exit(_run_camera(classifier, camera, max_frames, as_json, threshold))
+        options = live_run_options(camera, CAMERA_AUTO, max_frames, as_json, top_k, threshold, output, live)
+        sys.exit(_run_camera(classifier, options, lambda: _make_classifier(model_option, threads, backend, labels,
+                                                                            normalization)[0]))
     run = FileRun(as_json, top_k, threshold, workers, batch, labels, normalization)
     try:
         code = _run_files(classifier, inputs, recursive, run, output)

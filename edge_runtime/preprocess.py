@@ -339,6 +339,12 @@ def load_image(path: str | os.PathLike, spec: PreprocessSpec = DEFAULT_SPEC) -> 
         return prepare_image(image, spec, name=name)
 
 
+def load_image_bytes(data: bytes, spec: PreprocessSpec = DEFAULT_SPEC, name: str = "image") -> np.ndarray:
+    """An image file's bytes (an upload) into the model's input array, as `load_image` reads a file."""
+    with open_image(io.BytesIO(data), name=name, max_pixels=MAX_IMAGE_PIXELS) as image:
+        return prepare_image(image, spec, name=name)
+
+
 def _open_small_jpeg(path: str | os.PathLike) -> Image.Image | None:
     """A small JPEG file read in one call and opened by Pillow's JPEG reader itself; None for anything else.
 

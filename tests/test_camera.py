@@ -107,8 +107,10 @@ def test_frames_option_stops_after_n_frames(runtime_models, two_scene_video: Pat
     import json
 
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert records[0]["frame"] == 1 and records[0]["label"] == "circle"
-    assert set(records[0]) == {"frame", "label", "score", "fps"}
+    assert [record["frame"] for record in records] == [1, 2, 3]  # one line per frame
+    assert records[0]["label"] == "circle"
+    assert set(records[0]) == {"frame", "label", "score", "top_k", "fps", "latency_ms", "time"}
+    assert records[0]["top_k"] == [{"label": "circle", "score": records[0]["score"]}]
 
 
 def test_opencv_frames_reach_the_model_as_rgb(runtime_models, tmp_path: Path, monkeypatch) -> None:
@@ -384,7 +386,7 @@ def test_a_video_file_ends_without_reopening() -> None:
 
 def test_cli_reports_reopening_then_gives_up_with_exit_1(runtime_models, monkeypatch) -> None:
     source = ScriptedSource([True, True])
-    monkeypatch.setattr(camera_module, "open_source", lambda _: source)
+    monkeypatch.setattr(camera_module, "open_source", lambda _, **options: source)
     monkeypatch.setattr(camera_module, "DEFAULT_REOPEN_DELAY_S", 0.0)
     result = CliRunner().invoke(main, ["--model", str(runtime_models.int8), "--camera", "0"])
     assert result.exit_code == 1
@@ -399,7 +401,7 @@ def test_cli_reports_reopening_then_gives_up_with_exit_1(runtime_models, monkeyp
 
 def test_ctrl_c_stops_with_a_summary_and_exit_0(runtime_models, monkeypatch) -> None:
     source = ScriptedSource([True] * 10, interrupt_after=5)
-    monkeypatch.setattr(camera_module, "open_source", lambda _: source)
+    monkeypatch.setattr(camera_module, "open_source", lambda _, **options: source)
     result = CliRunner().invoke(main, ["--model", str(runtime_models.int8), "--camera"])
     assert result.exit_code == 0, result.output
     summary = result.stderr.strip().splitlines()[-1]
@@ -409,7 +411,7 @@ def test_ctrl_c_stops_with_a_summary_and_exit_0(runtime_models, monkeypatch) -> 
 
 def test_threshold_marks_live_frames_uncertain(runtime_models, monkeypatch) -> None:
     source = ScriptedSource([True] * 3)
-    monkeypatch.setattr(camera_module, "open_source", lambda _: source)
+    monkeypatch.setattr(camera_module, "open_source", lambda _, **options: source)
     result = CliRunner().invoke(main, ["--model", str(runtime_models.int8), "--camera", "--threshold", "1.0",
                                        "--frames", "3"])
     assert result.exit_code == 0, result.output
@@ -438,5 +440,6 @@ def test_classify_frames_uses_one_classifier_for_every_frame(runtime_models, mon
     assert built == []
     assert summary.frames == len(images) and summary.stopped_by == "end of stream"
     assert [r.frame for r in reports][0] == 1
-    assert abs(reports[0].fps - 10.0) < 1e-6  # one frame per 0.1 s of the fake clock
+    # The clock is read as a frame's classification starts and as it ends: 0.1 s apart on the fake clock.
+    assert abs(reports[0].fps - 5.0) < 1e-6 and abs(reports[0].latency_ms - 100.0) < 1e-6
     assert sum(summary.label_counts.values()) == len(images)

@@ -4,7 +4,9 @@
 index, a video file or a stream URL through OpenCV's VideoCapture. Both hand out RGB uint8 frames
 (picamera2's "RGB888" and OpenCV's frames are B, G, R in memory, so both are flipped), or None
 when no frame came. `frames()` turns a source into a stream that reopens a live source that
-drops out, a few times, before giving up with a CameraError that says what happened.
+drops out, a few times, before giving up with a CameraError that says what happened. A video
+file plays as a camera would: at its own frame rate (never faster; every frame is still
+classified when the machine is slower), and from the start again with `loop`.
 
 picamera2 and cv2 are imported only when a source is opened; when the automatic choice finds
 neither, the error names both installs (picamera2 comes from apt, not pip, and a virtual
@@ -36,6 +38,11 @@ PICAMERA2_FRAME_SIZE = (320, 240)
 PICAMERA2_FORMAT = "RGB888"  # 24-bit, stored B, G, R in memory
 DEFAULT_REOPENS = 3
 DEFAULT_REOPEN_DELAY_S = 1.0
+# A video declaring more frames a second than this (or none) plays as fast as it decodes.
+MAX_PACED_FPS = 1000.0
+# Behind its schedule by more than this (a slow model, a pause), a video's clock restarts from
+# the current frame instead of rushing through the frames it is late for.
+MAX_PACING_LAG_S = 1.0
 URL_MARKER = "://"
 OPENCV_HINT = "install OpenCV for USB cameras, video files and streams: pip install opencv-python-headless"
 OPENCV_MISSING = f"OpenCV is not installed; {OPENCV_HINT}"
@@ -141,10 +148,20 @@ class OpenCVSource(FrameSource):
     already found no picamera2, names both).
     """
 
-    def __init__(self, source: int | str, missing_message: str = OPENCV_MISSING):
+    def __init__(self, source: int | str, missing_message: str = OPENCV_MISSING, loop: bool = False,
+                 paced: bool = True, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.source = source
         self.missing_message = missing_message
         self.live = not (isinstance(source, str) and os.path.isfile(source))
+        # Only a video file is paced and looped: a camera or stream keeps its own time.
+        self.loop = loop and not self.live
+        self.paced = paced and not self.live
+        self._clock = clock
+        self._sleep = sleep
+        self._frame_interval = 0.0
+        self._schedule_start = 0.0
+        self._frames_played = 0
         if isinstance(source, int):
             self.description = f"camera {source} (OpenCV)"
         elif self.live:
@@ -166,14 +183,44 @@ class OpenCVSource(FrameSource):
         if not opened:
             raise CameraError(f"{self.description}: cannot open it")
         self._capture = capture
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) if self.paced else 0.0
+        self._frame_interval = 1.0 / fps if 0.0 < fps <= MAX_PACED_FPS else 0.0
+        self._frames_played = 0
 
     def read(self) -> np.ndarray | None:
         if self._capture is None:
             return None
         ok, frame = self._capture.read()
+        if (not ok or frame is None) and self.loop and self._rewind():
+            ok, frame = self._capture.read()
         if not ok or frame is None:
             return None
+        if self._frame_interval:
+            self._wait_for_frame_time()
         return bgr_to_rgb(frame)
+
+    def _rewind(self) -> bool:
+        """Back to the first frame of the video (reopened where seeking fails); False when it cannot."""
+        import cv2
+
+        if self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+            return True
+        self._capture.release()
+        with _opencv_quiet(cv2):
+            self._capture = cv2.VideoCapture(self.source)
+        return self._capture.isOpened()
+
+    def _wait_for_frame_time(self) -> None:
+        """Hold the frame until its time in the video, counted from the first frame played."""
+        now = self._clock()
+        if self._frames_played == 0:
+            self._schedule_start = now
+        due = self._schedule_start + self._frames_played * self._frame_interval
+        if now - due > MAX_PACING_LAG_S:
+            self._schedule_start, self._frames_played, due = now, 0, now
+        elif due > now:
+            self._sleep(due - now)
+        self._frames_played += 1
 
     def close(self) -> None:
         capture, self._capture = self._capture, None
@@ -212,13 +259,13 @@ def picamera2_available() -> bool:
         return False
 
 
-def open_source(source: str | None = None) -> FrameSource:
+def open_source(source: str | None = None, loop: bool = False) -> FrameSource:
     """The frame source that `--camera [SOURCE]` names (not yet opened).
 
     None or "auto": the Pi camera when picamera2 is importable, else OpenCV camera 0 (whose
     error without OpenCV names both packages).
     "picamera2": the Pi camera. Digits: an OpenCV camera index. Anything else: a video file
-    or a stream URL for OpenCV.
+    or a stream URL for OpenCV. `loop` plays a video file again from the start when it ends.
     """
     if source is None or source == AUTO_SOURCE:
         if picamera2_available():
@@ -232,7 +279,7 @@ def open_source(source: str | None = None) -> FrameSource:
         raise CameraError(f"{source}: no such video file, and not a camera index or stream URL")
     if os.path.isdir(source):
         raise CameraError(f"{source}: is a folder, not a video file or camera")
-    return OpenCVSource(source)
+    return OpenCVSource(source, loop=loop)
 
 
 def frames(source: FrameSource, max_reopens: int | None = None, reopen_delay_s: float | None = None,

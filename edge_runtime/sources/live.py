@@ -153,12 +153,14 @@ def classify_frames(classifier: Classifier, frames: Iterable[np.ndarray],
 def classify_source(classifier: Classifier, source: str | None, report: Callable[[LiveStatus], None],
                     notify: Callable[[str], None], max_frames: int | None = None,
                     threshold: float = 0.0, top_k: int = 1, on_change: bool = False,
-                    on_frame: Callable[[np.ndarray, LiveStatus], None] | None = None) -> LiveSummary:
-    """Open a frame source (`camera.open_source`: None for the automatic choice), say which to
-    `notify`, and classify its frames as `classify_frames` does; the source is closed either way."""
+                    on_frame: Callable[[np.ndarray, LiveStatus], None] | None = None,
+                    loop: bool = False) -> LiveSummary:
+    """Open a frame source (`camera.open_source`: None for the automatic choice; `loop` replays a
+    video file), say which to `notify`, and classify its frames as `classify_frames` does; the
+    source is closed either way."""
     from .camera import frames, open_source
 
-    frame_source = open_source(source)
+    frame_source = open_source(source, loop=loop)
     with frame_source:
         notify(f"classifying frames from {frame_source.description}; Ctrl-C stops")
         return classify_frames(classifier, frames(frame_source, notify=notify), report,
