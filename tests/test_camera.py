@@ -22,12 +22,13 @@ from edge_runtime.sources import camera as camera_module
 from edge_runtime.sources.camera import (CameraError, FrameSource, OpenCVSource, PiCamera2Source, bgr_to_rgb, frames,
                                          open_source)
 from edge_runtime.sources.live import LiveStatus, classify_frames, worth_reporting
+import live_fixtures
+from live_fixtures import upscale
 from synthetic import CLASS_NAMES, synthetic_arrays
 
 pytest_plugins = ("runtime_fixtures",)
 
 VIDEO_FPS = 10
-FRAME_SCALE = 2  # video frames are 64x64: the runtime must resize them to the model's 32x32
 FRAMES_PER_SCENE = 8
 PI_FRAME_SHAPE = (240, 320, 3)
 PURE_BLUE_BGR = (255, 0, 0)  # how a blue pixel sits in memory in a BGR frame
@@ -37,20 +38,7 @@ MJPEG_TOLERANCE = 40  # MJPEG may shift a saturated colour a little
 
 def write_video(path: Path, scenes: list[np.ndarray], frames_per_scene: int = FRAMES_PER_SCENE) -> Path:
     """An MJPG .avi with each RGB scene repeated `frames_per_scene` times."""
-    import cv2
-
-    height, width = scenes[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, (width, height))
-    assert writer.isOpened()
-    for scene in scenes:
-        for _ in range(frames_per_scene):
-            writer.write(np.ascontiguousarray(scene[:, :, ::-1]))  # OpenCV writes BGR
-    writer.release()
-    return path
-
-
-def upscale(image: np.ndarray) -> np.ndarray:
-    return image.repeat(FRAME_SCALE, axis=0).repeat(FRAME_SCALE, axis=1)
+    return live_fixtures.write_video(path, scenes, frames_per_scene, VIDEO_FPS)
 
 
 @pytest.fixture(scope="module")

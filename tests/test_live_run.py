@@ -1,0 +1,183 @@
+"""The camera run's output as its documentation promises: one line per frame (or --on-change),
+-k, -o appending whole lines, a video played at its own rate and --loop, SIGTERM ending a run as
+Ctrl-C does, and the option combinations that are refused. A real video file is the camera."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge_runtime.cli import main
+from edge_runtime.live_run import LineSink
+from edge_runtime.sources.camera import OpenCVSource
+from live_fixtures import scene, write_video
+
+pytest_plugins = ("runtime_fixtures",)
+pytest.importorskip("cv2")
+
+FRAMES_PER_SCENE = 8
+FAST_FPS = 200  # fast enough that pacing costs the tests little
+TERM_WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 frames of a circle, then 8 of stripes."""
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.avi", [scene("circle"), scene("stripes")],
+                       FRAMES_PER_SCENE, FAST_FPS)
+
+
+def run(runtime_models, *arguments: str):
+    return CliRunner().invoke(main, ["--model", str(runtime_models.int8), *arguments])
+
+
+def test_json_gives_one_line_per_classified_frame(runtime_models, clip: Path) -> None:
+    result = run(runtime_models, "--camera", str(clip), "--json")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [record["frame"] for record in records] == list(range(1, 2 * FRAMES_PER_SCENE + 1))
+    assert [record["label"] for record in records] == ["circle"] * FRAMES_PER_SCENE + ["stripes"] * FRAMES_PER_SCENE
+    assert all(record["latency_ms"] > 0 for record in records)
+
+
+def test_on_change_writes_a_line_when_the_answer_changes(runtime_models, clip: Path) -> None:
+    result = run(runtime_models, "--camera", str(clip), "--json", "--on-change")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    # The whole clip lasts under the one-second report interval: only the two answers are written.
+    assert [(record["frame"], record["label"]) for record in records] == [(1, "circle"), (FRAMES_PER_SCENE + 1,
+                                                                                           "stripes")]
+
+
+def test_top_k_applies_to_camera_frames(runtime_models, clip: Path) -> None:
+    result = run(runtime_models, "--camera", str(clip), "--json", "-k", "3", "--frames", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert [entry["label"] for entry in record["top_k"]][0] == "circle" and len(record["top_k"]) == 3
+    scores = [entry["score"] for entry in record["top_k"]]
+    assert scores == sorted(scores, reverse=True)
+    text = run(runtime_models, "--camera", str(clip), "-k", "2", "--frames", "1")
+    assert text.stdout.count(" | ") == 1 and text.stdout.startswith("circle ")
+
+
+def test_output_appends_whole_lines_to_a_file(runtime_models, clip: Path, tmp_path: Path) -> None:
+    log = tmp_path / "camera.jsonl"
+    log.write_text('{"earlier": true}\n')
+    for _ in range(2):
+        result = run(runtime_models, "--camera", str(clip), "--json", "-o", str(log))
+        assert result.exit_code == 0, result.output
+        assert result.stdout == ""
+    lines = log.read_text().splitlines()
+    assert lines[0] == '{"earlier": true}'
+    records = [json.loads(line) for line in lines[1:]]
+    assert [record["frame"] for record in records] == list(range(1, 17)) * 2
+
+
+def test_output_to_a_missing_folder_is_one_line_before_any_frame(runtime_models, clip: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no-such-folder" / "camera.jsonl"
+    result = run(runtime_models, "--camera", str(clip), "-o", str(target))
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"Error: {target}: cannot write results (folder {target.parent} does not "
+                                     "exist)")
+
+
+def test_line_sink_finishes_or_reports_a_line(tmp_path: Path) -> None:
+    sink = LineSink(str(tmp_path / "log.jsonl"))
+    sink.write_line('{"frame": 1}')
+    sink.close()
+    assert (tmp_path / "log.jsonl").read_text() == '{"frame": 1}\n'
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system to stand for a full disk")
+    full = LineSink("/dev/full")
+    with pytest.raises(Exception, match=r"^/dev/full: cannot write results \(No space left on device\)$"):
+        full.write_line("{}")
+    full.close()
+
+
+def test_loop_replays_the_video_until_frames(runtime_models, clip: Path) -> None:
+    result = run(runtime_models, "--camera", str(clip), "--loop", "--frames", "40", "--json")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 40 and "stopped by --frames" in result.stderr
+    # The third pass starts with the circle again.
+    assert records[2 * FRAMES_PER_SCENE]["label"] == "circle"
+
+
+def test_a_video_plays_at_its_own_frame_rate(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "ten.avi", [scene("circle")], 5, 10)
+    now = [100.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    source = OpenCVSource(str(video), clock=lambda: now[0], sleep=sleep)
+    with source:
+        frames = [source.read() for _ in range(6)]
+    assert [frame is None for frame in frames] == [False] * 5 + [True]
+    assert waits == pytest.approx([0.1] * 4)  # the first frame at once, then one every 1/10 s
+
+
+def test_a_video_behind_its_schedule_is_not_rushed(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "ten.avi", [scene("circle")], 4, 10)
+    now = [0.0]
+    waits: list[float] = []
+    source = OpenCVSource(str(video), clock=lambda: now[0], sleep=waits.append)
+    with source:
+        source.read()
+        now[0] += 5.0  # a stall of five seconds: the video's clock restarts, no burst of catching up
+        source.read()
+        source.read()
+    assert waits == pytest.approx([0.1])
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(runtime_models, clip: Path, tmp_path: Path) -> None:
+    log = tmp_path / "camera.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "--model", str(runtime_models.int8),
+                                "--camera", str(clip), "--loop", "--json", "-o", str(log)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TERM_WAIT_S
+        while time.monotonic() < deadline and (not log.exists() or log.stat().st_size == 0):
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=TERM_WAIT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "stopped by Ctrl-C" in stderr.splitlines()[-1]
+    assert all(json.loads(line)["frame"] for line in log.read_text().splitlines())  # no torn last line
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--camera", "0", "--loop"], "--loop only applies to --camera with a video file"),
+    (["--camera", "--save-when", "unsure:0.5"], "--save-when only applies to --save"),
+    (["--camera", "--serve-fps", "5"], "--serve-fps only applies to --serve"),
+    (["--camera", "--token", "abc"], "--token only applies to --serve"),
+    (["photo.jpg", "--on-change"], "--on-change only applies to --camera"),
+    (["photo.jpg", "--serve"], "--serve only applies to --camera"),
+    (["--camera", "--save", "frames"], "--save needs a --save-when rule, or --serve for the live view's save control"),
+    (["--camera", "--save", "f", "--save-max", "3", "--serve"], "--save-max only applies to --save-when"),
+])
+def test_live_options_without_what_they_refine_are_refused(runtime_models, arguments: list[str],
+                                                           message: str) -> None:
+    result = run(runtime_models, *arguments)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == f"Error: {message}"
+
+
+@pytest.mark.parametrize("address", ["http", "host:", ":80", "70000", "example:-1"])
+def test_a_bad_serve_address_is_a_usage_error(runtime_models, clip: Path, address: str) -> None:
+    result = run(runtime_models, "--camera", str(clip), "--serve", address)
+    assert result.exit_code == 2
+    assert f"Invalid value for '--serve': '{address}' is not [HOST:]PORT" in result.stderr
