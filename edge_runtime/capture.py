@@ -183,8 +183,9 @@ class SavedFrame:
 
 class FrameSaver:
     """Saves frames under `folder` by `rules` (at most `per_minute` in any 60 s; None: no cap) and on
-    request (`save`). `consider` runs in the classification thread and `save` in a server's: shared
-    state is guarded by one lock, while JPEG encoding and writing happen outside it.
+    request (`save`). `consider` runs in the classification thread and `save` in a server's: the
+    counters and the cap are guarded by one lock, naming and logging by another; JPEG encoding and
+    writing the temporary file happen outside both.
     """
 
     def __init__(self, folder: str | os.PathLike, rules: Sequence[SaveRule] = (),
@@ -198,7 +199,9 @@ class FrameSaver:
         self.quality = quality
         self._clock = clock
         self._wall_clock = wall_clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # counters and the cap's window: held only for moments
+        # Naming and logging (a disk flush) under their own lock, so a page save never holds up the cap check.
+        self._publish_lock = threading.Lock()
         self._recent: collections.deque[float] = collections.deque()
         self.saved = 0
         self.skipped_by_cap = 0
@@ -287,7 +290,7 @@ class FrameSaver:
         except OSError as error:
             raise self._disk_error(error) from error
         try:
-            with self._lock:
+            with self._publish_lock:
                 path = publish(temporary, class_folder, moment.strftime(TIMESTAMP_FORMAT))
                 saved = SavedFrame(path, f"{label}/{path.name}", label, reason, moment.strftime(ISO_FORMAT))
                 record = {"file": saved.file, "label": label, "reason": reason,
@@ -298,6 +301,7 @@ class FrameSaver:
                     with contextlib.suppress(OSError):
                         path.unlink()  # every image in the folder has its line
                     raise
+            with self._lock:
                 self.saved += 1
                 self.last_saved = path
         except OSError as error:
