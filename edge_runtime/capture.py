@@ -232,7 +232,7 @@ class FrameSaver:
             with self._lock:
                 if self.error is None:
                     self.error = error
-                    logger.warning("%s; no more frames will be saved by the rules", error)
+                    logger.debug("%s; no more frames will be saved by the rules", error)
             return None
 
     def save(self, frame: np.ndarray, label: str, status: LiveStatus | None,

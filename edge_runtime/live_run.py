@@ -171,6 +171,19 @@ class _UploadClassifier:
             return classify_upload(self._classifier, data, self._top_k, self._threshold)
 
 
+def _make_saver(save: SaveOptions) -> FrameSaver:
+    """The frame saver of `--save`, its folder made and checked now rather than at the first save."""
+    from .capture import CaptureError, FrameSaver
+
+    try:
+        os.makedirs(save.folder, exist_ok=True)
+    except OSError as error:
+        raise CaptureError(f"{save.folder}: cannot save frames there ({error.strerror or error})") from error
+    if not os.access(save.folder, os.W_OK | os.X_OK):
+        raise CaptureError(f"{save.folder}: cannot save frames there (not writable)")
+    return FrameSaver(save.folder, save.rules, per_minute=save.per_minute)
+
+
 def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: Callable[[], Classifier],
                 saver: FrameSaver | None, notify: Callable[[str], None]) -> tuple[Any, Any]:
     """Start the web server of `--serve`; returns (hub, running server)."""
@@ -187,7 +200,8 @@ def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: C
         frame, status = hub.latest_frame, hub.latest_status
         if frame is None:
             raise EdgeError("no frame to save yet: the camera has not delivered one")
-        return saver.save(frame, label, status, reason="page").to_dict()
+        saved = saver.save(frame, label, status)
+        return {"file": saved.file, "label": saved.label, "time": saved.time}
 
     app = build_app(hub, token=token, serve_fps=serve.fps,
                     classify_upload=_UploadClassifier(make_classifier, options.top_k, options.threshold),
@@ -218,9 +232,7 @@ def run_live(classifier: Classifier, options: LiveOptions, notify: Callable[[str
     save_error: list[str] = []
     try:
         if options.save is not None:
-            from .capture import FrameSaver
-
-            saver = FrameSaver(options.save.folder, options.save.rules, per_minute=options.save.per_minute)
+            saver = _make_saver(options.save)
         if options.serve is not None:
             hub, server = _start_view(classifier, options, make_classifier or (lambda: classifier), saver, notify)
 
@@ -231,11 +243,10 @@ def run_live(classifier: Classifier, options: LiveOptions, notify: Callable[[str
             if hub is not None:
                 hub.publish(frame, status)
             if saver is not None and not save_error:
-                try:
-                    saver.consider(frame, status)
-                except EdgeError as error:  # a full disk: said once, and saving stops; classifying goes on
-                    save_error.append(str(error))
-                    notify(f"error: {error}; no more frames are saved")
+                saver.consider(frame, status)
+                if saver.error is not None:  # a full disk: said once, and rule saves stop; classifying goes on
+                    save_error.append(str(saver.error))
+                    notify(f"error: {saver.error}; no more frames are saved by the rules")
 
         with _sigterm_as_interrupt():
             summary = classify_source(classifier, options.source, report, notify, max_frames=options.max_frames,

@@ -181,3 +181,52 @@ def test_a_bad_serve_address_is_a_usage_error(runtime_models, clip: Path, addres
     result = run(runtime_models, "--camera", str(clip), "--serve", address)
     assert result.exit_code == 2
     assert f"Invalid value for '--serve': '{address}' is not [HOST:]PORT" in result.stderr
+
+
+# --- --save: frames saved by rules from the command line -------------------------------------------
+
+def saved_files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)).split("/")[0] for path in folder.rglob("*.jpg"))
+
+
+def test_save_when_unsure_saves_at_most_the_cap_into_the_answers_folder(runtime_models, clip: Path,
+                                                                        tmp_path: Path) -> None:
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    result = run(runtime_models, "--camera", str(clip), "--save", str(frames), "--save-when", "unsure:1.0",
+                 "--save-max", "3")
+    assert result.exit_code == 0, result.output
+    assert saved_files(frames) == ["circle"] * 3  # every frame matches; the first three fit under the cap
+    assert result.stderr.strip().splitlines()[-1] == (f"saved 3 frames to {frames} (13 over the 3-a-minute cap "
+                                                      "not saved)")
+    records = [json.loads(line) for line in (frames / "captures.jsonl").read_text().splitlines()]
+    assert [record["reason"] for record in records] == ["unsure:1.0"] * 3
+    assert [record["answer"]["frame"] for record in records] == [1, 2, 3]
+    for record in records:
+        with Image.open(frames / record["file"]) as image:
+            assert image.format == "JPEG" and image.size == (64, 64)  # the frame as the camera gave it
+
+
+def test_save_when_label_saves_only_that_answer(runtime_models, clip: Path, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    result = run(runtime_models, "--camera", str(clip), "--save", str(frames), "--save-when", "label:stripes",
+                 "--save-max", "100")
+    assert result.exit_code == 0, result.output
+    assert saved_files(frames) == ["stripes"] * FRAMES_PER_SCENE
+
+
+def test_a_bad_rule_is_a_usage_error_naming_it(runtime_models, clip: Path, tmp_path: Path) -> None:
+    result = run(runtime_models, "--camera", str(clip), "--save", str(tmp_path), "--save-when", "sure:0.5")
+    assert result.exit_code == 2
+    assert "Invalid value for '--save-when': " in result.stderr and "sure:0.5" in result.stderr
+
+
+def test_a_save_folder_that_cannot_be_made_is_one_line_before_any_frame(runtime_models, clip: Path,
+                                                                        tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run(runtime_models, "--camera", str(clip), "--json", "--save", str(blocker / "frames"),
+                 "--save-when", "unsure:0.5")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"Error: {blocker / 'frames'}: cannot save frames there (Not a directory)"
