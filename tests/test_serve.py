@@ -24,6 +24,7 @@ pytest.importorskip("uvicorn", reason="the live view needs the [serve] extra (uv
 from PIL import Image  # noqa: E402
 
 from edge_runtime.errors import EdgeError  # noqa: E402
+from edge_runtime.serve.hub import LiveHub  # noqa: E402
 from edge_runtime.serve.server import (MISSING_EXTRA_MESSAGE, ServeError, bind_policy, is_loopback,  # noqa: E402
                                        parse_address, start_server)
 from serve_fixtures import (LABELS, MODEL_FACTS, TOKEN, raw_exchange, read_parts, start_live,  # noqa: E402
@@ -127,6 +128,8 @@ def test_jpeg_is_encoded_only_while_watched_and_once_per_frame_for_all(live_view
     assert wait_until(lambda: live.hub.version > 10, 5)
     for path in GET_ROUTES:
         live.request("GET", path)
+    head = raw_exchange(live.port, b"HEAD /video.mjpg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"multipart/x-mixed-replace" in head
     assert jpeg.encoded == 0
     viewers = [live.open_stream("/video.mjpg") for _ in range(3)]
     counts: list[int] = []
@@ -201,6 +204,17 @@ def test_events_give_results_then_the_end_after_finish(live_view) -> None:
     assert live.request("GET", "/api/latest")[0] == 200  # the API keeps the last result
     video = live.open_stream("/video.mjpg")
     assert video.read().endswith(b"--frame--\r\n")  # the last frame, then the closing boundary
+
+
+def test_stopping_the_server_ends_open_streams_at_once(live_view) -> None:
+    live = live_view()
+    video, events = live.open_stream("/video.mjpg"), live.open_stream("/api/events")
+    assert read_parts(video, 0.3) and events.read1(65536).startswith(b"retry: ")
+    started = time.monotonic()
+    live.server.stop(5)
+    assert time.monotonic() - started < 1.0  # the streams end at once, not after the graceful timeout
+    assert video.read().endswith(b"--frame--\r\n")
+    assert events.read().endswith(b'event: end\ndata: {"message":"the live view stopped","error":null}\n\n')
 
 
 @pytest.mark.parametrize("method,path", [("GET", p) for p in GET_ROUTES + STREAM_ROUTES + ("/nope",)]
@@ -285,6 +299,22 @@ def test_capture_answers_409_when_off_and_maps_errors_when_on(live_view) -> None
     assert (status, json.loads(body)["error"]) == (507, "saving the frame failed: the disk is full")
     for bad in (b"", b"[1]", b'{"label": 3}', b'{"label": ""}', b"not json"):
         assert live.request("POST", "/api/capture", bad)[0] == 400
+
+
+def test_health_counts_frames_and_says_when_the_camera_stops_delivering() -> None:
+    now = [100.0]
+    hub = LiveHub(MODEL_FACTS, LABELS, clock=lambda: now[0])
+    assert hub.health()["camera_delivering"] is False and hub.health()["frames"] == 0
+    for number in range(1, 11):
+        hub.publish(np.zeros((4, 4, 3), np.uint8), status_for(number))
+        now[0] += 0.1
+    health = hub.health()
+    assert (health["frames"], health["fps"], health["camera_delivering"], health["uptime_s"]) == (10, 9.0, True, 1.0)
+    now[0] += 2.5  # no frame for 2.6 s: stalled
+    assert hub.health()["camera_delivering"] is False and hub.health()["fps"] < 3
+    now[0] -= 2.5
+    hub.finish("end of video pets.mp4", error=None)
+    assert hub.health()["camera_delivering"] is False and hub.health()["finished"] == "end of video pets.mp4"
 
 
 def test_addresses_and_the_bind_policy() -> None:

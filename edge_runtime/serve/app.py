@@ -5,7 +5,8 @@ is 404 and no route takes a file name from the request (the page's three files a
 importlib.resources, from `static/`). `TokenGate` wraps it all. The two callables come from the
 caller: `classify_upload(image_bytes) -> dict` classifies an uploaded image as a file would be, and
 `capture(label) -> dict` saves the current frame under a class name (None: started without
-`--save`). Both run in a worker thread, so the event loop keeps serving; they raise EdgeError for
+`--save`). Both run in a worker thread, so the event loop keeps serving, one call at a time each
+(classify_upload may still run beside the camera's own classification); they raise EdgeError for
 what the user sent (400) and `capture` OSError for a disk failure (507 when the disk is full).
 
 Starlette is imported inside `build_app`: without the [serve] extra it raises the one-line
@@ -37,8 +38,10 @@ MIB = 1024 * 1024
 MAX_UPLOAD_BYTES = 10 * MIB
 # {"label": "..."}: a class name, never more than this.
 MAX_CAPTURE_BODY_BYTES = 4096
-# Uploads classified at once; more wait their turn (each holds at most MAX_UPLOAD_BYTES).
-UPLOAD_CONCURRENCY = 1
+# One upload is read and classified at a time (it holds up to MAX_UPLOAD_BYTES, and classify_upload
+# is never called twice at once); one that trickles in is given up after this long, so it cannot
+# hold its turn.
+UPLOAD_READ_TIMEOUT_S = 30.0
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 STATIC_PACKAGE = "edge_runtime.serve"
 # The page and its files: URL path -> (file in static/, media type). Nothing else is served.
@@ -59,10 +62,10 @@ class Refusal(Exception):
         self.status = status
 
 
-def json_response(content: Any, status: int = 200) -> Any:
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
     from starlette.responses import Response
 
-    return Response(json_text(content), status_code=status, media_type="application/json")
+    return Response(json_text(content), status_code=status, media_type="application/json", headers=headers)
 
 
 def static_files(token: str | None) -> dict[str, tuple[bytes, str]]:
@@ -126,7 +129,8 @@ class LiveView:
         self.classify_upload = classify_upload
         self.capture = capture
         self.max_upload_bytes = max_upload_bytes
-        self._uploads: asyncio.Semaphore | None = None
+        self._uploads: asyncio.Lock | None = None
+        self._captures: asyncio.Lock | None = None
 
     async def video(self, request: Any) -> BoundedStream:
         return BoundedStream(mjpeg_parts(self.hub, self.jpeg), MJPEG_CONTENT_TYPE, "video",
@@ -153,16 +157,18 @@ class LiveView:
         return json_response(self.hub.health())
 
     async def classify(self, request: Any) -> Any:
-        try:
-            body = await read_body(request, self.max_upload_bytes)
-            image = uploaded_file(body, request.headers.get("content-type", ""))
-            if not image:
-                raise Refusal(400, "send the image file's bytes as the request body")
-        except Refusal as refusal:
-            return json_response({"error": str(refusal)}, refusal.status)
         if self._uploads is None:
-            self._uploads = asyncio.Semaphore(UPLOAD_CONCURRENCY)
+            self._uploads = asyncio.Lock()  # made on the loop that uses it
         async with self._uploads:
+            try:
+                body = await asyncio.wait_for(read_body(request, self.max_upload_bytes), UPLOAD_READ_TIMEOUT_S)
+                image = uploaded_file(body, request.headers.get("content-type", ""))
+                if not image:
+                    raise Refusal(400, "send the image file's bytes as the request body")
+            except asyncio.TimeoutError:
+                return json_response({"error": f"the upload took over {UPLOAD_READ_TIMEOUT_S:.0f} s"}, 408)
+            except Refusal as refusal:
+                return json_response({"error": str(refusal)}, refusal.status)
             return await self._call("classifying the upload", self.classify_upload, image)
 
     async def save_frame(self, request: Any) -> Any:
@@ -177,7 +183,10 @@ class LiveView:
             return json_response({"error": str(refusal)}, refusal.status)
         except (ValueError, TypeError, KeyError):
             return json_response({"error": 'send JSON with the class name, e.g. {"label": "cat"}'}, 400)
-        return await self._call("saving the frame", self.capture, label.strip())
+        if self._captures is None:
+            self._captures = asyncio.Lock()
+        async with self._captures:  # capture is never called twice at once
+            return await self._call("saving the frame", self.capture, label.strip())
 
     async def _call(self, doing: str, function: Callable[[Any], dict[str, Any]], argument: Any) -> Any:
         """`function(argument)` in a worker thread, its dict as JSON; its errors as one line."""
@@ -247,4 +256,4 @@ async def _not_found(request: Any, exc: Exception) -> Any:
 
 
 async def _not_allowed(request: Any, exc: Exception) -> Any:
-    return json_response({"error": f"{request.method} is not allowed here"}, 405)
+    return json_response({"error": f"{request.method} is not allowed here"}, 405, getattr(exc, "headers", None))

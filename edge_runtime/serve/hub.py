@@ -161,7 +161,7 @@ class LiveHub:
             last = self._published_at[-1] if self._published_at else None
             record: dict[str, Any] = {
                 "frames": self._version,
-                "fps": round(_rate(recent), 2),
+                "fps": round(_rate(recent, now), 2),
                 "uptime_s": round(now - self._started, 1),
                 "camera_delivering": (self._finished is None and last is not None
                                       and now - last <= DELIVERING_WITHIN_S),
@@ -193,8 +193,9 @@ class LiveHub:
                     self._wakers.pop(waker.loop, None)
 
 
-def _rate(times: list[float]) -> float:
-    """Frames per second over publish times, oldest first (0 with fewer than two)."""
-    if len(times) < 2 or times[-1] <= times[0]:
+def _rate(times: list[float], now: float) -> float:
+    """Frames per second over publish times (oldest first) up to `now`: it falls while the camera
+    stalls instead of keeping the rate of the last frames; 0 with fewer than two."""
+    if len(times) < 2 or now <= times[0]:
         return 0.0
-    return (len(times) - 1) / (times[-1] - times[0])
+    return (len(times) - 1) / (now - times[0])

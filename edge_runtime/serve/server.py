@@ -128,6 +128,10 @@ class RunningServer:
         hub = getattr(getattr(self.app, "state", None), "hub", None)
         if hub is not None and hub.finished is None:
             hub.finish("the live view stopped")
+        self.shut_down(timeout_s)
+
+    def shut_down(self, timeout_s: float) -> None:
+        """Stop uvicorn (open streams are cancelled after GRACEFUL_SHUTDOWN_S) and join its thread."""
         self.server.should_exit = True
         self.thread.join(timeout_s)
         if self.thread.is_alive():
@@ -177,7 +181,7 @@ def start_server(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(START_POLL_S)
     if not server.started:
-        running.stop()
+        running.shut_down(START_TIMEOUT_S)
         reason = f"{failure[0]}" if failure else "it did not start in time"
         raise ServeError(f"cannot serve on {url_host(host)}:{actual_port}: {reason}")
     logger.info("live view at %s", running.url)

@@ -85,6 +85,10 @@ class BoundedStream:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        if scope.get("method") == "HEAD":  # the headers only: nothing to stream, nothing to encode
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.chunks.aclose()
+            return
         gone = asyncio.ensure_future(_disconnected(receive))
         step: asyncio.Future[bytes] | None = None
         try:
@@ -134,17 +138,17 @@ async def mjpeg_parts(hub: LiveHub, jpeg: LatestJpeg) -> AsyncIterator[bytes]:
     try:
         while True:
             await hub.wait_newer(sent, VIDEO_IDLE_WAIT_S)
-            if hub.version <= sent:
-                if hub.finished is not None:
-                    break
-                continue
-            latest = await jpeg.newer_than(sent)
-            if latest is None:
-                sent = hub.version  # no picture for what there is: wait for a newer frame
-                continue
-            sent, data = latest
-            yield (f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
-                   .encode("ascii") + data + b"\r\n")
+            finished = hub.finished is not None
+            if hub.version > sent:
+                latest = await jpeg.newer_than(sent)
+                if latest is None:
+                    sent = hub.version  # no picture for what there is: wait for a newer frame
+                else:
+                    sent, data = latest
+                    yield (f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+                           .encode("ascii") + data + b"\r\n")
+            if finished:
+                break  # after the last frame; anything published after the finish is not shown
         yield f"--{MJPEG_BOUNDARY}--\r\n".encode("ascii")
     finally:
         hub.viewer_left()
@@ -161,9 +165,10 @@ async def result_events(hub: LiveHub, max_per_s: float,
     next_at = 0.0
     yield f"retry: {SSE_RETRY_MS}\n\n".encode("ascii")
     while True:
+        finished = hub.finished is not None
         if hub.version > seen:
             delay = next_at - loop.time()
-            if delay > 0 and hub.finished is None:
+            if delay > 0 and not finished:
                 await asyncio.sleep(delay)
             snapshot = hub.snapshot()
             seen = snapshot.version
@@ -171,8 +176,8 @@ async def result_events(hub: LiveHub, max_per_s: float,
             if record is not None:
                 next_at = loop.time() + interval
                 yield f"data: {json_text(record)}\n\n".encode("utf-8")
-        snapshot = hub.snapshot()
-        if snapshot.finished is not None and snapshot.version <= seen:
+        if finished:
+            snapshot = hub.snapshot()
             end = {"message": snapshot.finished, "error": snapshot.error}
             yield f"event: end\ndata: {json_text(end)}\n\n".encode("utf-8")
             return

@@ -183,7 +183,13 @@
 
   async function start() {
     byId("capture-button").addEventListener("click", saveFrame);
-    startVideo();
+    // After the load event: an endless MJPEG response would otherwise keep the page "loading"
+    // forever (a spinner in the tab, and browser automation that waits for the load).
+    if (document.readyState === "complete") {
+      startVideo();
+    } else {
+      window.addEventListener("load", startVideo, { once: true });
+    }
     startEvents();
     const { ok, body } = await api("/api/model").catch((error) => ({ ok: false, body: { error: String(error) } }));
     if (ok) {
