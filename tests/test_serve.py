@@ -91,6 +91,9 @@ def test_a_multipart_upload_is_classified_as_its_file(live_view) -> None:
     status, _, body = live.request("POST", "/api/classify", body=form,
                                    headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
     assert (status, json.loads(body)["size"]) == (200, [12, 8])
+    status, _, body = live.request("POST", "/api/classify", body=b"\x00garbage--",
+                                   headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert (status, json.loads(body)) == (400, {"error": "the multipart/form-data upload holds no file"})
 
 
 def test_latest_is_503_before_the_first_frame_then_the_result(live_view) -> None:

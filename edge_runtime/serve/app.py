@@ -105,15 +105,20 @@ def uploaded_file(body: bytes, content_type: str) -> bytes:
     if not content_type.lower().startswith("multipart/form-data"):
         return body
     from email import policy
+    from email.errors import MessageError
     from email.parser import BytesParser
 
     header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-    message = BytesParser(policy=policy.HTTP).parsebytes(header + body)
-    parts = list(message.iter_parts()) if message.is_multipart() else []
-    files = [part for part in parts if part.get_filename()] or parts
-    if not files:
+    try:
+        message = BytesParser(policy=policy.HTTP).parsebytes(header + body)
+        parts = list(message.iter_parts()) if message.is_multipart() else []
+        files = [part for part in parts if part.get_filename()] or parts
+        payload = files[0].get_payload(decode=True) if files else None
+    except (ValueError, TypeError, LookupError, MessageError) as error:
+        raise Refusal(400, f"the multipart/form-data upload cannot be read: {error}") from error
+    if not isinstance(payload, bytes):
         raise Refusal(400, "the multipart/form-data upload holds no file")
-    return files[0].get_payload(decode=True) or b""
+    return payload
 
 
 class LiveView:
@@ -162,7 +167,7 @@ class LiveView:
         async with self._uploads:
             try:
                 body = await asyncio.wait_for(read_body(request, self.max_upload_bytes), UPLOAD_READ_TIMEOUT_S)
-                image = uploaded_file(body, request.headers.get("content-type", ""))
+                image = await asyncio.to_thread(uploaded_file, body, request.headers.get("content-type", ""))
                 if not image:
                     raise Refusal(400, "send the image file's bytes as the request body")
             except asyncio.TimeoutError:

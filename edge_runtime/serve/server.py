@@ -173,9 +173,9 @@ def start_server(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -
             loop.close()
             sock.close()
 
-    thread = threading.Thread(target=serve, name=f"live-view-{port}", daemon=True)
-    thread.start()
     actual_port = sock.getsockname()[1]
+    thread = threading.Thread(target=serve, name=f"live-view-{actual_port}", daemon=True)
+    thread.start()
     running = RunningServer(host, actual_port, server, thread, app)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
