@@ -101,7 +101,9 @@ def test_latest_is_503_before_the_first_frame_then_the_result(live_view) -> None
     status, _, body = live.request("GET", "/api/latest")
     assert (status, json.loads(body)) == (503, {"error": "no frame classified yet"})
     assert live.health()["camera_delivering"] is False
-    live.hub.publish(np.zeros((48, 64, 3), np.uint8), status_for(1))
+    frame, status = np.zeros((48, 64, 3), np.uint8), status_for(1)
+    live.hub.publish(frame, status)
+    assert live.hub.latest_frame is frame and live.hub.latest_status is status  # kept, not copied
     status, _, body = live.request("GET", "/api/latest")
     assert status == 200 and json.loads(body)["frame"] == 1
 

@@ -118,7 +118,18 @@ class LiveHub:
 
     @property
     def finished(self) -> str | None:
+        """The finish message once the source has ended, else None."""
         return self._finished
+
+    @property
+    def latest_frame(self) -> np.ndarray | None:
+        """The last published frame (full resolution, as the source gave it), None before the first."""
+        return self._frame
+
+    @property
+    def latest_status(self) -> LiveStatus | None:
+        """The result of `latest_frame`; take `snapshot()` to have both of the same frame for sure."""
+        return self._status
 
     def snapshot(self) -> Snapshot:
         with self._lock:
