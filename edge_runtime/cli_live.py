@@ -18,7 +18,6 @@ from .live_run import (DEFAULT_SAVE_PER_MINUTE, DEFAULT_SERVE_FPS, DEFAULT_SERVE
 
 TOKEN_ENV_VAR = "EDGE_CLASSIFY_TOKEN"
 LIVE_PARAMETERS = ("on_change", "loop", "serve", "serve_fps", "token", "save", "save_when", "save_max")
-MAX_PORT = 65535
 
 
 def _save_rule(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Any, ...]:
@@ -36,12 +35,13 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> t
     """[HOST:]PORT (an IPv6 host in brackets) as (host, port)."""
     if value is None:
         return None
-    host, separator, port_text = value.rpartition(":")
-    host = host.strip("[]") if separator else DEFAULT_SERVE_HOST
-    if not port_text.isdigit() or not 0 < int(port_text) <= MAX_PORT or (separator and not host):
-        raise click.BadParameter(f"{value!r} is not [HOST:]PORT (e.g. 8080, 127.0.0.1:8080 or 0.0.0.0:8080)",
-                                 ctx, param)
-    return host, int(port_text)
+    from .errors import EdgeError
+    from .serve.server import parse_address
+
+    try:
+        return parse_address(value)
+    except EdgeError as error:
+        raise click.BadParameter(str(error), ctx, param) from error
 
 
 def live_options(command: Callable[..., Any]) -> Callable[..., Any]:

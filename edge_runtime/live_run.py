@@ -193,7 +193,7 @@ def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: C
     from .serve.server import bind_policy, start_server
 
     serve = options.serve
-    token, warning = bind_policy(serve.host, serve.token)
+    token, warning = bind_policy(serve.host, serve.token, port=serve.port)
     hub = LiveHub(model_facts(classifier), list(classifier.labels or []))
 
     def capture(label: str) -> dict[str, Any]:
@@ -207,11 +207,10 @@ def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: C
                     classify_upload=_UploadClassifier(make_classifier, options.top_k, options.threshold),
                     capture=capture if saver is not None else None)
     server = start_server(app, serve.host, serve.port)
-    if warning:
+    if warning:  # another address than loopback: says how to open the page, token included
         notify(f"warning: {warning}")
-    address = f"[{serve.host}]" if ":" in serve.host else serve.host
-    query = f"/?token={token}" if token else "/"
-    notify(f"live view: http://{address}:{server.port}{query}")
+    else:
+        notify(f"live view: {server.url}" + (f"?token={token}" if token else ""))
     return hub, server
 
 
