@@ -19,6 +19,7 @@ from edge_runtime.cli import main
 from edge_runtime.live_run import LineSink
 from edge_runtime.sources.camera import OpenCVSource
 from live_fixtures import scene, write_video
+from synthetic import CLASS_NAMES
 
 pytest_plugins = ("runtime_fixtures",)
 pytest.importorskip("cv2")
@@ -230,3 +231,132 @@ def test_a_save_folder_that_cannot_be_made_is_one_line_before_any_frame(runtime_
                  "--save-when", "unsure:0.5")
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.strip() == f"Error: {blocker / 'frames'}: cannot save frames there (Not a directory)"
+
+
+# --- --serve: the live view of a real run, through the command line ---------------------------------
+
+SERVE_START_S = 60
+HTTP_TIMEOUT_S = 10
+
+
+class ServedRun:
+    """`edge-classify --camera ... --serve 127.0.0.1:0` in a subprocess; its address read from stderr."""
+
+    def __init__(self, arguments: list[str]):
+        self.process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", *arguments,
+                                         "--serve", "127.0.0.1:0"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr_lines: list[str] = []
+        deadline = time.monotonic() + SERVE_START_S
+        self.url = None
+        while self.url is None and time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            self.stderr_lines.append(line.rstrip("\n"))
+            if line.startswith("live view: "):
+                self.url = line.split(": ", 1)[1].strip()
+        if self.url is None:
+            self.stop()
+            raise AssertionError(f"no live view address; stderr: {self.stderr_lines}")
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None):
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.url.rstrip("/") + path, data=data, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def wait_for(self, predicate, path: str = "/healthz", limit_s: float = SERVE_START_S) -> dict:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            status, body = self.request(path)
+            if status == 200 and predicate(body):
+                return body
+            time.sleep(0.1)
+        raise AssertionError(f"{path} never satisfied the test: last {body}")
+
+    def stop(self) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            _, rest = self.process.communicate(timeout=HTTP_TIMEOUT_S * 3)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.communicate()
+        return self.process.returncode, "\n".join(self.stderr_lines) + "\n" + rest
+
+
+@pytest.fixture
+def served():
+    runs: list[ServedRun] = []
+
+    def start(*arguments: str) -> ServedRun:
+        runs.append(ServedRun(list(arguments)))
+        return runs[-1]
+
+    yield start
+    for served_run in runs:
+        served_run.stop()
+
+
+def test_served_run_answers_saves_the_pages_frame_and_classifies_uploads(runtime_models, clip: Path,
+                                                                          tmp_path: Path, served) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    log = tmp_path / "live.jsonl"
+    run_ = served("--model", str(runtime_models.int8), "--camera", str(clip), "--loop", "--json", "-o", str(log),
+                  "--save", str(frames), "-k", "2")
+    run_.wait_for(lambda health: health["frames"] >= 3 and health["camera_delivering"])
+    status, latest = run_.request("/api/latest")
+    assert status == 200 and latest["label"] in ("circle", "stripes") and len(latest["top_k"]) == 2
+    status, model = run_.request("/api/model")
+    assert status == 200 and model["labels"] == list(CLASS_NAMES)
+    status, saved = run_.request("/api/capture", json.dumps({"label": "my stripes"}).encode(),
+                                 {"Content-Type": "application/json"})
+    assert status == 200 and saved["label"] == "my stripes"
+    with Image.open(frames / saved["file"]) as image:
+        assert image.format == "JPEG" and image.size == (64, 64)
+    circle = tmp_path / "circle.png"
+    Image.fromarray(scene("circle")).save(circle)
+    status, answer = run_.request("/api/classify", circle.read_bytes(), {"Content-Type": "image/png"})
+    file_answer = json.loads(run(runtime_models, str(circle), "--json", "-k", "2").stdout)
+    assert status == 200 and answer["label"] == "circle"
+    assert answer["top_k"] == file_answer["top_k"]  # the same path as a file
+    status, refused = run_.request("/api/classify", b"not an image", {"Content-Type": "image/png"})
+    assert status == 400 and refused["error"] == "upload: not a recognised image file"
+    code, stderr = run_.stop()
+    assert code == 0, stderr
+    classified = int(stderr.strip().splitlines()[-2].split()[0])  # "N frames in ...", then the saver's line
+    assert len(log.read_text().splitlines()) == classified
+    assert stderr.strip().splitlines()[-1] == f"saved 1 frame to {frames}"
+
+
+def test_when_the_video_ends_the_view_says_so_and_stays_up(runtime_models, clip: Path, served) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    run_ = served("--model", str(runtime_models.int8), "--camera", str(clip))
+    health = run_.wait_for(lambda health: health["finished"] is not None)
+    assert health["frames"] == 2 * FRAMES_PER_SCENE and not health["camera_delivering"]
+    assert health["finished"].startswith(f"{2 * FRAMES_PER_SCENE} frames in ")
+    assert "stopped by end of stream" in health["finished"]
+    status, latest = run_.request("/api/latest")
+    assert status == 200 and latest["frame"] == 2 * FRAMES_PER_SCENE and latest["label"] == "stripes"
+    code, stderr = run_.stop()
+    assert code == 0, stderr
+    assert "the live view stays up until Ctrl-C" in stderr
+
+
+def test_serve_without_the_extra_says_which_to_install(runtime_models, clip: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = run(runtime_models, "--camera", str(clip), "--serve", "127.0.0.1:0")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: --serve needs the [serve] extra: pip install 'edge-image-toolkit[serve]'"
