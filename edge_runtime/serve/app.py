@@ -197,9 +197,10 @@ class LiveView:
         """`function(argument)` in a worker thread, its dict as JSON; its errors as one line."""
         try:
             return json_response(await asyncio.to_thread(function, argument))
-        except EdgeError as error:
-            disk_full = getattr(error, "errno", None) in DISK_FULL_ERRNOS
-            return json_response({"error": str(error)}, 507 if disk_full else 400)
+        except EdgeError as error:  # what was sent (400), or a disk error kept with its errno
+            code = getattr(error, "errno", None)
+            status = 400 if code is None else 507 if code in DISK_FULL_ERRNOS else 500
+            return json_response({"error": str(error)}, status)
         except OSError as error:
             if error.errno in DISK_FULL_ERRNOS:
                 return json_response({"error": f"{doing} failed: the disk is full"}, 507)
