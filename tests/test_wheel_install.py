@@ -136,3 +136,23 @@ def test_training_commands_on_a_device_install_name_the_extra(edge_venv: Path, t
                              f"training extra: pip install \"edge-image-toolkit[train]\"\n")
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_wheel_carries_the_live_views_page_and_its_extra(wheel: Path):
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = next(archive.read(name).decode() for name in names if name.endswith(".dist-info/METADATA"))
+    assert {f"edge_runtime/serve/static/{name}" for name in ("index.html", "app.js", "style.css")} <= names
+    assert "Provides-Extra: serve" in metadata
+    assert any(line.startswith("Requires-Dist: starlette") and 'extra == "serve"' in line
+               for line in metadata.splitlines())
+
+
+def test_installed_edge_classify_says_which_extra_serve_needs(edge_venv: Path, runtime_models, tmp_path: Path):
+    video = tmp_path / "missing.avi"  # the extra is asked for before the camera is opened
+    result = _run([str(edge_venv / "bin" / "edge-classify"), "--model", str(runtime_models.int8), "--camera",
+                   str(video), "--serve", "127.0.0.1:0"], RUN_TIMEOUT_S, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == "Error: --serve needs the [serve] extra: pip install 'edge-image-toolkit[serve]'"
