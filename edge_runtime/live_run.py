@@ -205,7 +205,8 @@ def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: C
 
     app = build_app(hub, token=token, serve_fps=serve.fps,
                     classify_upload=_UploadClassifier(make_classifier, options.top_k, options.threshold),
-                    capture=capture if saver is not None else None)
+                    capture=capture if saver is not None else None,
+                    capture_classes=saver.folder_labels if saver is not None else None)
     server = start_server(app, serve.host, serve.port)
     if warning:  # another address than loopback: says how to open the page, token included
         notify(f"warning: {warning}")

@@ -323,6 +323,7 @@ def test_served_run_answers_saves_the_pages_frame_and_classifies_uploads(runtime
     status, saved = run_.request("/api/capture", json.dumps({"label": "my stripes"}).encode(),
                                  {"Content-Type": "application/json"})
     assert status == 200 and saved["label"] == "my stripes"
+    assert run_.request("/api/model")[1]["capture_classes"] == ["my stripes"]  # offered on the next load
     with Image.open(frames / saved["file"]) as image:
         assert image.format == "JPEG" and image.size == (64, 64)
     circle = tmp_path / "circle.png"

@@ -126,13 +126,15 @@ class LiveView:
 
     def __init__(self, hub: LiveHub, jpeg: LatestJpeg, serve_fps: float, send_timeout_s: float,
                  classify_upload: Callable[[bytes], dict[str, Any]],
-                 capture: Callable[[str], dict[str, Any]] | None, max_upload_bytes: int) -> None:
+                 capture: Callable[[str], dict[str, Any]] | None, max_upload_bytes: int,
+                 capture_classes: Callable[[], list[str]] | None = None) -> None:
         self.hub = hub
         self.jpeg = jpeg
         self.serve_fps = serve_fps
         self.send_timeout_s = send_timeout_s
         self.classify_upload = classify_upload
         self.capture = capture
+        self.capture_classes = capture_classes
         self.max_upload_bytes = max_upload_bytes
         self._uploads: asyncio.Lock | None = None
         self._captures: asyncio.Lock | None = None
@@ -156,7 +158,10 @@ class LiveView:
         return json_response(record)
 
     async def model(self, request: Any) -> Any:
-        return json_response({**self.hub.model_facts, "labels": self.hub.labels, "capture": self.capture is not None})
+        facts = {**self.hub.model_facts, "labels": self.hub.labels, "capture": self.capture is not None}
+        if self.capture_classes is not None:  # the class folders already saved to, read now
+            facts["capture_classes"] = await asyncio.to_thread(self.capture_classes)
+        return json_response(facts)
 
     async def health(self, request: Any) -> Any:
         return json_response(self.hub.health())
@@ -215,11 +220,13 @@ def build_app(hub: LiveHub, *, token: str | None, serve_fps: float,
               classify_upload: Callable[[bytes], dict[str, Any]],
               capture: Callable[[str], dict[str, Any]] | None,
               max_upload_bytes: int = MAX_UPLOAD_BYTES, encoder: JpegEncoder | None = None,
-              send_timeout_s: float = SEND_TIMEOUT_S) -> Any:
+              send_timeout_s: float = SEND_TIMEOUT_S,
+              capture_classes: Callable[[], list[str]] | None = None) -> Any:
     """The live view as a Starlette app: a fixed route table behind `TokenGate`.
 
     `serve_fps` caps both the video and the result events per client; `encoder` replaces the
-    software JPEG encoder; a client whose socket takes nothing for `send_timeout_s` is dropped.
+    software JPEG encoder; a client whose socket takes nothing for `send_timeout_s` is dropped;
+    `capture_classes` lists the classes saved to so far (offered by the page beside the model's).
     """
     require_serve_extra()
     from starlette.applications import Starlette
@@ -229,7 +236,7 @@ def build_app(hub: LiveHub, *, token: str | None, serve_fps: float,
     if serve_fps <= 0:
         raise ValueError(f"serve_fps must be positive, not {serve_fps}")
     view = LiveView(hub, LatestJpeg(hub, serve_fps, encoder), serve_fps, send_timeout_s, classify_upload, capture,
-                    max_upload_bytes)
+                    max_upload_bytes, capture_classes)
     routes = [Route(path, _static_endpoint(body, media_type), methods=["GET"])
               for path, (body, media_type) in static_files(token).items()]
     routes += [
