@@ -9,13 +9,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from .live_run import (DEFAULT_SAVE_PER_MINUTE, DEFAULT_SERVE_FPS, DEFAULT_SERVE_HOST, DEFAULT_SERVE_PORT,
-                       LiveOptions, SaveOptions, ServeOptions)
+if TYPE_CHECKING:  # live_run loads only for a camera run: `edge-classify photo.jpg` never needs it
+    from .live_run import LiveOptions
 
+DEFAULT_SERVE_HOST = "127.0.0.1"
+# 8080: the usual unprivileged HTTP port, free on a stock Raspberry Pi OS (nothing there listens on it).
+DEFAULT_SERVE_PORT = 8080
+DEFAULT_SERVE_FPS = 10.0
+# Rule saves a minute: enough to collect a scene's hard cases, few enough that a rule matching every
+# frame of a 30 fps camera fills no disk (600 small JPEGs an hour).
+DEFAULT_SAVE_PER_MINUTE = 10
 TOKEN_ENV_VAR = "EDGE_CLASSIFY_TOKEN"
 LIVE_PARAMETERS = ("on_change", "loop", "serve", "serve_fps", "token", "save", "save_when", "save_max")
 
@@ -95,6 +102,8 @@ def check_live_options(camera: str | None, loop: bool, values: dict[str, Any]) -
 def live_run_options(camera: str, camera_auto: str, max_frames: int | None, as_json: bool, top_k: int,
                      threshold: float, output: str | None, values: dict[str, Any]) -> LiveOptions:
     """The parsed options as the LiveOptions of `live_run.run_live`."""
+    from .live_run import LiveOptions, SaveOptions, ServeOptions
+
     save = serve = None
     if values["save"] is not None:
         save = SaveOptions(values["save"], tuple(values["save_when"]), values["save_max"] or DEFAULT_SAVE_PER_MINUTE)

@@ -30,13 +30,6 @@ if TYPE_CHECKING:  # annotations only
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SERVE_HOST = "127.0.0.1"
-# 8080: the usual unprivileged HTTP port, free on a stock Raspberry Pi OS (nothing there listens on it).
-DEFAULT_SERVE_PORT = 8080
-DEFAULT_SERVE_FPS = 10.0
-# Rule saves a minute: enough to collect a scene's hard cases, few enough that a rule matching every
-# frame of a 30 fps camera fills no disk (600 small JPEGs an hour).
-DEFAULT_SAVE_PER_MINUTE = 10
 UPLOAD_NAME = "upload"
 # After the source ends, how often the waiting main thread wakes to notice Ctrl-C.
 IDLE_WAKE_S = 0.5

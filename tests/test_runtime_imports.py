@@ -77,7 +77,8 @@ def test_info_and_benchmark_load_nothing_heavy(runtime_models, option: str) -> N
 # install's finder, import pathlib and more by themselves), with the installed packages on the path.
 COLD_PATH_ABSENT = ("zipfile", "tempfile", "shutil", "pathlib", "shlex", "edge_runtime.model_file.official_metadata",
                     "edge_runtime.model_file.flatbuffer_check", "flatbuffers", "encodings.cp437",
-                    "edge_runtime.fixed_point_resize")
+                    "edge_runtime.fixed_point_resize", "edge_runtime.live_run", "edge_runtime.capture",
+                    "edge_runtime.serve.server", "edge_runtime.sources.camera")
 BARE_PROBE = """
 import json, sys
 sys.path[:0] = {paths!r}
@@ -105,8 +106,8 @@ def loaded_without_site(args: list[str]) -> list[str]:
 def test_one_photo_with_our_model_loads_no_zip_temp_file_path_or_official_metadata_code(
         runtime_models, split_dataset: Path) -> None:
     """Our models carry everything in our own entries: no zipfile (bounded_zip reads the archive), no
-    official-metadata parser or flatbuffers, no tempfile (only -o writes a file), no pathlib, and not
-    MediaPipe's resize (only models from elsewhere use it)."""
+    official-metadata parser or flatbuffers, no tempfile (only -o writes a file), no pathlib, not
+    MediaPipe's resize (only models from elsewhere use it), and nothing of the camera run."""
     photo = split_dataset / "test" / "circle" / "0000.png"
     assert loaded_without_site(["--model", str(runtime_models.int8), str(photo)]) == []
 
