@@ -1,0 +1,454 @@
+"""The live view under load (issue 22): what viewers and API clients cost the classification loop.
+
+Runs a real `edge-classify --camera VIDEO --loop --serve 127.0.0.1:0 --json -o LOG`. VIDEO is a
+640x480 camera-like clip declaring 1000 fps, so the loop classifies as fast as the machine allows
+and its fps shows what the server takes from it: CIFAR-10 test JPEGs upscaled (from
+../shared/datasets/cifar10-jpeg), else synthetic pictures. Phases of `--seconds` each: (a) no
+viewer, (b) one MJPEG viewer, (c) 20 MJPEG viewers, 50 requests a second to /api/latest and one
+viewer that connects and then stops reading. Each measures the classification fps (/healthz's frame
+count), the server's VmRSS (start, end, peak), its CPU and the clients', each viewer's frames, and
+/api/latest's latency and errors. At the end the process gets Ctrl-C (SIGINT) and the -o log's
+lines are compared with the frames it says it classified. The clients are cheap on purpose (raw
+sockets, one thread for all viewers, 1 MiB reads, only part boundaries counted): they share the
+cores with the server. All traffic stays on 127.0.0.1; every loop is bounded in time.
+
+    .venv/bin/python benchmarks/bench_live_view.py [--model artifacts/model_int8.tflite] [--seconds 60]
+
+Exit 1 when a must fails: (c)/(a) fps >= 0.90, RSS growth < 50 MiB, the stalled viewer dropped
+while the others keep receiving, one log line per classified frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+
+# Run as a script, benchmarks/ is on the path (as for harness.py).
+from screenshot_live_view import LiveProcess, start_live_view, write_camera_video
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "artifacts" / "model_int8.tflite"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
+LOOPBACK = "127.0.0.1"
+VIDEO_FPS = 1000.0
+VIDEO_FRAMES = 120
+DEFAULT_SECONDS = 60.0
+VIEWERS = 20
+API_RATE = 50.0
+START_TIMEOUT_S = 60.0
+HTTP_TIMEOUT_S = 5.0
+WARMUP_S = 5.0
+SAMPLE_EVERY_S = 0.25
+RECV_BYTES = 1 << 20
+# The stalled viewer's receive buffer: small, so its connection backs up soon.
+STALLED_RCVBUF = 4096
+# How long after phase (c) the run still waits for the server to drop the stalled viewer.
+STALL_DROP_LIMIT_S = 90.0
+DRAIN_LIMIT_S = 20.0
+PART_BOUNDARY = b"--frame\r\n"
+VIDEO_REQUEST = f"GET /video.mjpg HTTP/1.1\r\nHost: {LOOPBACK}\r\n\r\n".encode("ascii")
+# Musts and the goal, as issue 22 states them.
+MIN_LOADED_FPS_RATIO = 0.90
+GOAL_ONE_VIEWER_OVERHEAD = 0.15
+MAX_RSS_GROWTH_MIB = 50.0
+# A viewer that went this long without a frame was stalled, not merely slowed.
+MAX_VIEWER_GAP_S = 2.0
+SUMMARY_LINE = re.compile(r"^(\d+) frames in [\d.]+ s", re.MULTILINE)
+KIB = 1024.0
+# Every 97th test JPEG: a spread over the ten classes.
+PICTURE_STRIDE = 97
+
+
+# --- Clients --------------------------------------------------------------------------------------
+
+class Viewers(threading.Thread):
+    """`count` MJPEG viewers, all served by one thread over a selector: each reads whatever is there
+    (up to 1 MiB) and counts part boundaries, with the time it saw them. Stops at `stop()` or at
+    `limit_s`, whichever comes first."""
+
+    def __init__(self, port: int, count: int, limit_s: float) -> None:
+        super().__init__(name=f"viewers-{count}", daemon=True)
+        import selectors
+        import socket
+
+        self.selector = selectors.DefaultSelector()
+        self.arrivals: list[list[float]] = [[] for _ in range(count)]
+        self.closed_at: list[float | None] = [None] * count
+        self.stopping = threading.Event()
+        self.deadline = time.monotonic() + limit_s
+        for index in range(count):
+            sock = socket.create_connection((LOOPBACK, port), timeout=HTTP_TIMEOUT_S)
+            sock.sendall(VIDEO_REQUEST)
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, [index, b""])
+
+    def run(self) -> None:
+        while not self.stopping.is_set() and time.monotonic() < self.deadline and self.selector.get_map():
+            for key, _ in self.selector.select(SAMPLE_EVERY_S):
+                index, tail = key.data
+                try:
+                    data = key.fileobj.recv(RECV_BYTES)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                now = time.monotonic()
+                if not data:
+                    self.closed_at[index] = now
+                    self.selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    continue
+                seen = tail + data
+                self.arrivals[index].extend([now] * seen.count(PART_BOUNDARY))
+                key.data[1] = seen[-(len(PART_BOUNDARY) - 1):]
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(HTTP_TIMEOUT_S)
+
+
+class ApiPoller(threading.Thread):
+    """GET /api/latest `rate` times a second on one keep-alive connection (as a page's script
+    would), recording each answer's latency; a failure is counted and the connection reopened."""
+
+    def __init__(self, port: int, rate: float, limit_s: float) -> None:
+        super().__init__(name="api-poller", daemon=True)
+        self.port, self.interval, self.limit_s = port, 1.0 / rate, limit_s
+        self.latencies_ms: list[float] = []
+        self.errors: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        import http.client
+
+        connection = None
+        started = time.monotonic()
+        for number in range(int(self.limit_s / self.interval)):
+            if self.stopping.wait(max(0.0, started + number * self.interval - time.monotonic())):
+                break
+            begun = time.perf_counter()
+            try:
+                connection = connection or http.client.HTTPConnection(LOOPBACK, self.port, timeout=HTTP_TIMEOUT_S)
+                connection.request("GET", "/api/latest")
+                response = connection.getresponse()
+                body = response.read()
+                if response.status != 200 or b'"label"' not in body:
+                    self.errors.append(f"{response.status} {body[:80]!r}")
+                else:
+                    self.latencies_ms.append((time.perf_counter() - begun) * 1000.0)
+            except (OSError, http.client.HTTPException) as error:
+                self.errors.append(f"{type(error).__name__}: {error}")
+                if connection is not None:
+                    connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(HTTP_TIMEOUT_S)
+
+
+def connect_stalled(port: int):
+    """A viewer that asks for the video and then never reads a byte."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
+    sock.settimeout(HTTP_TIMEOUT_S)
+    sock.connect((LOOPBACK, port))
+    sock.sendall(VIDEO_REQUEST)
+    return sock
+
+
+def drained_to_close(sock, limit_s: float = DRAIN_LIMIT_S) -> bool:
+    """Read what the server had sent until it closes the connection (True) or `limit_s` passes."""
+    deadline = time.monotonic() + limit_s
+    sock.settimeout(1.0)
+    with sock:
+        while time.monotonic() < deadline:
+            try:
+                if not sock.recv(RECV_BYTES):
+                    return True
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server: closed too
+                return True
+    return False
+
+
+# --- The phases -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Phase:
+    """What one phase measured."""
+
+    name: str
+    seconds: float = 0.0
+    frames: int = 0
+    rss_start_mib: float = 0.0
+    rss_end_mib: float = 0.0
+    rss_peak_mib: float = 0.0
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    viewer_frames: list[int] = dataclasses.field(default_factory=list)
+    api_ms: list[float] = dataclasses.field(default_factory=list)
+    api_errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / KIB
+    raise click.ClickException(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of the process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def health(port: int) -> dict:
+    import http.client
+
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=HTTP_TIMEOUT_S)
+    try:
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise click.ClickException(f"/healthz answered {response.status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+def measure(live: LiveProcess, phase: Phase, seconds: float, watch=None) -> None:
+    """Sample the server for `seconds`: its frame count at both ends, its RSS every SAMPLE_EVERY_S
+    (and `watch()` with it), its CPU time and ours."""
+    pid = live.process.pid
+    first, begun = health(live.port)["frames"], time.monotonic()
+    server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+    phase.rss_start_mib = phase.rss_peak_mib = rss_mib(pid)
+    while time.monotonic() < begun + seconds:
+        time.sleep(SAMPLE_EVERY_S)
+        phase.rss_peak_mib = max(phase.rss_peak_mib, rss_mib(pid))
+        if watch is not None:
+            watch()
+    phase.frames, phase.seconds = health(live.port)["frames"] - first, time.monotonic() - begun
+    phase.rss_end_mib = rss_mib(pid)
+    phase.rss_peak_mib = max(phase.rss_peak_mib, phase.rss_end_mib)
+    phase.server_cpu_s, phase.client_cpu_s = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+
+
+@dataclasses.dataclass
+class Stall:
+    """The stalled viewer: when it connected, when the server let it go, and whether it closed it."""
+
+    connected_at: float
+    dropped_at: float | None
+    closed: bool
+    logged: bool
+    others_max_gap_s: float
+    others_closed: int
+
+
+def loaded_phase(live: LiveProcess, phase: Phase, seconds: float, viewers: int, api_rate: float) -> Stall:
+    """Phase (c): `viewers` viewers, /api/latest at `api_rate`, one stalled viewer; after the phase,
+    the viewers keep going until the server drops the stalled one (at most STALL_DROP_LIMIT_S more)."""
+    limit_s = seconds + STALL_DROP_LIMIT_S + DRAIN_LIMIT_S
+    crowd, poller = Viewers(live.port, viewers, limit_s), ApiPoller(live.port, api_rate, limit_s)
+    crowd.start()
+    poller.start()
+    stalled = connect_stalled(live.port)
+    stalled_port, connected_at = stalled.getsockname()[1], time.monotonic()
+    state: dict = {"all_in": False, "dropped_at": None}
+
+    def watch() -> None:  # /healthz's video_viewers falls once the server drops the stalled viewer
+        count = health(live.port)["video_viewers"]
+        state["all_in"] |= count > viewers
+        if state["all_in"] and count <= viewers and state["dropped_at"] is None:
+            state["dropped_at"] = time.monotonic()
+
+    begun = time.monotonic()
+    measure(live, phase, seconds, watch)
+    ended = time.monotonic()
+    while state["dropped_at"] is None and time.monotonic() < ended + STALL_DROP_LIMIT_S:
+        time.sleep(SAMPLE_EVERY_S)
+        watch()
+    crowd.stop()
+    poller.stop()
+    phase.viewer_frames = [sum(begun <= t <= ended for t in times) for times in crowd.arrivals]
+    phase.api_ms, phase.api_errors = poller.latencies_ms, poller.errors
+    gaps = [max((b - a for a, b in zip(times, times[1:])), default=float("inf")) for times in crowd.arrivals]
+    return Stall(connected_at, state["dropped_at"], drained_to_close(stalled),
+                 f"{LOOPBACK}:{stalled_port}" in live.stderr(), max(gaps, default=float("inf")),
+                 sum(closed is not None for closed in crowd.closed_at))
+
+
+def viewer_phase(live: LiveProcess, phase: Phase, seconds: float) -> None:
+    """Phase (b): one viewer reading the video."""
+    viewer = Viewers(live.port, 1, seconds + DRAIN_LIMIT_S)
+    viewer.start()
+    begun = time.monotonic()
+    measure(live, phase, seconds)
+    ended = time.monotonic()
+    viewer.stop()
+    phase.viewer_frames = [sum(begun <= t <= ended for t in viewer.arrivals[0])]
+
+
+# --- The report -----------------------------------------------------------------------------------
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def table(phases: list[Phase]) -> list[str]:
+    """The phases side by side, as Markdown."""
+    def row(name: str, cell) -> str:
+        return f"| {name} | " + " | ".join(cell(phase) for phase in phases) + " |"
+
+    def viewers(phase: Phase) -> str:
+        counts = phase.viewer_frames
+        if not counts:
+            return "-"
+        return (f"{min(counts)} / {statistics.median(counts):g} / {max(counts)} "
+                f"({statistics.median(counts) / phase.seconds:.1f}/s each)")
+
+    def api(phase: Phase) -> str:
+        if not phase.api_ms and not phase.api_errors:
+            return "-"
+        values = phase.api_ms
+        return (f"{percentile(values, 0.5):.1f} / {percentile(values, 0.95):.1f} / {percentile(values, 0.99):.1f} / "
+                f"{max(values, default=float('nan')):.1f}")
+
+    return [
+        "| | " + " | ".join(phase.name for phase in phases) + " |",
+        "|---|" + "---:|" * len(phases),
+        row("classification fps", lambda p: f"{p.fps:.1f}"),
+        row("frames classified in the phase", lambda p: f"{p.frames} in {p.seconds:.1f} s"),
+        row("server CPU (% of one core)", lambda p: f"{100 * p.server_cpu_s / p.seconds:.0f}%"),
+        row("benchmark clients' CPU (% of one core)", lambda p: f"{100 * p.client_cpu_s / p.seconds:.0f}%"),
+        row("server RSS start / end / peak (MiB)",
+            lambda p: f"{p.rss_start_mib:.1f} / {p.rss_end_mib:.1f} / {p.rss_peak_mib:.1f}"),
+        row("video frames per viewer, min / median / max", viewers),
+        row("/api/latest ms p50 / p95 / p99 / max", api),
+        row("/api/latest answers / errors",
+            lambda p: f"{len(p.api_ms)} / {len(p.api_errors)}" if p.api_ms or p.api_errors else "-"),
+    ]
+
+
+def verdicts(phases: list[Phase], stall: Stall, lines: int, torn: int, classified: int | None) -> list[tuple[bool, str]]:
+    """(held, text) for the goal and each must."""
+    idle, one, loaded = phases
+    growth = max(phase.rss_peak_mib for phase in phases) - idle.rss_start_mib
+    dropped = stall.dropped_at is not None and stall.closed
+    dropped_text = (f"dropped after {stall.dropped_at - stall.connected_at:.1f} s" if stall.dropped_at
+                    else f"NOT dropped within the phase and {STALL_DROP_LIMIT_S:.0f} s more")
+    return [
+        (None, f"(b)/(a) fps {one.fps / idle.fps:.3f}: one viewer costs {1 - one.fps / idle.fps:.1%} "
+               f"(goal: at most {GOAL_ONE_VIEWER_OVERHEAD:.0%})"),
+        (loaded.fps / idle.fps >= MIN_LOADED_FPS_RATIO,
+         f"(c)/(a) fps {loaded.fps / idle.fps:.3f} (must be >= {MIN_LOADED_FPS_RATIO:.2f})"),
+        (growth < MAX_RSS_GROWTH_MIB,
+         f"RSS growth {growth:.1f} MiB: peak of all phases over the start of (a) (must be < {MAX_RSS_GROWTH_MIB:g})"),
+        (dropped and stall.others_max_gap_s < MAX_VIEWER_GAP_S and stall.others_closed == 0,
+         f"stalled viewer {dropped_text} (/healthz viewers fell), its connection closed by the server: "
+         f"{'yes' if stall.closed else 'no'}, named in the server's log: {'yes' if stall.logged else 'no'}; "
+         f"the {len(loaded.viewer_frames)} others' longest gap between frames {stall.others_max_gap_s:.2f} s "
+         f"(must be < {MAX_VIEWER_GAP_S:g}), {stall.others_closed} of them closed (must be 0)"),
+        (classified is not None and lines == classified and torn == 0,
+         f"-o log: {lines} lines ({torn} not whole JSON) for {classified} frames classified (must be equal)"),
+    ]
+
+
+def read_log(path: Path) -> tuple[int, int]:
+    """(lines, lines that are not a whole JSON object) of the -o log."""
+    lines = torn = 0
+    with open(path, "rb") as log:
+        for line in log:
+            lines += 1
+            try:
+                json.loads(line)["frame"]
+            except (ValueError, KeyError, TypeError):
+                torn += 1
+    return lines, torn
+
+
+@click.command()
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
+              help="The .tflite model to classify with (`make train convert` makes one).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA, show_default=True,
+              help="CIFAR-10 JPEG tree for the video's pictures (synthetic pictures without it).")
+@click.option("--seconds", type=click.FloatRange(min=1), default=DEFAULT_SECONDS, show_default=True,
+              help="Length of each phase (5 makes a quick smoke run).")
+@click.option("--viewers", type=click.IntRange(min=1, max=100), default=VIEWERS, show_default=True)
+@click.option("--api-rate", type=click.FloatRange(min=1, max=500), default=API_RATE, show_default=True,
+              help="Requests a second to /api/latest in phase (c).")
+def main(model: Path, data: Path, seconds: float, viewers: int, api_rate: float) -> None:
+    """Measure the live view's cost to classification under load; exit 1 when a must fails."""
+    if not model.is_file():
+        raise click.ClickException(f"no model at {model}: make one with `make train convert`, or pass --model")
+    pictures = sorted(data.glob("test/*/*.jpg"))[::PICTURE_STRIDE][:VIDEO_FRAMES] if data.is_dir() else []
+    with tempfile.TemporaryDirectory(prefix="bench-live-view-") as work:
+        folder = Path(work)
+        video, log = folder / "camera.avi", folder / "results.jsonl"
+        click.echo(f"camera: {write_camera_video(video, pictures, VIDEO_FRAMES, VIDEO_FPS)}")
+        command = ["-m", str(model), "--camera", str(video), "--loop", "--json", "-o", str(log)]
+        click.echo(f"server: edge-classify {' '.join(command)} --serve {LOOPBACK}:0")
+        live = start_live_view(command, folder)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while health(live.port)["frames"] == 0 and time.monotonic() < deadline:
+                time.sleep(SAMPLE_EVERY_S)
+            time.sleep(min(WARMUP_S, seconds))
+            phases = [Phase("a: no viewer"), Phase("b: 1 viewer"),
+                      Phase(f"c: {viewers} viewers + {api_rate:g} req/s + 1 stalled")]
+            click.echo(f"phase {phases[0].name}, {seconds:g} s")
+            measure(live, phases[0], seconds)
+            click.echo(f"phase {phases[1].name}, {seconds:g} s")
+            viewer_phase(live, phases[1], seconds)
+            click.echo(f"phase {phases[2].name}, {seconds:g} s (then until the stalled viewer is dropped)")
+            stall = loaded_phase(live, phases[2], seconds, viewers, api_rate)
+        finally:
+            stderr = live.stop()
+        summaries = SUMMARY_LINE.findall(stderr)
+        classified = int(summaries[-1]) if summaries else None
+        lines, torn = read_log(log)
+    click.echo("")
+    click.echo("\n".join(table(phases)))
+    click.echo("")
+    click.echo("Clients: one thread reads all viewers' sockets (1 MiB reads, part boundaries counted, nothing "
+               "decoded), one thread polls the API on a keep-alive connection; they share the 2 cores with the "
+               "server, and their CPU is in the table.")
+    failed = False
+    for held, text in verdicts(phases, stall, lines, torn, classified):
+        failed |= held is False
+        click.echo(f"{'goal' if held is None else 'PASS' if held else 'FAIL'}: {text}")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
