@@ -194,7 +194,8 @@ def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: C
         if frame is None:
             raise EdgeError("no frame to save yet: the camera has not delivered one")
         saved = saver.save(frame, label, status)
-        return {"file": saved.file, "label": saved.label, "time": saved.time}
+        # `path` as the device has it (the folder as --save gave it), `file` within that folder.
+        return {"path": str(saved.path), "file": saved.file, "label": saved.label, "time": saved.time}
 
     app = build_app(hub, token=token, serve_fps=serve.fps,
                     classify_upload=_UploadClassifier(make_classifier, options.top_k, options.threshold),

@@ -165,7 +165,7 @@
         body: JSON.stringify({ label }),
       });
       if (ok) {
-        result.textContent = `Saved as ${label}: ${body.file || body.path || JSON.stringify(body)}`;
+        result.textContent = `Saved as ${label}: ${body.path || body.file || JSON.stringify(body)}`;
         fillCaptureLabels([label]);
         byId("capture-label").value = label;
         byId("capture-new").value = "";
