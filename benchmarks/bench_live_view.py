@@ -5,8 +5,9 @@ Runs a real `edge-classify --camera VIDEO --loop --serve 127.0.0.1:0 --json -o L
 and its fps shows what the server takes from it: CIFAR-10 test JPEGs upscaled (from
 ../shared/datasets/cifar10-jpeg), else synthetic pictures. Phases of `--seconds` each: (a) no
 viewer, (b) one MJPEG viewer, (c) 20 MJPEG viewers, 50 requests a second to /api/latest and one
-viewer that connects and then stops reading. Each measures the classification fps (/healthz's frame
-count), the server's VmRSS (start, end, peak), its CPU and the clients', each viewer's frames, and
+viewer that connects and then stops reading, (a2) no viewer again: (a) and (a2) bracket the others,
+and the ratios are over their mean, so a machine whose speed drifts during the run shows it.
+Each measures the classification fps (/healthz's frame count), the server's VmRSS (start, end, peak), its CPU and the clients', each viewer's frames, and
 /api/latest's latency and errors. At the end the process gets Ctrl-C (SIGINT) and the -o log's
 lines are compared with the frames it says it classified. The clients are cheap on purpose (raw
 sockets, one thread for all viewers, 1 MiB reads, only part boundaries counted): they share the
@@ -231,17 +232,19 @@ def table(phases: list[Phase]) -> list[str]:
 
 
 def verdicts(phases: list[Phase], stall: Stall, lines: int, torn: int, classified: int | None) -> list[tuple[bool, str]]:
-    """(held, text) for the goal and each must."""
-    idle, one, loaded = phases
-    growth = max(phase.rss_peak_mib for phase in phases) - idle.rss_start_mib
+    """(held, text) for the goal and each must; the no-viewer rate is the mean of (a) and (a2), which
+    bracket the others so that the machine's drift over the run shows as their spread."""
+    first_idle, one, loaded, last_idle = phases
+    idle_fps = (first_idle.fps + last_idle.fps) / 2
+    growth = max(phase.rss_peak_mib for phase in phases) - first_idle.rss_start_mib
     dropped = stall.dropped_at is not None and stall.closed
     dropped_text = (f"dropped after {stall.dropped_at - stall.connected_at:.1f} s" if stall.dropped_at
                     else f"NOT dropped within the phase and {STALL_DROP_LIMIT_S:.0f} s more")
     return [
-        (None, f"(b)/(a) fps {one.fps / idle.fps:.3f}: one viewer costs {1 - one.fps / idle.fps:.1%} "
+        (None, f"(b)/(a) fps {one.fps / idle_fps:.3f}: one viewer costs {1 - one.fps / idle_fps:.1%} "
                f"(goal: at most {GOAL_ONE_VIEWER_OVERHEAD:.0%})"),
-        (loaded.fps / idle.fps >= MIN_LOADED_FPS_RATIO,
-         f"(c)/(a) fps {loaded.fps / idle.fps:.3f} (must be >= {MIN_LOADED_FPS_RATIO:.2f})"),
+        (loaded.fps / idle_fps >= MIN_LOADED_FPS_RATIO,
+         f"(c)/(a) fps {loaded.fps / idle_fps:.3f} (must be >= {MIN_LOADED_FPS_RATIO:.2f})"),
         (growth < MAX_RSS_GROWTH_MIB,
          f"RSS growth {growth:.1f} MiB: peak of all phases over the start of (a) (must be < {MAX_RSS_GROWTH_MIB:g})"),
         (dropped and stall.others_max_gap_s < MAX_VIEWER_GAP_S and stall.others_closed == 0,
@@ -252,6 +255,14 @@ def verdicts(phases: list[Phase], stall: Stall, lines: int, torn: int, classifie
         (classified is not None and lines == classified and torn == 0,
          f"-o log: {lines} lines ({torn} not whole JSON) for {classified} frames classified (must be equal)"),
     ]
+
+
+def baseline_line(phases: list[Phase]) -> str:
+    """How far the two no-viewer phases, (a) and (a2), lie apart: the machine's drift over the run."""
+    first, last = phases[0], phases[-1]
+    mean = (first.fps + last.fps) / 2
+    return (f"note: no viewer: (a) {first.fps:.1f} fps, (a2) {last.fps:.1f} fps, "
+            f"{abs(last.fps - first.fps) / mean:.1%} apart; the ratios below are over their mean")
 
 
 def read_log(path: Path) -> tuple[int, int]:
@@ -295,13 +306,15 @@ def main(model: Path, data: Path, seconds: float, viewers: int, api_rate: float)
                 time.sleep(SAMPLE_EVERY_S)
             time.sleep(min(WARMUP_S, seconds))
             phases = [Phase("a: no viewer"), Phase("b: 1 viewer"),
-                      Phase(f"c: {viewers} viewers + {api_rate:g} req/s + 1 stalled")]
+                      Phase(f"c: {viewers} viewers + {api_rate:g} req/s + 1 stalled"), Phase("a2: no viewer again")]
             click.echo(f"phase {phases[0].name}, {seconds:g} s")
             measure(live, phases[0], seconds)
             click.echo(f"phase {phases[1].name}, {seconds:g} s")
             viewer_phase(live, phases[1], seconds)
             click.echo(f"phase {phases[2].name}, {seconds:g} s (then until the stalled viewer is dropped)")
             stall = loaded_phase(live, phases[2], seconds, viewers, api_rate)
+            click.echo(f"phase {phases[3].name}, {seconds:g} s")
+            measure(live, phases[3], seconds)
         finally:
             stderr = live.stop()
         summaries = SUMMARY_LINE.findall(stderr)
@@ -313,6 +326,7 @@ def main(model: Path, data: Path, seconds: float, viewers: int, api_rate: float)
     click.echo("Clients: one thread reads all viewers' sockets (1 MiB reads, part boundaries counted, nothing "
                "decoded), one thread polls the API on a keep-alive connection; they share the 2 cores with the "
                "server, and their CPU is in the table.")
+    click.echo(baseline_line(phases))
     failed = False
     for held, text in verdicts(phases, stall, lines, torn, classified):
         failed |= held is False
