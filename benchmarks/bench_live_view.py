@@ -6,12 +6,13 @@ and its fps shows what the server takes from it: CIFAR-10 test JPEGs upscaled (f
 ../shared/datasets/cifar10-jpeg), else synthetic pictures. Phases of `--seconds` each: (a) no
 viewer, (b) one MJPEG viewer, (c) 20 MJPEG viewers, 50 requests a second to /api/latest and one
 viewer that connects and then stops reading, (a2) no viewer again: (a) and (a2) bracket the others,
-and the ratios are over their mean, so a machine whose speed drifts during the run shows it.
-Each measures the classification fps (/healthz's frame count), the server's VmRSS (start, end, peak), its CPU and the clients', each viewer's frames, and
-/api/latest's latency and errors. At the end the process gets Ctrl-C (SIGINT) and the -o log's
-lines are compared with the frames it says it classified. The clients are cheap on purpose (raw
-sockets, one thread for all viewers, 1 MiB reads, only part boundaries counted): they share the
-cores with the server. All traffic stays on 127.0.0.1; every loop is bounded in time.
+and the ratios are over their mean, so a machine whose speed drifts during the run shows it. Each
+measures the classification fps (/healthz's frame count), the server's VmRSS (start, end, peak), its
+CPU and the clients', each viewer's frames, and /api/latest's latency and errors. At the end the
+process gets SIGTERM (taken as Ctrl-C) and the -o log's lines are compared with the frames it
+classified. The clients are cheap on purpose (raw sockets, one thread for all viewers, 1 MiB reads, only part
+boundaries counted): they share the cores with the server. All traffic stays on 127.0.0.1; every
+loop is bounded in time.
 
     .venv/bin/python benchmarks/bench_live_view.py [--model artifacts/model_int8.tflite] [--seconds 60]
 
@@ -319,6 +320,9 @@ def main(model: Path, data: Path, seconds: float, viewers: int, api_rate: float)
             stderr = live.stop()
         summaries = SUMMARY_LINE.findall(stderr)
         classified = int(summaries[-1]) if summaries else None
+        if classified is None:
+            click.echo(f"edge-classify exited {live.process.returncode} with no summary; its stderr ended:\n"
+                       + "\n".join(stderr.splitlines()[-10:]), err=True)
         lines, torn = read_log(log)
     click.echo("")
     click.echo("\n".join(table(phases)))

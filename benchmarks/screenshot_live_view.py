@@ -77,10 +77,11 @@ class LiveProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> str:
-        """Ctrl-C (SIGINT), as a person stops it; killed when still running after `timeout_s`.
-        Returns what it wrote to stderr."""
+        """SIGTERM, as systemd stops it (edge-classify ends a camera run on it as on Ctrl-C, and a
+        SIGINT would be ignored where this was started in the background by a shell without job
+        control); killed when still running after `timeout_s`. Returns what it wrote to stderr."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -59,7 +59,7 @@ NO_VALUE = "–"  # what the page shows before the first answer
 
 @pytest.fixture(scope="module")
 def live(runtime_models, tmp_path_factory: pytest.TempPathFactory):
-    """edge-classify serving the looping two-scene video with a token and --save; Ctrl-C at the end."""
+    """edge-classify serving the looping two-scene video with a token and --save; SIGTERM at the end."""
     folder = tmp_path_factory.mktemp("live-view-browser")
     video = write_video(folder / "camera.avi", [upscale(scene(name), SCENE_SCALE) for name in SCENES],
                         FRAMES_PER_SCENE, VIDEO_FPS)
