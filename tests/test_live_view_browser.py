@@ -14,7 +14,6 @@ missing.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
