@@ -164,6 +164,13 @@ class _UploadClassifier:
             return classify_upload(self._classifier, data, self._top_k, self._threshold)
 
 
+def _same_model(classifier: Classifier) -> Callable[[], Classifier]:
+    """A maker of another Classifier of the same model file and backend."""
+    from .classify import Classifier
+
+    return lambda: Classifier(classifier.model_path, backend=classifier.backend)
+
+
 def _make_saver(save: SaveOptions) -> FrameSaver:
     """The frame saver of `--save`, its folder made and checked now rather than at the first save."""
     from .capture import CaptureError, FrameSaver
@@ -214,7 +221,9 @@ def run_live(classifier: Classifier, options: LiveOptions, notify: Callable[[str
              stdout: TextIO | None = None) -> LiveOutcome:
     """Classify the frames of `options.source` until it ends, `max_frames`, Ctrl-C or a lost source.
 
-    `make_classifier` builds a second classifier like the first (for the live view's uploads).
+    `make_classifier` builds a second classifier like the first, for the live view's uploads (an
+    interpreter must not run in two threads at once); without it one is made from the model file
+    with the same backend, and the model's own labels.
     Raises EdgeError before any frame for a bad source, output, save folder or address; a model
     that cannot run raises ModelError. SIGTERM (systemd's stop) ends the run as Ctrl-C does.
     """
@@ -228,7 +237,7 @@ def run_live(classifier: Classifier, options: LiveOptions, notify: Callable[[str
         if options.save is not None:
             saver = _make_saver(options.save)
         if options.serve is not None:
-            hub, server = _start_view(classifier, options, make_classifier or (lambda: classifier), saver, notify)
+            hub, server = _start_view(classifier, options, make_classifier or _same_model(classifier), saver, notify)
 
         def report(status: LiveStatus) -> None:
             sink.write_line(json.dumps(status.to_dict()) if options.as_json else status.line())

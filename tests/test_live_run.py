@@ -361,3 +361,51 @@ def test_serve_without_the_extra_says_which_to_install(runtime_models, clip: Pat
     result = run(runtime_models, "--camera", str(clip), "--serve", "127.0.0.1:0")
     assert result.exit_code == 2
     assert result.stderr.strip() == "Error: --serve needs the [serve] extra: pip install 'edge-image-toolkit[serve]'"
+
+
+def test_a_library_run_without_a_classifier_maker_classifies_uploads_on_an_interpreter_of_their_own(
+        runtime_models, clip: Path, tmp_path: Path) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    import _thread
+    import threading
+    import urllib.request
+
+    from PIL import Image
+
+    from edge_runtime.classify import Classifier
+    from edge_runtime.live_run import LiveOptions, ServeOptions, run_live
+
+    classifier = Classifier(runtime_models.int8)
+    made: list[Classifier] = []
+    original_init = Classifier.__init__
+
+    def counting_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        made.append(self)
+
+    circle = tmp_path / "circle.png"
+    Image.fromarray(scene("circle")).save(circle)
+    messages: list[str] = []
+    answers: list[dict] = []
+
+    def notify(message: str) -> None:
+        messages.append(message)
+        if message.startswith("live view: "):
+            url = message.split(": ", 1)[1].rstrip("/")
+            request = urllib.request.Request(url + "/api/classify", data=circle.read_bytes())
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                answers.append(json.loads(response.read()))
+        if message.endswith("the live view stays up until Ctrl-C"):  # the video ended: press Ctrl-C
+            threading.Timer(0.5, _thread.interrupt_main).start()
+
+    options = LiveOptions(source=str(clip), max_frames=3, serve=ServeOptions("127.0.0.1", 0, None, 10.0),
+                          output=str(tmp_path / "log.jsonl"))
+    Classifier.__init__ = counting_init
+    try:
+        outcome = run_live(classifier, options, notify)
+    finally:
+        Classifier.__init__ = original_init
+    assert outcome.summary.frames >= 3
+    assert answers and answers[0]["label"] == "circle"
+    assert len(made) == 1 and made[0] is not classifier  # the upload's own interpreter

@@ -269,7 +269,7 @@ def test_help_and_version() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--output", "out.jsonl", "--info", "m.tflite"], "--output only applies to image inputs"),
+    (["--output", "out.jsonl", "--info", "m.tflite"], "--output only applies to image inputs and --camera"),
     (["--recursive", "--camera"], "--recursive only applies to image inputs"),
 ])
 def test_file_options_without_files_exit_2(args: list[str], message: str) -> None:
