@@ -1,7 +1,7 @@
 """`edge-classify`: classify image files, folders or camera frames with a TFLite model, without TensorFlow.
 
 A thin shell over the library: it parses options, picks the model, builds one Classifier and
-hands it to `batch.classify_files`, `sources.live.classify_frames`, `bench.benchmark_model` or
+hands it to `batch.classify_files`, `live_run.run_live` (camera frames), `bench.benchmark_model` or
 `info.model_facts`; SMALL_JOB_FILES files or more go to `workers`, whose processes build their
 own. Exit codes: 0 when everything asked for was done, 1 when some input could not be classified
 (the others still were) or a model differs from its manifest, 2 for a bad model, backend or
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, TextIO
 import click
 
 from . import __version__
-from .errors import EdgeError
 from .cli_live import LIVE_PARAMETERS, check_live_options, live_options, live_run_options
+from .errors import EdgeError
 from .interpreter import BACKEND_ORDER
 from .model_file.choose import MODEL_ENV_VAR, MODEL_SUFFIX
 
