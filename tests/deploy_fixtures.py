@@ -4,6 +4,7 @@
 host key, a client key allowed through an authorized_keys file in `folder`, and a generated
 sshd_config; it yields what a client needs (`SshServer`) and stops the server afterwards.
 `SshdUnavailable` says, in one line, why a server could not be started here, for `pytest.skip`.
+`systemd_analyze_verify` checks one of deploy/'s systemd units.
 """
 
 from __future__ import annotations
@@ -178,3 +179,16 @@ def flip_byte(path: Path, offset: int) -> None:
 def remote_edge_classify(repo_root: Path, python: str) -> str:
     """The command that runs this checkout's edge-classify on the (local) test device."""
     return f"PYTHONPATH={shlex.quote(str(repo_root))} {shlex.quote(python)} -m edge_runtime.cli"
+
+
+def systemd_analyze_verify(unit: Path, unit_program: str, program: str, folder: Path,
+                           timeout_s: float) -> subprocess.CompletedProcess | None:
+    """`systemd-analyze verify` on a copy of `unit` in `folder` whose ExecStart runs `program` instead
+    of `unit_program` (verify checks that the program exists); None where systemd-analyze is missing."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return None
+    copy = folder / unit.name
+    copy.write_text(unit.read_text().replace(unit_program, program))
+    return subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                          timeout=timeout_s)

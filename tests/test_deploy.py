@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pytest
 
-from deploy_fixtures import (SshdUnavailable, SshServer, flip_byte, free_port, local_sshd,
-                             remote_edge_classify, write_deployable_model)
+from deploy_fixtures import (SshdUnavailable, SshServer, flip_byte, free_port, local_sshd, remote_edge_classify,
+                             systemd_analyze_verify, write_deployable_model)
 from edge_runtime.model_file.manifest import MANIFEST_NAME
 
 pytest_plugins = ("runtime_fixtures",)
@@ -320,12 +320,7 @@ def test_service_unit_command_is_one_edge_classify_accepts():
 
 
 def test_service_unit_passes_systemd_analyze_verify(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
+    result = systemd_analyze_verify(SERVICE_UNIT, UNIT_EDGE_CLASSIFY, sys.executable, tmp_path, SCRIPT_TIMEOUT_S)
+    if result is None:
         pytest.skip("systemd-analyze is not installed")
-    # verify checks that ExecStart's program exists: point it at one that does.
-    unit = tmp_path / SERVICE_UNIT.name
-    unit.write_text(SERVICE_UNIT.read_text().replace(UNIT_EDGE_CLASSIFY, sys.executable))
-    result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True,
-                            timeout=SCRIPT_TIMEOUT_S)
     assert (result.returncode, result.stderr) == (0, "")

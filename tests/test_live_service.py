@@ -4,12 +4,12 @@ describes it, and systemd-analyze accepts the unit."""
 from __future__ import annotations
 
 import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from deploy_fixtures import systemd_analyze_verify
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIVE_UNIT = REPO_ROOT / "deploy" / "edge-classify-live.service"
@@ -51,11 +51,7 @@ def test_live_unit_reads_the_token_from_a_file_and_gives_way_to_the_camera_unit(
 
 
 def test_live_unit_passes_systemd_analyze_verify(tmp_path: Path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
+    result = systemd_analyze_verify(LIVE_UNIT, UNIT_EDGE_CLASSIFY, sys.executable, tmp_path, ANALYZE_TIMEOUT_S)
+    if result is None:
         pytest.skip("systemd-analyze is not installed")
-    unit = tmp_path / LIVE_UNIT.name
-    unit.write_text(LIVE_UNIT.read_text().replace(UNIT_EDGE_CLASSIFY, sys.executable))
-    result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True,
-                            timeout=ANALYZE_TIMEOUT_S)
     assert (result.returncode, result.stderr) == (0, "")
