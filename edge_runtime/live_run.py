@@ -121,26 +121,24 @@ class LineSink:
 
 
 def classify_upload(classifier: Classifier, data: bytes, top_k: int, threshold: float) -> dict[str, Any]:
-    """An uploaded image file's answer, read and scored as a file is (`--json`'s fields)."""
+    """An uploaded image file's answer, read, scored and written as `--json` writes a file's."""
+    import io
+
+    from .batch import NO_USABLE_SCORES
     from .classify import top_classes
-    from .output import JSON_LATENCY_DIGITS, JSON_SCORE_DIGITS, UNCERTAIN_LABEL
+    from .output import JsonWriter
     from .preprocess import load_image_bytes
 
     started = time.perf_counter()
     pixels = load_image_bytes(data, classifier.spec, name=UPLOAD_NAME)
-    classes = top_classes(classifier.scores(pixels), classifier.labels, top_k)
+    scores = classifier.scores(pixels)
     latency_ms = (time.perf_counter() - started) * 1000.0
-    best = classes[0] if classes else None
-    score = best.score if best is not None else 0.0
-    uncertain = best is None or score < threshold
-    record: dict[str, Any] = {
-        "path": UPLOAD_NAME, "label": UNCERTAIN_LABEL if uncertain else best.label,
-        "score": round(score, JSON_SCORE_DIGITS),
-        "top_k": [{"label": c.label, "score": round(c.score, JSON_SCORE_DIGITS)} for c in classes],
-        "latency_ms": round(latency_ms, JSON_LATENCY_DIGITS)}
-    if uncertain:
-        record["uncertain"] = True
-    return record
+    classes = top_classes(scores, classifier.labels, top_k)
+    if not classes:  # NaN scores, as for a file
+        raise EdgeError(f"{UPLOAD_NAME}: {NO_USABLE_SCORES}")
+    line = io.StringIO()
+    JsonWriter(line).result(UPLOAD_NAME, classes, classes[0].score < threshold, latency_ms)
+    return json.loads(line.getvalue())
 
 
 class _UploadClassifier:

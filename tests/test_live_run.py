@@ -332,6 +332,9 @@ def test_served_run_answers_saves_the_pages_frame_and_classifies_uploads(runtime
     file_answer = json.loads(run(runtime_models, str(circle), "--json", "-k", "2").stdout)
     assert status == 200 and answer["label"] == "circle"
     assert answer["top_k"] == file_answer["top_k"]  # the same path as a file
+    assert answer["path"] == "upload" and set(answer) == set(file_answer)
+    assert {key: value for key, value in answer.items() if key not in ("path", "latency_ms")} == {
+        key: value for key, value in file_answer.items() if key not in ("path", "latency_ms")}
     status, refused = run_.request("/api/classify", b"not an image", {"Content-Type": "image/png"})
     assert status == 400 and refused["error"] == "upload: not a recognised image file"
     code, stderr = run_.stop()
