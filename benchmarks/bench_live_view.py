@@ -7,8 +7,8 @@ and its fps shows what the server takes from it: CIFAR-10 test JPEGs upscaled (f
 viewer, (b) one MJPEG viewer, (c) 20 MJPEG viewers, 50 requests a second to /api/latest and one
 viewer that connects and then stops reading, (a2) no viewer again: (a) and (a2) bracket the others,
 and the ratios are over their mean, so a machine whose speed drifts during the run shows it. Each
-measures the classification fps (/healthz's frame count), the server's VmRSS (start, end, peak), its
-CPU and the clients', each viewer's frames, and /api/latest's latency and errors. At the end the
+measures the classification fps (/healthz's frame count), the VmRSS of edge-classify's two processes
+(classifying, and the live view's server; start, end, peak), the CPU of each and the clients', each viewer's frames, and /api/latest's latency and errors. At the end the
 process gets SIGTERM (taken as Ctrl-C) and the -o log's lines are compared with the frames it
 classified. The clients are cheap on purpose (raw sockets, one thread for all viewers, 1 MiB reads, only part
 boundaries counted): they share the cores with the server. All traffic stays on 127.0.0.1; every
@@ -75,6 +75,8 @@ class Phase:
     rss_start_mib: float = 0.0
     rss_end_mib: float = 0.0
     rss_peak_mib: float = 0.0
+    server_rss_end_mib: float = 0.0
+    classify_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
     viewer_frames: list[int] = dataclasses.field(default_factory=list)
@@ -86,12 +88,25 @@ class Phase:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / KIB
-    raise click.ClickException(f"no VmRSS for process {pid}")
+def rss_mib(*pids: int) -> float:
+    """The processes' VmRSS added up."""
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            sizes = [int(line.split()[1]) for line in status if line.startswith("VmRSS:")]
+        if not sizes:
+            raise click.ClickException(f"no VmRSS for process {pid}")
+        total += sizes[0] / KIB
+    return total
+
+
+def server_process(pid: int) -> int:
+    """The live view's server process: edge-classify's one child (see edge_runtime/serve/process.py)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        found = [int(child) for child in children.read().split()]
+    if len(found) != 1:
+        raise click.ClickException(f"edge-classify (pid {pid}) has {len(found)} child processes, not its server's one")
+    return found[0]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,21 +132,24 @@ def health(port: int) -> dict:
 
 
 def measure(live: LiveProcess, phase: Phase, seconds: float, watch=None) -> None:
-    """Sample the server for `seconds`: its frame count at both ends, its RSS every SAMPLE_EVERY_S
-    (and `watch()` with it), its CPU time and ours."""
+    """Sample edge-classify for `seconds`: its frame count at both ends, the RSS of its two processes
+    (classifying, serving) every SAMPLE_EVERY_S (and `watch()` with it), their CPU time and ours."""
     pid = live.process.pid
+    server = server_process(pid)
     first, begun = health(live.port)["frames"], time.monotonic()
-    server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
-    phase.rss_start_mib = phase.rss_peak_mib = rss_mib(pid)
+    classify_cpu, server_cpu, client_cpu = cpu_seconds(pid), cpu_seconds(server), time.process_time()
+    phase.rss_start_mib = phase.rss_peak_mib = rss_mib(pid, server)
     while time.monotonic() < begun + seconds:
         time.sleep(SAMPLE_EVERY_S)
-        phase.rss_peak_mib = max(phase.rss_peak_mib, rss_mib(pid))
+        phase.rss_peak_mib = max(phase.rss_peak_mib, rss_mib(pid, server))
         if watch is not None:
             watch()
     phase.frames, phase.seconds = health(live.port)["frames"] - first, time.monotonic() - begun
-    phase.rss_end_mib = rss_mib(pid)
+    phase.rss_end_mib = rss_mib(pid, server)
+    phase.server_rss_end_mib = rss_mib(server)
     phase.rss_peak_mib = max(phase.rss_peak_mib, phase.rss_end_mib)
-    phase.server_cpu_s, phase.client_cpu_s = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+    phase.classify_cpu_s = cpu_seconds(pid) - classify_cpu
+    phase.server_cpu_s, phase.client_cpu_s = cpu_seconds(server) - server_cpu, time.process_time() - client_cpu
 
 
 @dataclasses.dataclass
@@ -221,10 +239,12 @@ def table(phases: list[Phase]) -> list[str]:
         "|---|" + "---:|" * len(phases),
         row("classification fps", lambda p: f"{p.fps:.1f}"),
         row("frames classified in the phase", lambda p: f"{p.frames} in {p.seconds:.1f} s"),
-        row("server CPU (% of one core)", lambda p: f"{100 * p.server_cpu_s / p.seconds:.0f}%"),
+        row("classifying process CPU (% of one core)", lambda p: f"{100 * p.classify_cpu_s / p.seconds:.0f}%"),
+        row("server process CPU (% of one core)", lambda p: f"{100 * p.server_cpu_s / p.seconds:.0f}%"),
         row("benchmark clients' CPU (% of one core)", lambda p: f"{100 * p.client_cpu_s / p.seconds:.0f}%"),
-        row("server RSS start / end / peak (MiB)",
+        row("RSS of both processes, start / end / peak (MiB)",
             lambda p: f"{p.rss_start_mib:.1f} / {p.rss_end_mib:.1f} / {p.rss_peak_mib:.1f}"),
+        row("server process RSS at the end (MiB)", lambda p: f"{p.server_rss_end_mib:.1f}"),
         row("video frames per viewer, min / median / max", viewers),
         row("/api/latest ms p50 / p95 / p99 / max", api),
         row("/api/latest answers / errors",
@@ -247,7 +267,8 @@ def verdicts(phases: list[Phase], stall: Stall, lines: int, torn: int, classifie
         (loaded.fps / idle_fps >= MIN_LOADED_FPS_RATIO,
          f"(c)/(a) fps {loaded.fps / idle_fps:.3f} (must be >= {MIN_LOADED_FPS_RATIO:.2f})"),
         (growth < MAX_RSS_GROWTH_MIB,
-         f"RSS growth {growth:.1f} MiB: peak of all phases over the start of (a) (must be < {MAX_RSS_GROWTH_MIB:g})"),
+         f"RSS growth {growth:.1f} MiB: both processes' peak of all phases over the start of (a) "
+         f"(must be < {MAX_RSS_GROWTH_MIB:g})"),
         (dropped and stall.others_max_gap_s < MAX_VIEWER_GAP_S and stall.others_closed == 0,
          f"stalled viewer {dropped_text} (/healthz viewers fell), its connection closed by the server: "
          f"{'yes' if stall.closed else 'no'}, named in the server's log: {'yes' if stall.logged else 'no'}; "

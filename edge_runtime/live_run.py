@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # annotations only
 
     from .capture import FrameSaver, SaveRule
     from .classify import Classifier
+    from .serve.process import ViewProcess
     from .sources.live import LiveStatus, LiveSummary
 
 logger = logging.getLogger(__name__)
@@ -183,35 +184,44 @@ def _make_saver(save: SaveOptions) -> FrameSaver:
 
 
 def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: Callable[[], Classifier],
-                saver: FrameSaver | None, notify: Callable[[str], None]) -> tuple[Any, Any]:
-    """Start the web server of `--serve`; returns (hub, running server)."""
+                saver: FrameSaver | None, notify: Callable[[str], None]) -> ViewProcess:
+    """Start the web server of `--serve` in its own process (see `serve.process`), answering what
+    it asks of this run: uploads classified, frames saved, the classes saved to."""
     from .info import model_facts
-    from .serve.app import build_app
-    from .serve.hub import LiveHub
-    from .serve.server import bind_policy, start_server
+    from .serve.process import ViewConfig, ViewProcess
+    from .serve.server import bind_policy
 
     serve = options.serve
     token, warning = bind_policy(serve.host, serve.token, port=serve.port)
-    hub = LiveHub(model_facts(classifier), list(classifier.labels or []))
+    uploads = _UploadClassifier(make_classifier, options.top_k, options.threshold)
 
     def capture(label: str) -> dict[str, Any]:
-        frame, status = hub.latest_frame, hub.latest_status
+        frame, status = view.latest
         if frame is None:
             raise EdgeError("no frame to save yet: the camera has not delivered one")
         saved = saver.save(frame, label, status)
         # `path` as the device has it (the folder as --save gave it), `file` within that folder.
         return {"path": str(saved.path), "file": saved.file, "label": saved.label, "time": saved.time}
 
-    app = build_app(hub, token=token, serve_fps=serve.fps,
-                    classify_upload=_UploadClassifier(make_classifier, options.top_k, options.threshold),
-                    capture=capture if saver is not None else None,
-                    capture_classes=saver.folder_labels if saver is not None else None)
-    server = start_server(app, serve.host, serve.port)
+    def handle(kind: str, argument: Any) -> Any:
+        if kind == "classify":
+            return uploads(argument)
+        if kind == "capture" and saver is not None:
+            return capture(argument)
+        if kind == "capture_classes" and saver is not None:
+            return saver.folder_labels()
+        raise EdgeError(f"the live view asked for {kind!r}, which this run does not do")
+
+    verbose = logging.getLogger(__package__).isEnabledFor(logging.DEBUG)
+    config = ViewConfig(serve.host, serve.port, token, serve.fps, model_facts(classifier),
+                        list(classifier.labels or []), capture=saver is not None, verbose=verbose)
+    view = ViewProcess(config, handle)
+    view.start()
     if warning:  # another address than loopback: says how to open the page, token included
         notify(f"warning: {warning}")
     else:
-        notify(f"live view: {server.url}" + (f"?token={token}" if token else ""))
-    return hub, server
+        notify(f"live view: {view.url}" + (f"?token={token}" if token else ""))
+    return view
 
 
 def run_live(classifier: Classifier, options: LiveOptions, notify: Callable[[str], None],
@@ -229,20 +239,20 @@ def run_live(classifier: Classifier, options: LiveOptions, notify: Callable[[str
 
     sink = LineSink(options.output, stdout)
     saver = None
-    hub = server = None
+    view = None
     save_error: list[str] = []
     try:
         if options.save is not None:
             saver = _make_saver(options.save)
         if options.serve is not None:
-            hub, server = _start_view(classifier, options, make_classifier or _same_model(classifier), saver, notify)
+            view = _start_view(classifier, options, make_classifier or _same_model(classifier), saver, notify)
 
         def report(status: LiveStatus) -> None:
             sink.write_line(json.dumps(status.to_dict()) if options.as_json else status.line())
 
         def on_frame(frame: np.ndarray, status: LiveStatus) -> None:
-            if hub is not None:
-                hub.publish(frame, status)
+            if view is not None:
+                view.publish(frame, status)
             if saver is not None and not save_error:
                 saver.consider(frame, status)
                 if saver.error is not None:  # a full disk: said once, and rule saves stop; classifying goes on
@@ -253,14 +263,14 @@ def run_live(classifier: Classifier, options: LiveOptions, notify: Callable[[str
             summary = classify_source(classifier, options.source, report, notify, max_frames=options.max_frames,
                                       threshold=options.threshold, top_k=options.top_k,
                                       on_change=options.on_change, on_frame=on_frame, loop=options.loop)
-            if hub is not None:
-                hub.finish(summary.line(), summary.error)
+            if view is not None:
+                view.finish(summary.line(), summary.error)
                 if summary.error is None and summary.stopped_by != "Ctrl-C":
                     notify(f"{summary.line()}; the live view stays up until Ctrl-C")
                     _wait_for_interrupt()
     finally:
-        if server is not None:
-            server.stop()
+        if view is not None:
+            view.stop()
         sink.close()
     return LiveOutcome(summary, save_error[0] if save_error else None,
                        saver.summary_line() if saver is not None else None)

@@ -242,10 +242,12 @@ HTTP_TIMEOUT_S = 10
 class ServedRun:
     """`edge-classify --camera ... --serve 127.0.0.1:0` in a subprocess; its address read from stderr."""
 
-    def __init__(self, arguments: list[str]):
+    def __init__(self, arguments: list[str], own_group: bool = False):
+        # own_group: a process group of its own, which the test may signal as a terminal or systemd would.
         self.process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", *arguments,
                                          "--serve", "127.0.0.1:0"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=own_group)
         self.stderr_lines: list[str] = []
         deadline = time.monotonic() + SERVE_START_S
         self.url = None
@@ -296,8 +298,8 @@ class ServedRun:
 def served():
     runs: list[ServedRun] = []
 
-    def start(*arguments: str) -> ServedRun:
-        runs.append(ServedRun(list(arguments)))
+    def start(*arguments: str, own_group: bool = False) -> ServedRun:
+        runs.append(ServedRun(list(arguments), own_group))
         return runs[-1]
 
     yield start
@@ -357,6 +359,36 @@ def test_when_the_video_ends_the_view_says_so_and_stays_up(runtime_models, clip:
     code, stderr = run_.stop()
     assert code == 0, stderr
     assert "the live view stays up until Ctrl-C" in stderr
+
+
+@pytest.mark.parametrize("signal_number, sent_by", [(signal.SIGINT, "Ctrl-C in a terminal"),
+                                                   (signal.SIGTERM, "systemd stopping the unit")])
+def test_a_signal_to_every_process_ends_the_run_cleanly(runtime_models, clip: Path, served, signal_number,
+                                                        sent_by) -> None:
+    """The server runs in a second process, and both get the signal: the run still ends as by Ctrl-C,
+    with no traceback from either, and no process is left behind."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    run_ = served("--model", str(runtime_models.int8), "--camera", str(clip), "--loop", own_group=True)
+    run_.wait_for(lambda health: health["frames"] >= 3)
+    group = os.getpgid(run_.process.pid)
+    with open(f"/proc/{run_.process.pid}/task/{run_.process.pid}/children") as children:
+        assert len(children.read().split()) == 1  # the live view's server process
+    os.killpg(group, signal_number)
+    run_.process.wait(TERM_WAIT_S)  # one signal only (stop() would send another)
+    code, stderr = run_.stop()
+    assert code == 0, stderr
+    assert "stopped by Ctrl-C" in stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    deadline = time.monotonic() + TERM_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"a process of the run outlived it after {sent_by}")
 
 
 def test_serve_without_the_extra_says_which_to_install(runtime_models, clip: Path, monkeypatch) -> None:

@@ -322,6 +322,46 @@ def test_health_counts_frames_and_says_when_the_camera_stops_delivering() -> Non
     assert hub.health()["camera_delivering"] is False and hub.health()["finished"] == "end of video pets.mp4"
 
 
+def test_a_coalesced_result_counts_its_frames_and_no_frame_keeps_the_last_one() -> None:
+    """What the server's own process publishes: the latest of several results, a frame only now and then."""
+    now = [100.0]
+    hub = LiveHub(MODEL_FACTS, LABELS, clock=lambda: now[0])
+    first = np.zeros((4, 4, 3), np.uint8)
+    hub.publish(first, status_for(1))
+    for number in range(5, 41, 4):  # every 40 ms, the latest of four frames
+        now[0] += 0.04
+        hub.publish(None, status_for(number), frames=4)
+    snapshot = hub.snapshot()
+    assert (snapshot.version, snapshot.status.frame, snapshot.frame_version) == (37, 37, 1)
+    assert snapshot.frame is first
+    assert hub.health()["frames"] == 37 and hub.health()["fps"] == pytest.approx(100.0)
+    second = np.ones((4, 4, 3), np.uint8)
+    hub.publish(second, status_for(41), frames=4)
+    assert hub.snapshot().frame is second and hub.snapshot().frame_version == 41
+
+
+def test_the_video_encodes_a_frame_once_however_many_results_follow_it() -> None:
+    import asyncio
+
+    from edge_runtime.serve.jpeg import LatestJpeg
+
+    hub = LiveHub(MODEL_FACTS, LABELS)
+    jpeg = LatestJpeg(hub, max_fps=1000.0)
+    hub.publish(np.zeros((8, 8, 3), np.uint8), status_for(1))
+
+    async def watch() -> list:
+        seen = [await jpeg.newer_than(0)]
+        hub.publish(None, status_for(2))  # a result without a new picture
+        seen.append(await jpeg.newer_than(seen[0][0]))
+        hub.publish(np.ones((8, 8, 3), np.uint8), status_for(3))
+        seen.append(await jpeg.newer_than(seen[0][0]))
+        return seen
+
+    first, unchanged, changed = asyncio.run(watch())
+    assert first[0] == 1 and unchanged is None and changed[0] == 3
+    assert jpeg.encoded == 2 and first[1] != changed[1]
+
+
 def test_addresses_and_the_bind_policy() -> None:
     assert parse_address("8080") == ("127.0.0.1", 8080)
     assert parse_address("0.0.0.0:9000") == ("0.0.0.0", 9000)

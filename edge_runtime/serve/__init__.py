@@ -4,5 +4,6 @@ answers, a JSON API, and saving frames for the next training.
 `hub` holds the latest frame and result between the classification thread and the server; `jpeg`
 encodes the video's frames; `streams` are the MJPEG video and the result events; `security` the
 token gate; `app` the Starlette routes; `server` the address, the token policy and uvicorn in a
-thread; `static/` the page. Nothing is imported here: `edge-classify photo.jpg` must not pay for it.
+thread; `process` runs all that in a process of its own, fed by the classifying one; `static/` the
+page. Nothing is imported here: `edge-classify photo.jpg` must not pay for it.
 """

@@ -1,6 +1,8 @@
 """The state the classification thread shares with the live view's server.
 
-The classification loop calls `LiveHub.publish` for every frame, from its own thread; the server's
+In a run the hub lives in the server's own process (see `process`), published by the thread that
+receives the run's results; in tests and in a single process the classification loop can publish
+directly. Either way `LiveHub.publish` is called from a thread of its own; the server's
 event loop reads the latest frame and result and waits for the next one. Publishing only swaps
 references and bumps a version number: no copy, no encoding (the JPEG is made by `jpeg.LatestJpeg`,
 only while someone watches). Waiting is event-driven: an event loop that waits registers a future,
@@ -43,6 +45,7 @@ class Snapshot:
     status: LiveStatus | None
     finished: str | None
     error: str | None
+    frame_version: int = 0  # the version at which `frame` last changed
 
 
 class _LoopWaker:
@@ -80,23 +83,32 @@ class LiveHub:
         self._lock = threading.Lock()
         self._started = clock()
         self._version = 0
+        self._frame_version = 0
         self._frame: np.ndarray | None = None
         self._status: LiveStatus | None = None
         self._finished: str | None = None
         self._error: str | None = None
-        self._published_at: collections.deque[float] = collections.deque(maxlen=FPS_WINDOW_FRAMES)
+        # (publish time, version) of the latest publishes.
+        self._published: collections.deque[tuple[float, int]] = collections.deque(maxlen=FPS_WINDOW_FRAMES)
         self._viewers = 0
         self._wakers: dict[asyncio.AbstractEventLoop, _LoopWaker] = {}
 
     # The classification thread's side.
 
-    def publish(self, frame: np.ndarray, status: LiveStatus) -> None:
-        """Make `frame` and its `status` the latest; wakes the server's waiting streams."""
+    def publish(self, frame: np.ndarray | None, status: LiveStatus, frames: int = 1) -> None:
+        """Make `frame` and its `status` the latest; wakes the server's waiting streams.
+
+        For the server's own process (see `process`), which is sent the run's results coalesced and
+        frames only while someone watches: `frames` is how many classified frames `status` stands
+        for (it is the latest of them), and `frame` None keeps the last frame.
+        """
         with self._lock:
-            self._version += 1
-            self._frame = frame
+            self._version += frames
+            if frame is not None:
+                self._frame = frame
+                self._frame_version = self._version
             self._status = status
-            self._published_at.append(self._clock())
+            self._published.append((self._clock(), self._version))
             to_wake = self._due_wakers()
         self._wake(to_wake)
 
@@ -133,7 +145,8 @@ class LiveHub:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return Snapshot(self._version, self._frame, self._status, self._finished, self._error)
+            return Snapshot(self._version, self._frame, self._status, self._finished, self._error,
+                            self._frame_version)
 
     async def wait_newer(self, seen: int, timeout_s: float) -> None:
         """Return once a frame newer than version `seen` is published, the hub is finished, or
@@ -156,6 +169,11 @@ class LiveHub:
             with self._lock:
                 waker.waiting -= 1
 
+    @property
+    def viewers(self) -> int:
+        """How many video streams are open."""
+        return self._viewers
+
     def viewer_joined(self) -> None:
         with self._lock:
             self._viewers += 1
@@ -168,8 +186,8 @@ class LiveHub:
         """What /healthz answers: frames classified, recent fps, uptime, whether the camera delivers."""
         with self._lock:
             now = self._clock()
-            recent = [t for t in self._published_at if now - t <= FPS_WINDOW_S]
-            last = self._published_at[-1] if self._published_at else None
+            recent = [entry for entry in self._published if now - entry[0] <= FPS_WINDOW_S]
+            last = self._published[-1][0] if self._published else None
             record: dict[str, Any] = {
                 "frames": self._version,
                 "fps": round(_rate(recent, now), 2),
@@ -204,9 +222,9 @@ class LiveHub:
                     self._wakers.pop(waker.loop, None)
 
 
-def _rate(times: list[float], now: float) -> float:
-    """Frames per second over publish times (oldest first) up to `now`: it falls while the camera
-    stalls instead of keeping the rate of the last frames; 0 with fewer than two."""
-    if len(times) < 2 or now <= times[0]:
+def _rate(published: list[tuple[float, int]], now: float) -> float:
+    """Frames per second over (publish time, version) pairs (oldest first) up to `now`: it falls
+    while the camera stalls instead of keeping the rate of the last frames; 0 with fewer than two."""
+    if len(published) < 2 or now <= published[0][0]:
         return 0.0
-    return (len(times) - 1) / (now - times[0])
+    return (published[-1][1] - published[0][1]) / (now - published[0][0])

@@ -68,7 +68,8 @@ class LatestJpeg:
         self.interval_s = 1.0 / max_fps
         self.encoder: JpegEncoder = encoder if encoder is not None else PillowJpegEncoder()
         self.encoded = 0  # frames encoded so far: tests and diagnostics
-        self._version = 0
+        self._version = 0  # the hub's version when the JPEG was made: what viewers are told they have
+        self._frame_version = 0  # the frame it was made of (frames change less often in the server's process)
         self._jpeg = b""
         self._encoded_at = -math.inf
         self._failed = False
@@ -88,10 +89,11 @@ class LatestJpeg:
             if delay > 0:
                 await asyncio.sleep(delay)
             snapshot = self.hub.snapshot()
-            if snapshot.frame is not None and snapshot.version != self._version:
+            if snapshot.frame is not None and snapshot.frame_version != self._frame_version:
                 self._encoded_at = loop.time()
                 await self._encode(snapshot.frame)
                 self._version = snapshot.version
+                self._frame_version = snapshot.frame_version
             return (self._version, self._jpeg) if self._jpeg and self._version > sent else None
 
     async def _encode(self, frame: np.ndarray) -> None:

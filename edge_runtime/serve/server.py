@@ -1,7 +1,7 @@
 """Serving the live view: the address to bind, the token it needs, and uvicorn in a thread.
 
-uvicorn runs in a background daemon thread with its own event loop, so the classification loop
-keeps the main thread (and Ctrl-C). `start_server` binds the socket itself, so an address in use is
+uvicorn runs in a background daemon thread with its own event loop, so the main thread stays free:
+in a run that is the server process's thread that feeds the hub (see `process`). `start_server` binds the socket itself, so an address in use is
 a one-line `ServeError` before anything starts, and port 0 gives a free port (`RunningServer.port`).
 Binding loopback is the default; `bind_policy` gives any other address a token and a warning.
 
@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+SERVE_MODULES = ("starlette", "uvicorn")
 MISSING_EXTRA_MESSAGE = "--serve needs the [serve] extra: pip install 'edge-image-toolkit[serve]'"
 TOKEN_BYTES = 16
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -46,6 +48,20 @@ UNFINISHED_RESPONSE_MESSAGE = "ASGI callable returned without completing respons
 
 class ServeError(EdgeError):
     """The live view cannot serve on the address asked for (in use, not this machine's, malformed)."""
+
+
+def serve_extra_installed() -> bool:
+    """Whether Starlette and uvicorn are there, found without importing them (the classifying
+    process only checks; the server's own process imports them)."""
+    import importlib.util
+
+    for name in SERVE_MODULES:
+        if name in sys.modules:
+            if sys.modules[name] is None:  # blocked, as a test does to play a missing package
+                return False
+        elif importlib.util.find_spec(name) is None:
+            return False
+    return True
 
 
 def require_serve_extra() -> None:
@@ -89,6 +105,13 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def local_url(host: str, port: int) -> str:
+    """The page's address as this machine reaches a server bound to host:port (a wildcard bind
+    answers on loopback too)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    return f"http://{url_host(host)}:{port}/"
+
+
 def bind_policy(host: str, token: str | None, port: int | None = None) -> tuple[str | None, str | None]:
     """(token, warning): loopback keeps the token it has (None: no token needed); any other host
     needs one, generated when not given, and gets a warning saying how to open the page."""
@@ -119,8 +142,7 @@ class RunningServer:
     @property
     def url(self) -> str:
         """Where this machine reaches it (a wildcard bind answers on loopback too)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "::1" if self.host == "::" else self.host
-        return f"http://{url_host(host)}:{self.port}/"
+        return local_url(self.host, self.port)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """End open streams (finishing the app's hub if the caller has not), stop uvicorn, and wait
