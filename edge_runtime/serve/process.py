@@ -200,12 +200,23 @@ class ViewProcess:
                 if closing:
                     self._feed.send(("stop",))
                     return
-            except (OSError, ValueError, EOFError) as error:  # its pipes are closed
+            except (OSError, ValueError, EOFError):  # its pipes are closed
                 if not closing:
-                    logger.warning("the live view's server process has ended (%s); classifying goes on",
-                                   error or "its pipe closed")
+                    self._report_end()
                 return
             time.sleep(FEED_INTERVAL_S)
+
+    def _report_end(self) -> None:
+        """The server's process ended before the run: said as a warning unless it stopped as asked
+        (exit 0: SIGTERM, which systemd sends to both processes of the unit)."""
+        import subprocess
+
+        try:
+            code = self._process.wait(KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        log = logger.info if code == 0 else logger.warning
+        log("the live view's server process has ended (exit code %s); classifying goes on", code)
 
     def _frame_to_send(self, frame: Any) -> Any:
         """`frame` when a viewer watches and the video is due a new one, else None."""
