@@ -56,11 +56,11 @@ MODEL_FILE = $(if $(MODEL),$(MODEL),$(OUT)/model_$(VARIANT).tflite)
 PLAYBOOK = ANSIBLE_CONFIG=deploy/ansible/ansible.cfg $(VENV)/bin/ansible-playbook
 FLEET_VARS = -e edge_model_src="$(abspath $(MODEL_FILE))" -e edge_model_wheel="$$wheel" -e edge_fleet_summary="$(SUMMARY)"
 # The wheel `make wheel` built last: dist/ may hold older versions too.
-NEWEST_WHEEL = wheel=$$(ls -t "$(CURDIR)"/dist/edge_image_toolkit-*.whl | head -n 1)
+NEWEST_WHEEL = wheel=$$(ls -t "$(CURDIR)"/dist/edge_image_toolkit-*.whl 2>/dev/null | head -n 1)
 
 THIS_MAKEFILE := $(firstword $(MAKEFILE_LIST))
 .DEFAULT_GOAL := help
-.PHONY: help install train convert report test bench wheel deploy deploy-fleet rollback-fleet check-variant arm64-check clean
+.PHONY: help install train convert report test bench wheel deploy deploy-fleet rollback-fleet check-variant check-device check-inventory arm64-check clean
 
 help: ## Show this list
 	@echo "Usage: make [target ...] [VARIABLE=value ...]"
@@ -112,22 +112,27 @@ fuzz: $(STAMP) ## Read FUZZ_CASES mutated .tflite files: tracebacks, hangs, peak
 wheel: $(STAMP) ## Build dist/*.whl (install on a device with: pip install "<wheel>[edge]")
 	$(PY) -m pip wheel --no-deps -w dist .
 
+# Usage checks, run before the wheel is built: a mistyped command fails at once with exit status 2.
 check-variant:
 	@case "$(VARIANT)" in int8|float32) ;; *) echo "make: VARIANT must be int8 or float32, got '$(VARIANT)'" >&2; exit 2 ;; esac
 
-deploy: check-variant wheel ## One device: the fleet playbook on DEVICE=user@host alone (runtime, copy, verify, smoke test, switch)
+check-device: check-variant
 	@if [ -z "$(DEVICE)" ]; then echo "make deploy: set DEVICE=user@host (and optionally MODEL=, VARIANT=, DEST=)" >&2; exit 2; fi
-	@case "$(DEVICE)" in *@?*) ;; *) echo "make deploy: DEVICE must be user@host, got '$(DEVICE)'" >&2; exit 2 ;; esac
+	@case "$(DEVICE)" in ?*@?*) ;; *) echo "make deploy: DEVICE must be user@host, got '$(DEVICE)'" >&2; exit 2 ;; esac
+
+check-inventory: check-variant
+	@if [ -z "$(INVENTORY)" ]; then echo "make $(MAKECMDGOALS): set INVENTORY=hosts.yml (see deploy/ansible/inventory.example.yml)" >&2; exit 2; fi
+	@if [ ! -f "$(INVENTORY)" ]; then echo "make $(MAKECMDGOALS): inventory $(INVENTORY) not found" >&2; exit 2; fi
+
+deploy: check-device wheel ## One device: the fleet playbook on DEVICE=user@host alone (runtime, copy, verify, smoke test, switch)
 	@$(NEWEST_WHEEL); device="$(DEVICE)"; \
 	$(PLAYBOOK) -i "$${device#*@}," -e ansible_user="$${device%%@*}" -e edge_model_dir="$(DEST)" \
 		$(FLEET_VARS) $(ANSIBLE_ARGS) deploy/ansible/deploy.yml
 
-deploy-fleet: check-variant wheel ## Every device of INVENTORY=hosts.yml: a canary, a quarter, the rest; rolls back failures; SUMMARY
-	@if [ -z "$(INVENTORY)" ]; then echo "make deploy-fleet: set INVENTORY=hosts.yml (see deploy/ansible/inventory.example.yml)" >&2; exit 2; fi
+deploy-fleet: check-inventory wheel ## Every device of INVENTORY=hosts.yml: a canary, a quarter, the rest; rolls back failures; SUMMARY
 	@$(NEWEST_WHEEL); $(PLAYBOOK) -i "$(INVENTORY)" $(FLEET_VARS) $(ANSIBLE_ARGS) deploy/ansible/deploy.yml
 
-rollback-fleet: $(STAMP) ## Every device of INVENTORY back to its previous version, or to VERSION=<sha256 prefix>
-	@if [ -z "$(INVENTORY)" ]; then echo "make rollback-fleet: set INVENTORY=hosts.yml (and optionally VERSION=)" >&2; exit 2; fi
+rollback-fleet: check-inventory $(STAMP) ## Every device of INVENTORY back to its previous version, or to VERSION=<sha256 prefix>
 	@$(PLAYBOOK) -i "$(INVENTORY)" -e edge_model_rollback_version="$(VERSION)" -e edge_fleet_summary="$(SUMMARY)" \
 		$(ANSIBLE_ARGS) deploy/ansible/rollback.yml
 
