@@ -55,6 +55,9 @@ STALL_DROP_LIMIT_S = 90.0
 MIN_LOADED_FPS_RATIO = 0.90
 GOAL_ONE_VIEWER_OVERHEAD = 0.15
 MAX_RSS_GROWTH_MIB = 50.0
+# The classifying process keeps one thread busy: with less of a core than this in a phase, something
+# else was using the cores.
+QUIET_CPU_SHARE = 0.95
 # A viewer that went this long without a frame was stalled, not merely slowed.
 MAX_VIEWER_GAP_S = 2.0
 SUMMARY_LINE = re.compile(r"^(\d+) frames in [\d.]+ s", re.MULTILINE)
@@ -287,6 +290,16 @@ def baseline_line(phases: list[Phase]) -> str:
             f"{abs(last.fps - first.fps) / mean:.1%} apart; the ratios below are over their mean")
 
 
+def busy_machine_line(phases: list[Phase]) -> str | None:
+    """A warning when the classifying process (one busy thread) got clearly less than a core in some
+    phase: something outside the benchmark used the cores, and the ratios measure that too."""
+    shares = [phase.classify_cpu_s / phase.seconds for phase in phases if phase.seconds > 0]
+    if not shares or min(shares) >= QUIET_CPU_SHARE:
+        return None
+    return (f"WARNING: the classifying process got {min(shares):.0%}-{max(shares):.0%} of a core across the "
+            f"phases (under {QUIET_CPU_SHARE:.0%} in some): the machine was not quiet; rerun before trusting the ratios")
+
+
 def read_log(path: Path) -> tuple[int, int]:
     """(lines, lines that are not a whole JSON object) of the -o log."""
     lines = torn = 0
@@ -352,6 +365,9 @@ def main(model: Path, data: Path, seconds: float, viewers: int, api_rate: float)
                "decoded), one thread polls the API on a keep-alive connection; they share the 2 cores with the "
                "server, and their CPU is in the table.")
     click.echo(baseline_line(phases))
+    busy = busy_machine_line(phases)
+    if busy:
+        click.echo(busy)
     failed = False
     for held, text in verdicts(phases, stall, lines, torn, classified):
         failed |= held is False

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import getpass
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -37,6 +38,9 @@ STOP_TIMEOUT_S = 5.0
 CLIENT_PROGRAMS = ("ssh", "scp", "ssh-keygen")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_CONFIG = REPO_ROOT / "deploy" / "ansible" / "ansible.cfg"
+# The settings file the role writes beside the models, which deploy/'s systemd units read.
+UNIT_SETTINGS_TEMPLATE = REPO_ROOT / "deploy" / "ansible" / "roles" / "edge_model" / "templates" / "edge-classify.env.j2"
+UNIT_SETTINGS_FILE = "/home/pi/edge-models/edge-classify.env"
 # Tests leave no ssh master connection behind for long after their server stopped.
 TEST_SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=5s -o ConnectTimeout=10"
 
@@ -235,3 +239,24 @@ def systemd_analyze_verify(unit: Path, unit_program: str, program: str, folder: 
     copy.write_text(unit.read_text().replace(unit_program, program))
     return subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True,
                           timeout=timeout_s)
+
+
+def unit_settings(home: str = "/home/pi", model_name: str = "model_int8.tflite",
+                  camera: str = "auto") -> dict[str, str]:
+    """The settings the role writes for the systemd units (UNIT_SETTINGS_TEMPLATE rendered for the
+    units' example device, a login whose home is `home`, with the role's default folder)."""
+    values = {"edge_model_root": f"{home}/edge-models", "edge_model_name": model_name,
+              "edge_model_camera_source": camera}
+    settings = {}
+    for line in UNIT_SETTINGS_TEMPLATE.read_text().splitlines():
+        if line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.partition("=")
+        settings[name] = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda match: values[match.group(1)], value)
+    return settings
+
+
+def with_unit_settings(argv: list[str], settings: dict[str, str]) -> list[str]:
+    """A unit's command line with each ${NAME} replaced as systemd does (one argument, never split);
+    KeyError for a name the settings do not define."""
+    return [re.sub(r"\$\{(\w+)\}", lambda match: settings[match.group(1)], word) for word in argv]

@@ -23,8 +23,8 @@ from typing import Any, Iterator
 import pytest
 
 from deploy_fixtures import (SshdUnavailable, SshServer, ansible_env, flip_byte, free_port, local_sshd,
-                             remote_edge_classify, systemd_analyze_verify, write_deployable_model,
-                             write_service_stand_in)
+                             remote_edge_classify, systemd_analyze_verify, unit_settings, with_unit_settings,
+                             write_deployable_model, write_service_stand_in, UNIT_SETTINGS_FILE)
 from edge_runtime.model_file.manifest import MANIFEST_NAME
 from PIL import Image
 from synthetic import synthetic_arrays
@@ -582,14 +582,16 @@ def _unit_exec_start() -> list[str]:
 def test_service_unit_command_is_one_edge_classify_accepts():
     from edge_runtime.cli import main
 
-    argv = _unit_exec_start()
+    argv = with_unit_settings(_unit_exec_start(), unit_settings())
     assert argv[0] == UNIT_EDGE_CLASSIFY
-    # Parse (without running) the unit's command line with the real CLI's option parser.
+    # Parse (without running) the unit's command line, as the deploy's settings file fills it in,
+    # with the real CLI's option parser: the model is read through `current`.
     context = main.make_context("edge-classify", argv[1:])
     assert context.params["camera"] == "auto"
     assert context.params["as_json"] is True
-    assert context.params["model_option"] == "/home/pi/edge-models/model_int8.tflite"
+    assert context.params["model_option"] == "/home/pi/edge-models/current/model_int8.tflite"
     unit = SERVICE_UNIT.read_text()
+    assert f"\nEnvironmentFile={UNIT_SETTINGS_FILE}\n" in unit
     assert "\nStandardOutput=append:/var/log/edge-classify/camera.jsonl\n" in unit
     assert "\nRestart=on-failure\n" in unit
 

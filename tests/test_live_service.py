@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_fixtures import systemd_analyze_verify
+from deploy_fixtures import UNIT_SETTINGS_FILE, systemd_analyze_verify, unit_settings, with_unit_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIVE_UNIT = REPO_ROOT / "deploy" / "edge-classify-live.service"
@@ -29,12 +29,13 @@ def test_live_unit_command_is_one_edge_classify_accepts():
     from edge_runtime.cli import main
     from edge_runtime.cli_live import LIVE_PARAMETERS, check_live_options
 
-    argv = exec_start(LIVE_UNIT.read_text())
+    argv = with_unit_settings(exec_start(LIVE_UNIT.read_text()), unit_settings())
     assert argv[0] == UNIT_EDGE_CLASSIFY
     context = main.make_context("edge-classify", argv[1:])  # parses with the real options, runs nothing
     params = context.params
     check_live_options(params["camera"], params["loop"], {name: params[name] for name in LIVE_PARAMETERS})
     assert params["camera"] == "auto" and params["as_json"] is True
+    assert params["model_option"] == "/home/pi/edge-models/current/model_int8.tflite"  # through `current`
     assert params["serve"] == ("0.0.0.0", 8080)
     assert params["output"] == "/var/log/edge-classify/live.jsonl"
     assert params["save"] == "/home/pi/edge-frames"
@@ -45,6 +46,7 @@ def test_live_unit_command_is_one_edge_classify_accepts():
 def test_live_unit_reads_the_token_from_a_file_and_gives_way_to_the_camera_unit():
     unit = LIVE_UNIT.read_text()
     assert "\nEnvironmentFile=/etc/edge-classify/live.env\n" in unit
+    assert f"\nEnvironmentFile={UNIT_SETTINGS_FILE}\n" in unit  # the model and camera, from the deploy
     assert "\nConflicts=edge-classify-camera.service\n" in unit
     assert "EDGE_CLASSIFY_TOKEN" in unit
     assert "\nRestart=on-failure\n" in unit
