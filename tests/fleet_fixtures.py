@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 from deploy.arm64.ssh import SshError, wait_for_banner
 from deploy_fixtures import (LOOPBACK, PRIVSEP_DIR, PRIVSEP_DIR_MODE, SSHD_PATH, SshdUnavailable, _keygen,
                              _sshd_config, free_port, missing_client_programs)
-from edge_runtime.model_file.manifest import MANIFEST_NAME, sha256_file, write_manifest
+from edge_runtime.model_file.manifest import sha256_file, write_manifest
 from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC
 
@@ -615,3 +615,84 @@ def read_summary(path: Path) -> dict[str, Any]:
 
 def devices_by_host(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {entry["host"]: entry for entry in summary["devices"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeImage:
+    """An image and the top-1 label the test model gives it."""
+
+    path: Path
+    label: str
+
+
+def pick_smoke_image(model: Path, images: Any, classes: Any, folder: Path) -> SmokeImage:
+    """The first of `images` (arrays) that `model` classifies as its class, saved as a PNG in `folder`."""
+    from PIL import Image
+
+    from edge_runtime.classify import Classifier
+    from synthetic import CLASS_NAMES
+
+    classifier = Classifier(model)
+    index = next(i for i, image in enumerate(images) if classifier.classify(image)[0].index == classes[i])
+    path = folder / "smoke.png"
+    Image.fromarray(images[index]).save(path)
+    return SmokeImage(path=path, label=CLASS_NAMES[classes[index]])
+
+
+class FleetSession:
+    """A fleet, its wheelhouse, its test image and a source of fresh model versions: deploys and rolls back
+    with the repository's playbooks, each run with its own summary file."""
+
+    def __init__(self, fleet: Fleet, wheelhouse: Wheelhouse, smoke: SmokeImage, model_bytes: bytes,
+                 model_name: str, groups: dict[str, Sequence[str]]) -> None:
+        self.fleet = fleet
+        self.folder = fleet.folder
+        self.wheelhouse = wheelhouse
+        self.smoke = smoke
+        self.model_bytes = model_bytes
+        self.model_name = model_name
+        self.groups = groups
+        self.runs = 0
+        # Every model version made by new_model, by its folder name on a device.
+        self.models: dict[str, ModelVersion] = {}
+
+    @property
+    def hosts(self) -> list[str]:
+        return [name for names in self.groups.values() for name in names]
+
+    def common_vars(self) -> dict[str, Any]:
+        """What every device of the tests shares: the runtime's wheel and wheelhouse, the smoke test."""
+        return {"edge_model_wheel": str(self.wheelhouse.wheel),
+                "edge_model_wheelhouse": str(self.wheelhouse.folder),
+                "edge_model_smoke_image": str(self.smoke.path),
+                "edge_model_smoke_label": self.smoke.label}
+
+    def new_model(self, version: str, padding: int = 0) -> ModelVersion:
+        """A fresh model version (its own sha256) in its own folder with its manifest; `padding` zero bytes
+        after the model make it bigger."""
+        model = write_model_version(self.model_bytes, self.folder / "models" / version, self.model_name, version)
+        if padding:
+            with open(model.path, "ab") as handle:
+                handle.write(bytes(padding))
+            write_manifest(model.path.parent, [self.model_name])
+            model = ModelVersion(path=model.path, sha256=sha256_file(model.path))
+        self.models[model.prefix] = model
+        return model
+
+    def inventory(self, host_overrides: dict[str, dict[str, Any]] | None = None,
+                  groups: dict[str, Sequence[str]] | None = None) -> Path:
+        self.runs += 1
+        return write_inventory(self.folder / f"inventory-{self.runs}.json", self.fleet, groups or self.groups,
+                               host_overrides, self.common_vars())
+
+    def summary_path(self) -> Path:
+        self.runs += 1
+        return self.folder / f"summary-{self.runs}.json"
+
+    def deploy(self, model: ModelVersion, inventory: Path | None = None, timeout: float = 600,
+               **extra_vars: Any) -> tuple[subprocess.CompletedProcess, Path]:
+        """Run deploy.yml with `model`; returns the result and where its summary is."""
+        inventory = inventory or self.inventory()
+        summary = self.summary_path()
+        variables = {"edge_model_src": str(model.path), "edge_fleet_summary": str(summary), **extra_vars}
+        return run_playbook(DEPLOY_PLAYBOOK, inventory, variables, self.folder, timeout), summary
