@@ -28,12 +28,22 @@ MAX_DROP ?=
 PYTEST_ARGS ?=
 ## fuzz: how many mutated model files `make fuzz` reads
 FUZZ_CASES ?= 10000
-## deploy: the device, as user@host
+## deploy: the device, as user@host (one device through the fleet playbook)
 DEVICE ?=
-## deploy: the model file to copy
-MODEL ?= $(OUT)/model_int8.tflite
-## deploy: the folder on the device
+## deploy, deploy-fleet: the model file to send (empty: OUT/model_VARIANT.tflite); manifest.json must sit beside it
+MODEL ?=
+## deploy, deploy-fleet: which of OUT's models when MODEL is empty: int8 or float32
+VARIANT ?= int8
+## deploy: the folder on the device, relative to the login's home (versions in DEST/models, DEST/current the active one)
 DEST ?= edge-models
+## deploy-fleet, rollback-fleet: the Ansible inventory of the devices (see deploy/ansible/inventory.example.yml)
+INVENTORY ?=
+## rollback-fleet: the version to go back to, a prefix of its model's sha256 (empty: each device's previous one)
+VERSION ?=
+## deploy, deploy-fleet, rollback-fleet: where the per-device summary is written as JSON
+SUMMARY ?= build/fleet/summary.json
+## deploy, deploy-fleet, rollback-fleet: more ansible-playbook arguments (e.g. --limit shop, -e edge_fleet_serial=2)
+ANSIBLE_ARGS ?=
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -41,16 +51,22 @@ DATA_ARG := $(if $(DATA),--data "$(DATA)")
 FORCE_ARG := $(if $(FORCE),--force)
 EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
 MAX_DROP_ARG := $(if $(MAX_DROP),--max-drop $(MAX_DROP))
+MODEL_FILE = $(if $(MODEL),$(MODEL),$(OUT)/model_$(VARIANT).tflite)
+# The fleet playbooks read deploy/ansible/ansible.cfg; the model and the wheel are passed as absolute paths.
+PLAYBOOK = ANSIBLE_CONFIG=deploy/ansible/ansible.cfg $(VENV)/bin/ansible-playbook
+FLEET_VARS = -e edge_model_src="$(abspath $(MODEL_FILE))" -e edge_model_wheel="$$wheel" -e edge_fleet_summary="$(SUMMARY)"
+# The wheel `make wheel` built last: dist/ may hold older versions too.
+NEWEST_WHEEL = wheel=$$(ls -t "$(CURDIR)"/dist/edge_image_toolkit-*.whl 2>/dev/null | head -n 1)
 
 THIS_MAKEFILE := $(firstword $(MAKEFILE_LIST))
 .DEFAULT_GOAL := help
-.PHONY: help install train convert report test bench wheel deploy arm64-check clean
+.PHONY: help install train convert report test bench wheel deploy deploy-fleet rollback-fleet check-variant check-device check-inventory arm64-check clean
 
 help: ## Show this list
 	@echo "Usage: make [target ...] [VARIABLE=value ...]"
 	@echo
 	@echo "Targets:"
-	@grep -E '^[a-z0-9-]+:.*## ' $(THIS_MAKEFILE) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(THIS_MAKEFILE) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables, with their defaults:"
 	@awk '/^## / {doc = substr($$0, 4); next} \
@@ -96,11 +112,31 @@ fuzz: $(STAMP) ## Read FUZZ_CASES mutated .tflite files: tracebacks, hangs, peak
 wheel: $(STAMP) ## Build dist/*.whl (install on a device with: pip install "<wheel>[edge]")
 	$(PY) -m pip wheel --no-deps -w dist .
 
-deploy: ## Copy MODEL (default int8) and its manifest to DEVICE=user@host:DEST over SSH, verify, smoke-test
-	@if [ -z "$(DEVICE)" ]; then echo "make deploy: set DEVICE=user@host (and optionally MODEL=, DEST=)" >&2; exit 2; fi
-	sh deploy/deploy.sh "$(DEVICE)" "$(MODEL)" "$(DEST)"
+# Usage checks, run before the wheel is built: a mistyped command fails at once with exit status 2.
+check-variant:
+	@case "$(VARIANT)" in int8|float32) ;; *) echo "make: VARIANT must be int8 or float32, got '$(VARIANT)'" >&2; exit 2 ;; esac
 
-arm64-check: wheel ## As root: install the wheel in emulated arm64 Bookworm and Trixie (qemu), compare OUT's models with x86, make deploy over SSH
+check-device: check-variant
+	@if [ -z "$(DEVICE)" ]; then echo "make deploy: set DEVICE=user@host (and optionally MODEL=, VARIANT=, DEST=)" >&2; exit 2; fi
+	@case "$(DEVICE)" in ?*@?*) ;; *) echo "make deploy: DEVICE must be user@host, got '$(DEVICE)'" >&2; exit 2 ;; esac
+
+check-inventory: check-variant
+	@if [ -z "$(INVENTORY)" ]; then echo "make $(MAKECMDGOALS): set INVENTORY=hosts.yml (see deploy/ansible/inventory.example.yml)" >&2; exit 2; fi
+	@if [ ! -f "$(INVENTORY)" ]; then echo "make $(MAKECMDGOALS): inventory $(INVENTORY) not found" >&2; exit 2; fi
+
+deploy: check-device wheel ## One device: the fleet playbook on DEVICE=user@host alone (runtime, copy, verify, smoke test, switch)
+	@$(NEWEST_WHEEL); device="$(DEVICE)"; \
+	$(PLAYBOOK) -i "$${device#*@}," -e ansible_user="$${device%%@*}" -e edge_model_dir="$(DEST)" \
+		$(FLEET_VARS) $(ANSIBLE_ARGS) deploy/ansible/deploy.yml
+
+deploy-fleet: check-inventory wheel ## Every device of INVENTORY=hosts.yml: a canary, a quarter, the rest; rolls back failures; SUMMARY
+	@$(NEWEST_WHEEL); $(PLAYBOOK) -i "$(INVENTORY)" $(FLEET_VARS) $(ANSIBLE_ARGS) deploy/ansible/deploy.yml
+
+rollback-fleet: check-inventory $(STAMP) ## Every device of INVENTORY back to its previous version, or to VERSION=<sha256 prefix>
+	@$(PLAYBOOK) -i "$(INVENTORY)" -e edge_model_rollback_version="$(VERSION)" -e edge_fleet_summary="$(SUMMARY)" \
+		$(ANSIBLE_ARGS) deploy/ansible/rollback.yml
+
+arm64-check: wheel ## As root: install the wheel in emulated arm64 Bookworm and Trixie (qemu), compare OUT's models with x86, the deploy playbook over SSH
 	$(PY) deploy/arm64_check.py --out "$(OUT)"
 
 clean: ## Remove build outputs (keeps OUT and .venv)

@@ -4,7 +4,10 @@
 host key, a client key allowed through an authorized_keys file in `folder`, and a generated
 sshd_config; it yields what a client needs (`SshServer`) and stops the server afterwards.
 `SshdUnavailable` says, in one line, why a server could not be started here, for `pytest.skip`.
-`systemd_analyze_verify` checks one of deploy/'s systemd units.
+`systemd_analyze_verify` checks one of deploy/'s systemd units. For the fleet playbook
+(deploy/ansible): `SshServer.ansible_vars()` (inventory variables that reach the server),
+`ansible_env(folder)` (the environment ansible-playbook runs in) and `write_service_stand_in(folder)`
+(the stand-in service manager the role calls instead of systemctl).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from deploy.arm64.ssh import SshError, wait_for_banner
 from edge_runtime.model_file.manifest import write_manifest
@@ -31,6 +35,10 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 CLIENT_PROGRAMS = ("ssh", "scp", "ssh-keygen")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE_CONFIG = REPO_ROOT / "deploy" / "ansible" / "ansible.cfg"
+# Tests leave no ssh master connection behind for long after their server stopped.
+TEST_SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=5s -o ConnectTimeout=10"
 
 
 class SshdUnavailable(Exception):
@@ -68,6 +76,14 @@ class SshServer:
         env.update(SSH_PORT=str(self.port), SSH_IDENTITY=str(self.identity),
                    SSH_OPTS=" ".join(self.ssh_options()))
         return env
+
+    def ansible_vars(self) -> dict[str, Any]:
+        """Inventory variables of a host that is this server: address, port, login, key, trusted host key.
+        The device's Python is the test's own (the modules need only its standard library)."""
+        return {"ansible_host": self.host, "ansible_port": self.port, "ansible_user": self.user,
+                "ansible_ssh_private_key_file": str(self.identity),
+                "ansible_ssh_common_args": " ".join(self.ssh_options()),
+                "ansible_python_interpreter": sys.executable}
 
     def run(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a shell command on the server as the test user."""
@@ -158,6 +174,33 @@ def local_sshd(folder: Path) -> Iterator[SshServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def ansible_env(folder: Path) -> dict[str, str]:
+    """The environment for ansible-playbook: the repository's ansible.cfg, no ssh-agent, short-lived
+    ssh masters, and Ansible's own local files under `folder`."""
+    env = {key: value for key, value in os.environ.items() if key != "SSH_AUTH_SOCK"}
+    env.update(ANSIBLE_CONFIG=str(ANSIBLE_CONFIG), ANSIBLE_SSH_ARGS=TEST_SSH_ARGS,
+               ANSIBLE_LOCAL_TEMP=str(folder / "ansible-local"), ANSIBLE_SSH_CONTROL_PATH_DIR=str(folder / "cp"))
+    return env
+
+
+def write_service_stand_in(folder: Path) -> tuple[Path, Path]:
+    """A service manager for devices without systemd: `<script> restart NAME` appends "restart NAME" to
+    the log; `<script> is-active NAME` exits 0 unless a file `NAME.down` exists in `folder`, and a
+    restart fails while `NAME.broken` exists. Returns (script, log)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script, log = folder / "service", folder / "service.log"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"folder={shlex.quote(str(folder))}\n"
+        'case "$1" in\n'
+        '    restart) echo "restart $2" >> "$folder/service.log"; [ ! -e "$folder/$2.broken" ] ;;\n'
+        '    is-active) if [ -e "$folder/$2.down" ]; then echo inactive; exit 3; fi; echo active ;;\n'
+        '    *) echo "usage: service restart|is-active NAME" >&2; exit 2 ;;\n'
+        "esac\n")
+    script.chmod(0o755)
+    return script, log
 
 
 def write_deployable_model(source: Path, folder: Path, name: str) -> Path:

@@ -33,16 +33,18 @@ def test_remote_commands_quote_every_word() -> None:
     assert shlex.split(line.split(" && exec ", 1)[1]) == ["edge-classify", "-m", "models/a b.tflite", "it's.jpg"]
 
 
-def test_the_deploy_reaches_the_server_through_deploy_sh_settings(tmp_path: Path) -> None:
+def test_the_deploy_playbook_reaches_the_server_and_each_model_has_its_own_folder(tmp_path: Path) -> None:
     session = ssh.Session(2345, tmp_path / "id_ed25519", tmp_path / "known_hosts", timeout=5)
-    env = session.deploy_env()
-    assert env["SSH_PORT"] == "2345" and env["SSH_IDENTITY"] == str(tmp_path / "id_ed25519")
-    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in env["SSH_OPTS"].split()
-    assert "StrictHostKeyChecking=accept-new" in env["SSH_OPTS"].split()
+    host = session.inventory_vars()
+    assert (host["ansible_host"], host["ansible_port"], host["ansible_user"]) == ("127.0.0.1", 2345, "root")
+    assert host["ansible_ssh_private_key_file"] == str(tmp_path / "id_ed25519")
+    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in host["ansible_ssh_common_args"].split()
+    assert "StrictHostKeyChecking=accept-new" in host["ansible_ssh_common_args"].split()
     assert session.destination == "root@127.0.0.1"
-    # The models land where the chroot runs read them, so the same commands run over SSH.
-    assert install.SSH_DEST == "arm64-check/models"
-    assert f"{chroot.DEVICE_HOME}/{install.SSH_DEST}" == f"{chroot.DEVICE_WORK}/models"
+    # Each model is deployed into its own folder under the work folder, and read through its `current`.
+    assert install.ssh_model_dir("model_int8.tflite") == "arm64-check/deployed/model_int8"
+    assert (f"{chroot.DEVICE_HOME}/{install.ssh_model_dir('model_int8.tflite')}/current/model_int8.tflite"
+            == f"{chroot.DEVICE_WORK}/{install.ssh_model_path('model_int8.tflite')}")
 
 
 def serve_once(greeting: bytes) -> int:

@@ -33,11 +33,22 @@ INSTALLS = (
     Install("tflite", "tflite", "~/edge-venv-tflite", ("bookworm",)),
 )
 # The device workflow end to end on one distro and CPU model (a Pi 4 on Bookworm): the [edge] install,
-# its sshd, `make deploy` of every model to where the chroot runs had them, every command over SSH.
+# its sshd, the deploy playbook of every model (each in its own models folder, since one folder has one
+# current version), every command over SSH on the deployed copies.
 SSH_INSTALL = Install("ssh", "edge", "~/edge-venv", ("bookworm",))
 SSH_DISTRO = "bookworm"
 SSH_CPU = "cortex-a72"
-SSH_DEST = DEVICE_WORK.removeprefix(DEVICE_HOME + "/") + "/models"  # deploy.sh's DEST, relative to the home
+SSH_DEST = DEVICE_WORK.removeprefix(DEVICE_HOME + "/") + "/deployed"  # edge_model_dir's parent, from the home
+
+
+def ssh_model_dir(model_name: str) -> str:
+    """The playbook's edge_model_dir for one model, relative to the home: one folder (and `current`) per model."""
+    return f"{SSH_DEST}/{Path(model_name).stem}"
+
+
+def ssh_model_path(model_name: str) -> str:
+    """Where the SSH run reads a deployed model, relative to the work folder: through its folder's `current`."""
+    return f"deployed/{Path(model_name).stem}/current/{model_name}"
 # The backend each install path must end up using, as edge-classify --info names it.
 INSTALL_BACKENDS = {"edge": "ai_edge_litert", "tflite": "tflite_runtime", "ssh": "ai_edge_litert"}
 BACKEND_PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}

@@ -1,5 +1,6 @@
 """One distro's runs: each of deploy/README.md's install paths in its root filesystem, edge-classify under
-each CPU model through chroot, and last the device workflow over SSH; every run compared with x86."""
+each CPU model through chroot, and last the device workflow over SSH (the deploy playbook, then every
+command on the deployed copies); every run compared with x86."""
 
 from __future__ import annotations
 
@@ -19,13 +20,11 @@ from .answers import COMMAND_TIMEOUT_S, ModelAnswers, collect_answers, first_err
 from .chroot import DEVICE_HOME, DEVICE_WORK, checked, chroot, chroot_prefix, device_path
 from .errors import RunError, log
 from .install import (BACKEND_PACKAGES, INSTALL_BACKENDS, INSTALL_TIMEOUT_S, INSTALLS, SSH_CPU, SSH_DEST, SSH_DISTRO,
-                      SSH_INSTALL, Install, ensure_ssh_server, failed_install, readme_install_script)
+                      SSH_INSTALL, Install, ensure_ssh_server, failed_install, readme_install_script, ssh_model_dir,
+                      ssh_model_path)
 from .parity import JSON_SCORE_RESOLUTION, RunOutcome, compare_models, info_differences
 from .rootfs import prepare_rootfs
-from .ssh import LOOPBACK, Session, SshError, running_sshd
-
-DEPLOY_SCRIPT = Path(__file__).resolve().parent.parent / "deploy.sh"
-
+from .ssh import DEVICE_NAME, LOOPBACK, Session, SshError, running_sshd
 
 # A Python snippet run with the device environment's python: versions of what was installed.
 PROBE = """
@@ -108,7 +107,7 @@ def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, 
             outcomes.append(run_one(distro, install, cpu, chroot_shell(root, cache, cpu), models, references))
     edge_installed = any(outcome.install == INSTALLS[0].name and outcome.cpu != "-" for outcome in outcomes)
     if ssh and distro == SSH_DISTRO and edge_installed:
-        # Last, because it replaces the models the chroot runs read by the deployed copies.
+        # Last, on the runtime the chroot installed.
         began = time.monotonic()
         outcomes.append(run_over_ssh(distro, root, cache, models, references, log_folder))
         timings["ssh deploy and runs"] = round(time.monotonic() - began, 1)
@@ -118,26 +117,28 @@ def check_distro(distro: str, root: Path, cache: Path, work: Path, wheel: Path, 
 
 def run_over_ssh(distro: str, root: Path, cache: Path, models: list[Path],
                  references: dict[str, dict[str, ModelAnswers]], log_folder: Path) -> RunOutcome:
-    """The device workflow over SSH: sshd in the root filesystem, `make deploy` of each model, then every
-    edge-classify command over SSH, compared with x86 like the chroot runs. Never raises RunError."""
+    """The device workflow over SSH: sshd in the root filesystem, the deploy playbook (what `make deploy` runs)
+    for each model, then every edge-classify command over SSH on the deployed copies, compared with x86 like
+    the chroot runs. Never raises RunError."""
     began = time.monotonic()
     try:
         ensure_ssh_server(root, cache)
-        # The chroot runs read the models from here; the deploy puts them back, with their manifest.
-        shutil.rmtree(root / DEVICE_WORK.lstrip("/") / "models", ignore_errors=True)
+        shutil.rmtree(root / DEVICE_HOME.lstrip("/") / SSH_DEST, ignore_errors=True)
         with contextlib.ExitStack() as stack:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ssh-", dir=cache)))
             session = stack.enter_context(running_sshd(
                 root, chroot_prefix(root, cache, SSH_CPU), SSH_CPU, folder, log_folder / f"{distro}-sshd.log",
                 COMMAND_TIMEOUT_S))
-            log(f"{distro}: sshd listening on {LOOPBACK}:{session.port}; make deploy of "
+            log(f"{distro}: sshd listening on {LOOPBACK}:{session.port}; the deploy playbook of "
                 f"{', '.join(model.name for model in models)} to {session.destination}:{SSH_DEST}")
             for model in models:
-                deployed = session.deploy(DEPLOY_SCRIPT, model, SSH_DEST)
+                deployed = session.deploy(model, ssh_model_dir(model.name), folder)
+                write_text(log_folder / f"{distro}-deploy-{model.stem}.log", deployed.stdout + deployed.stderr)
                 if deployed.returncode != 0:
-                    raise RunError(f"make deploy of {model.name} to {session.destination} (port {session.port}) "
-                                   f"failed: {first_error(deployed)}")
-            return run_one(distro, SSH_INSTALL, SSH_CPU, ssh_shell(session), models, references, began)
+                    raise RunError(f"the deploy playbook of {model.name} to {session.destination} (port {session.port}) "
+                                   f"failed: {playbook_failure(deployed)} (log: {log_folder})")
+            paths = {model.name: ssh_model_path(model.name) for model in models}
+            return run_one(distro, SSH_INSTALL, SSH_CPU, ssh_shell(session), models, references, began, paths)
     except (RunError, SshError, OSError, subprocess.SubprocessError) as error:
         outcome = RunOutcome(distro=distro, install=SSH_INSTALL.name, cpu=SSH_CPU, machine="", python="",
                              backend=INSTALL_BACKENDS[SSH_INSTALL.name], backend_version="", numpy_version="",
@@ -146,12 +147,21 @@ def run_over_ssh(distro: str, root: Path, cache: Path, models: list[Path],
         return outcome
 
 
+def playbook_failure(completed: subprocess.CompletedProcess) -> str:
+    """The summary's line for the device when it has one ("STEP: REASON"), else the output's last line."""
+    rows = [line for line in completed.stdout.splitlines() if line.startswith(f"{DEVICE_NAME} ")
+            and "ok=" not in line]
+    return " ".join(rows[-1].split()[4:]) if rows else first_error(completed)
+
+
 def run_one(distro: str, install: Install, cpu: str, shell: Shell, models: list[Path],
-            references: dict[str, dict[str, ModelAnswers]], began: float | None = None) -> RunOutcome:
+            references: dict[str, dict[str, ModelAnswers]], began: float | None = None,
+            paths: dict[str, str] | None = None) -> RunOutcome:
     """One distro, install path and CPU model: facts about the environment, then every model against x86.
 
     `shell` runs each command on the device (through chroot, or over SSH); `began` is when the run's
-    clock started (default: now)."""
+    clock started (default: now); `paths` maps a model's name to where the device reads it, relative to
+    the work folder (default models/NAME)."""
     began = time.monotonic() if began is None else began
     expected_backend = INSTALL_BACKENDS[install.name]
     outcome = RunOutcome(distro=distro, install=install.name, cpu=cpu, machine="", python="",
@@ -175,7 +185,7 @@ def run_one(distro: str, install: Install, cpu: str, shell: Shell, models: list[
         if reference_set is None:
             raise RunError(f"no x86 reference for the {expected_backend} backend")
         for model in models:
-            name = f"models/{model.name}"
+            name = (paths or {}).get(model.name, f"models/{model.name}")
             reference = reference_set[model.name]
             answers = collect_answers(run, name, int(reference.info.get("num_classes", 1)), f"{distro}/{cpu}",
                                       python)

@@ -1,9 +1,10 @@
-"""An OpenSSH server inside an emulated arm64 root filesystem, so `make deploy` can reach it like a Pi.
+"""An OpenSSH server inside an emulated arm64 root filesystem, so the deploy playbook can reach it like a Pi.
 
 `make arm64-check` uses it after the chroot runs on Bookworm: it starts the root filesystem's own
 aarch64 sshd (under qemu-user, in the same private mount namespace as every chroot command) on a free
-loopback port, lets a throwaway key log in as root, sends the models with `deploy/deploy.sh` (what
-`make deploy` runs), and then runs every edge-classify command over SSH, as a person would on a Pi.
+loopback port, lets a throwaway key log in as root, deploys the models with deploy/ansible/deploy.yml
+(what `make deploy` and `make deploy-fleet` run), and then runs every edge-classify command over SSH,
+as a person would on a Pi.
 
 qemu-user reads QEMU_CPU from the environment of each program it starts. sshd gives a session only
 what its configuration says, so `SetEnv QEMU_CPU=...` carries the CPU model into every command run
@@ -14,14 +15,16 @@ kernels wrong (issue 12).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 LOOPBACK = "127.0.0.1"
 LOGIN = "root"
@@ -38,6 +41,14 @@ BANNER_PREFIX = b"SSH-2.0-"
 STOP_TIMEOUT_S = 10
 # The Debian packages that make the root filesystem an SSH server (ssh-keygen -A makes its host keys).
 SERVER_PACKAGES = ("openssh-server",)
+# The one deploy path: the fleet playbook, with the repository's Ansible settings.
+ANSIBLE_FOLDER = Path(__file__).resolve().parent.parent / "ansible"
+PLAYBOOK = ANSIBLE_FOLDER / "deploy.yml"
+ANSIBLE_CONFIG = ANSIBLE_FOLDER / "ansible.cfg"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+# Debian's python3 runs Ansible's modules on the device (Bookworm's 3.11).
+DEVICE_PYTHON = "/usr/bin/python3"
+DEVICE_NAME = "arm64-device"
 
 
 class SshError(Exception):
@@ -125,18 +136,33 @@ class Session:
         except subprocess.TimeoutExpired as error:
             raise SshError(f"`{' '.join(command[:3])}` over SSH did not finish within {self.timeout:.0f} s") from error
 
-    def deploy_env(self) -> dict[str, str]:
-        """The environment deploy/deploy.sh reads to reach this server."""
-        return {**os.environ, "SSH_PORT": str(self.port), "SSH_IDENTITY": str(self.key),
-                "SSH_OPTS": " ".join(client_options(self.known_hosts))}
+    def inventory_vars(self) -> dict[str, Any]:
+        """Ansible's inventory variables for this server: the login, port, key and this session's known_hosts."""
+        return {"ansible_host": LOOPBACK, "ansible_port": self.port, "ansible_user": LOGIN,
+                "ansible_ssh_private_key_file": str(self.key),
+                "ansible_ssh_common_args": " ".join(client_options(self.known_hosts)),
+                "ansible_python_interpreter": DEVICE_PYTHON}
 
-    def deploy(self, script: Path, model: Path, dest: str) -> subprocess.CompletedProcess:
-        """`sh deploy/deploy.sh root@127.0.0.1 MODEL DEST`, what `make deploy` runs."""
+    def deploy(self, model: Path, dest: str, folder: Path) -> subprocess.CompletedProcess:
+        """deploy/ansible/deploy.yml for this server alone, as `make deploy` runs it, with the runtime the
+        chroot install made (~/edge-venv) and no service; its inventory, variables and summary go in `folder`."""
+        inventory = folder / "hosts.yml"
+        inventory.write_text(json.dumps({"all": {"hosts": {DEVICE_NAME: self.inventory_vars()}}}), encoding="utf-8")
+        variables = folder / "vars.json"
+        variables.write_text(json.dumps({"edge_model_src": str(model), "edge_model_dir": dest,
+                                         "edge_model_runtime_install": False, "edge_model_services": [],
+                                         "edge_fleet_summary": str(folder / f"summary-{model.stem}.json")}),
+                             encoding="utf-8")
+        env = {key: value for key, value in os.environ.items() if key != "SSH_AUTH_SOCK"}
+        env["ANSIBLE_CONFIG"] = str(ANSIBLE_CONFIG)
+        command = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), "-e", f"@{variables}", str(PLAYBOOK)]
         try:
-            return subprocess.run(["sh", str(script), self.destination, str(model), dest], capture_output=True,
-                                  text=True, timeout=self.timeout, env=self.deploy_env(), errors="replace")
+            return subprocess.run(command, capture_output=True, text=True, timeout=self.timeout, env=env,
+                                  errors="replace")
+        except FileNotFoundError as error:
+            raise SshError(f"{ANSIBLE_PLAYBOOK} not found: install the fleet extra (make install)") from error
         except subprocess.TimeoutExpired as error:
-            raise SshError(f"deploy of {model.name} did not finish within {self.timeout:.0f} s") from error
+            raise SshError(f"the deploy playbook for {model.name} did not finish within {self.timeout:.0f} s") from error
 
 
 @contextlib.contextmanager

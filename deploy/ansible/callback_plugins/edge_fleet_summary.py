@@ -38,6 +38,8 @@ SUMMARY_VARIABLE = "edge_fleet_summary"
 STATUSES = ("updated", "unchanged", "rolled_back", "failed", "unreachable", "not_attempted")
 PROBLEM_STATUSES = ("rolled_back", "failed", "unreachable", "not_attempted")
 SHORT_SHA = 12
+# How Ansible introduces ssh's own message in an unreachable result.
+SSH_WRAPPERS = ("over ssh: ", "via ssh: ")
 
 
 def one_line(text: Any) -> str:
@@ -46,10 +48,13 @@ def one_line(text: Any) -> str:
 
 
 def unreachable_reason(result: dict[str, Any]) -> str:
-    """The last line ssh wrote: what the user can act on (refused, timed out, host key, permission)."""
-    message = str(result.get("msg", "") or "unreachable")
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return one_line(lines[-1] if lines else message)
+    """What ssh itself said (refused, timed out, host key, permission), without Ansible's wrapping
+    ("Data could not be sent to remote host ... over ssh: ", "Failed to connect to the host via ssh: ")."""
+    message = one_line(result.get("msg", "") or "unreachable")
+    for wrapper in SSH_WRAPPERS:
+        if wrapper in message:
+            message = message.rsplit(wrapper, 1)[1]
+    return message
 
 
 def write_json_atomically(path: str, document: dict[str, Any]) -> None:
