@@ -37,15 +37,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from deploy.arm64.ssh import SshError, wait_for_banner
-from deploy_fixtures import (LOOPBACK, PRIVSEP_DIR, PRIVSEP_DIR_MODE, SSHD_PATH, SshdUnavailable, _keygen,
-                             _sshd_config, free_port, missing_client_programs)
+from deploy_fixtures import (ANSIBLE_CONFIG, LOOPBACK, PRIVSEP_DIR, PRIVSEP_DIR_MODE, REPO_ROOT, SSHD_PATH,
+                             SshdUnavailable, _keygen, _sshd_config, ansible_env, free_port,
+                             missing_client_programs)
 from edge_runtime.model_file.manifest import sha256_file, write_manifest
 from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = REPO_ROOT / "deploy" / "ansible"
-ANSIBLE_CONFIG = ANSIBLE_DIR / "ansible.cfg"
 DEPLOY_PLAYBOOK = ANSIBLE_DIR / "deploy.yml"
 ROLLBACK_PLAYBOOK = ANSIBLE_DIR / "rollback.yml"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
@@ -505,11 +504,11 @@ def write_inventory(path: Path, fleet: Fleet, groups: dict[str, Sequence[str]],
 
 
 def ansible_environment(folder: Path) -> dict[str, str]:
-    """ansible-playbook's environment: the repository's ansible.cfg, no colours, no retry files, no agent,
-    its SSH control sockets in `folder` (short paths: a socket path has at most 107 bytes)."""
-    env = device_environment()
-    env.update(ANSIBLE_CONFIG=str(ANSIBLE_CONFIG), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_SSH_CONTROL_PATH_DIR=str(folder / "cp"),
+    """deploy_fixtures.ansible_env (the repository's ansible.cfg, no agent, SSH control sockets in `folder`:
+    short paths, a socket path has at most 107 bytes) without this checkout's Python settings, colours or
+    retry files."""
+    env = {key: value for key, value in ansible_env(folder).items() if key in device_environment()}
+    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_RETRY_FILES_ENABLED="0",
                PYTHONWARNINGS="ignore")
     return env
 

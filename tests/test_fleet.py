@@ -253,6 +253,8 @@ def test_smoke_test_failure_keeps_the_old_model_and_a_service_that_fails_is_roll
     assert result.returncode != 0, failure_output(result)
     assert_every_device_works(fleet, {"dev1": model, "dev2": before["dev2"], "dev3": before["dev3"],
                                       "dev4": model})
+    # dev2 never switched, and the version it refused is not left on it.
+    assert model.prefix not in fleet.fleet.device("dev2").version_folders()
     # dev3 switched, its service failed, `current` went back and the service was restarted on the old model.
     assert restarts_since(fleet, restarts) == {
         "dev1": [f"restart {CAMERA} {model.prefix}"],
@@ -262,7 +264,6 @@ def test_smoke_test_failure_keeps_the_old_model_and_a_service_that_fails_is_roll
     entries = devices_by_host(assert_summary(summary, model, {
         "dev1": updated(model, before["dev1"]), "dev4": updated(model, before["dev4"])}))
     assert_failure_entry(entries["dev2"], "failed", before["dev2"])
-    # dev2 never switched (nothing restarted, above): the version it refused is not its previous either.
     assert entries["dev2"]["previous_sha256"] != model.sha256, entries["dev2"]
     assert "smoke" in entries["dev2"]["step"].lower(), entries["dev2"]
     assert WRONG_LABEL in entries["dev2"]["reason"], entries["dev2"]
@@ -280,10 +281,10 @@ def test_failing_canary_stops_the_rollout_before_any_other_device_changes(fleet:
     result, summary = fleet.deploy(model, fleet.inventory({"dev1": {"edge_model_smoke_label": WRONG_LABEL}}))
     assert result.returncode != 0, failure_output(result)
     assert_every_device_works(fleet, before)
+    # The canary's refused version is removed; nothing else is restarted, copied or even contacted.
+    assert {device.name: device.version_folders() for device in fleet.fleet.devices} == versions
     assert restarts_since(fleet, restarts) == {name: [] for name in HOSTS}
     others = [device for device in fleet.fleet.devices if device.name != "dev1"]
-    assert {device.name: device.version_folders() for device in others} == \
-        {device.name: versions[device.name] for device in others}
     assert {device.name: connections_seen(device) for device in others} == \
         {device.name: connections[device.name] for device in others}
     entries = devices_by_host(assert_summary(summary, model, {}))
