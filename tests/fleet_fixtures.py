@@ -603,6 +603,13 @@ def _copy_as_owner(source: Path, target: Path, owner: pwd.struct_passwd) -> None
         os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def folder_usage(folder: Path) -> int:
     """Bytes used by the regular files under `folder`."""
     return sum(path.stat().st_size for path in folder.rglob("*") if stat.S_ISREG(path.lstat().st_mode))
@@ -640,11 +647,19 @@ def pick_smoke_image(model: Path, images: Any, classes: Any, folder: Path) -> Sm
 
 class FleetSession:
     """A fleet, its wheelhouse, its test image and a source of fresh model versions: deploys and rolls back
-    with the repository's playbooks, each run with its own summary file."""
+    with the repository's playbooks, each run with its own summary file.
+
+    The runtime reaches the devices in `wheelhouse_copied_to` as the role's copied wheelhouse
+    (edge_model_wheelhouse); the others install from a copy of it in the fleet's folder, which they can read
+    as a wheelhouse already on the device (edge_model_pip_extra_args "--no-index --find-links FOLDER"): both
+    ways are used, and the 46 MB are copied over SSH once, not once per device."""
 
     def __init__(self, fleet: Fleet, wheelhouse: Wheelhouse, smoke: SmokeImage, model_bytes: bytes,
-                 model_name: str, groups: dict[str, Sequence[str]]) -> None:
+                 model_name: str, groups: dict[str, Sequence[str]], wheelhouse_copied_to: Sequence[str] = ()) -> None:
         self.fleet = fleet
+        self.device_wheelhouse = fleet.folder / "device-wheelhouse"
+        shutil.copytree(wheelhouse.folder, self.device_wheelhouse, copy_function=_link_or_copy)
+        self.wheelhouse_copied_to = set(wheelhouse_copied_to)
         self.folder = fleet.folder
         self.wheelhouse = wheelhouse
         self.smoke = smoke
@@ -660,11 +675,16 @@ class FleetSession:
         return [name for names in self.groups.values() for name in names]
 
     def common_vars(self) -> dict[str, Any]:
-        """What every device of the tests shares: the runtime's wheel and wheelhouse, the smoke test."""
+        """What every device of the tests shares: the runtime's wheel, the smoke test."""
         return {"edge_model_wheel": str(self.wheelhouse.wheel),
-                "edge_model_wheelhouse": str(self.wheelhouse.folder),
                 "edge_model_smoke_image": str(self.smoke.path),
                 "edge_model_smoke_label": self.smoke.label}
+
+    def runtime_vars(self, name: str) -> dict[str, Any]:
+        """Where the device `name` installs the runtime's dependencies from."""
+        if name in self.wheelhouse_copied_to:
+            return {"edge_model_wheelhouse": str(self.wheelhouse.folder)}
+        return {"edge_model_pip_extra_args": f"--no-index --find-links {self.device_wheelhouse}"}
 
     def new_model(self, version: str, padding: int = 0) -> ModelVersion:
         """A fresh model version (its own sha256) in its own folder with its manifest; `padding` zero bytes
@@ -681,8 +701,11 @@ class FleetSession:
     def inventory(self, host_overrides: dict[str, dict[str, Any]] | None = None,
                   groups: dict[str, Sequence[str]] | None = None) -> Path:
         self.runs += 1
-        return write_inventory(self.folder / f"inventory-{self.runs}.json", self.fleet, groups or self.groups,
-                               host_overrides, self.common_vars())
+        groups = groups or self.groups
+        overrides = {name: {**self.runtime_vars(name), **(host_overrides or {}).get(name, {})}
+                     for names in groups.values() for name in names}
+        return write_inventory(self.folder / f"inventory-{self.runs}.json", self.fleet, groups, overrides,
+                               self.common_vars())
 
     def summary_path(self) -> Path:
         self.runs += 1
