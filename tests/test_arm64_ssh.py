@@ -119,3 +119,15 @@ def test_a_failed_ssh_run_is_a_named_problem_of_its_run_not_a_crash(tmp_path: Pa
     assert not outcome.ok
     assert outcome.problems == ["over SSH: apt-get install openssh-server failed in the bookworm root filesystem: "
                                 "Temporary failure resolving 'deb.debian.org'"]
+
+
+def test_answers_about_a_deployed_copy_are_compared_under_the_path_x86_used() -> None:
+    from deploy.arm64.answers import ModelAnswers
+
+    deployed = "deployed/model_int8/current/model_int8.tflite"
+    answers = ModelAnswers(results={}, info={"model": deployed, "sha256": "ab"}, benchmark=None, problems=[],
+                           verify=(0, f"OK {deployed} (6097 bytes, sha256 ab)"))
+    seen = runs.as_if_read_from(answers, deployed, "models/model_int8.tflite")
+    assert seen.info == {"model": "models/model_int8.tflite", "sha256": "ab"}
+    assert seen.verify == (0, "OK models/model_int8.tflite (6097 bytes, sha256 ab)")
+    assert answers.info["model"] == deployed  # the device's own answers are kept as they were

@@ -205,6 +205,10 @@ def test_make_deploy_installs_verifies_smoke_tests_and_a_second_run_changes_noth
     assert fleet.current() == f"models/{version_of(artifacts)}"
     assert sorted(p.name for p in (fleet.models / "models").iterdir()) == [version_of(artifacts)]
     assert fleet.restarts() == [f"restart {SERVICE}"]
+    # The services read the model through current, and the camera source, from the settings file.
+    settings = [line for line in (fleet.models / "edge-classify.env").read_text().splitlines()
+                if line and not line.startswith("#")]
+    assert settings == [f"EDGE_CLASSIFY_MODEL={fleet.models}/current/{MODEL_NAME}", "EDGE_CLASSIFY_CAMERA=auto"]
     expected = summary_of(artifacts, host=sshd.host, active_sha256=sha256_hex(artifacts))
     assert fleet.read_summary() == expected
     assert f"summary written to {fleet.summary}" in first.stdout
@@ -240,7 +244,8 @@ def test_corrupted_version_on_the_device_is_caught_and_copied_again(fleet, artif
     assert device_copy.read_bytes() == artifacts.read_bytes()
     assert fleet.current() == f"models/{version_of(artifacts)}"
     assert fleet.read_summary() == summary_of(artifacts, active_sha256=sha256_hex(artifacts))
-    assert fleet.restarts() == []  # current never changed
+    # current never changed; the one restart is for the services' settings file this hand-made device lacked.
+    assert fleet.restarts() == [f"restart {SERVICE}"]
 
 
 @pytest.mark.ssh

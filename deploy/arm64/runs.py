@@ -189,6 +189,7 @@ def run_one(distro: str, install: Install, cpu: str, shell: Shell, models: list[
             reference = reference_set[model.name]
             answers = collect_answers(run, name, int(reference.info.get("num_classes", 1)), f"{distro}/{cpu}",
                                       python)
+            answers = as_if_read_from(answers, name, f"models/{model.name}")
             outcome.problems.extend(answers.problems)
             if answers.info:
                 if answers.info.get("backend") != expected_backend:
@@ -211,6 +212,18 @@ def run_one(distro: str, install: Install, cpu: str, shell: Shell, models: list[
         outcome.problems.append(f"stopped: {error}")
     outcome.seconds = time.monotonic() - began
     return outcome
+
+
+def as_if_read_from(answers: ModelAnswers, device_path: str, reference_path: str) -> ModelAnswers:
+    """The answers with the model's path as x86 gave it: --info and --verify print the path they were given,
+    and the SSH run reads the deployed copy at another path (deployed/NAME/current/...) than x86's."""
+    if device_path == reference_path:
+        return answers
+    info = dict(answers.info)
+    if info.get("model") == device_path:
+        info["model"] = reference_path
+    code, message = answers.verify
+    return dataclasses.replace(answers, info=info, verify=(code, message.replace(device_path, reference_path)))
 
 
 def check_score_resolution(info: dict[str, Any], name: str, outcome: RunOutcome) -> None:
