@@ -43,6 +43,8 @@ from deploy_fixtures import (ANSIBLE_CONFIG, LOOPBACK, PRIVSEP_DIR, PRIVSEP_DIR_
 from edge_runtime.model_file.manifest import sha256_file, write_manifest
 from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import DEFAULT_SPEC
+# What the wheel is built from and pip's words for an unreachable registry, as the wheel install test has them.
+from test_wheel_install import NOT_SOURCES, OFFLINE_SIGNS
 
 ANSIBLE_DIR = REPO_ROOT / "deploy" / "ansible"
 DEPLOY_PLAYBOOK = ANSIBLE_DIR / "deploy.yml"
@@ -66,13 +68,6 @@ STOP_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 60
 BUILD_TIMEOUT_S = 300
 DOWNLOAD_TIMEOUT_S = 600
-# Paths of the checkout that are not part of the wheel's sources (outputs, environments, tests).
-NOT_SOURCES = (".git", ".venv", "artifacts", "build", "dist", "bench-out", "ci-artifacts", ".pytest_cache",
-               "__pycache__", "*.egg-info", "tests", "benchmarks")
-# pip's words for "the registry cannot be reached" (as opposed to a real dependency problem).
-OFFLINE_SIGNS = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
-                 "Name or service not known", "Network is unreachable", "ProxyError", "ConnectTimeoutError",
-                 "Read timed out")
 RECAP_COUNTERS = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
 WATCH_INTERVAL_S = 0.05
 

@@ -129,6 +129,16 @@ def assert_summary(summary_path: Path, model: ModelVersion, expected: dict[str, 
     return summary
 
 
+def assert_table_matches(output: str, summary_path: Path) -> None:
+    """The table printed at the end of the run says what the summary file says: one row per device with its
+    status and the first 12 hex digits of its active and previous models ("-" when unknown)."""
+    table = output[output.rindex("FLEET SUMMARY"):]
+    for entry in read_summary(summary_path)["devices"]:
+        short = [entry[key][:12] if entry[key] else "-" for key in ("active_sha256", "previous_sha256")]
+        row = rf"^{re.escape(entry['host'])}\s+{entry['status']}\s+{short[0]}\s+{short[1]}\s"
+        assert re.search(row, table, flags=re.MULTILINE), (row, table)
+
+
 def updated(model: ModelVersion, previous: ModelVersion) -> dict[str, Any]:
     return {"status": "updated", "active_sha256": model.sha256, "previous_sha256": previous.sha256,
             "step": None, "reason": None}
@@ -192,6 +202,7 @@ def test_rollout_to_four_devices_then_nothing_changes_then_rollback(fleet: Fleet
     # Each service restarted exactly once, after `current` pointed to the new version; none where it is off.
     assert restarts_since(fleet, before) == restarted_once_on(fleet, {name: model_a for name in HOSTS})
     assert_summary(summary, model_a, {name: updated(model_a, first) for name in HOSTS})
+    assert_table_matches(result.stdout, summary)
 
     # The same model again: nothing changes anywhere, and the run says so.
     before = restart_counts(fleet)
@@ -268,6 +279,7 @@ def test_smoke_test_failure_keeps_the_old_model_and_a_service_that_fails_is_roll
         "dev4": []}
     entries = devices_by_host(assert_summary(summary, model, {
         "dev1": updated(model, before["dev1"]), "dev4": updated(model, before["dev4"])}))
+    assert_table_matches(result.stdout, summary)
     assert_failure_entry(entries["dev2"], "failed", before["dev2"])
     assert entries["dev2"]["previous_sha256"] != model.sha256, entries["dev2"]
     assert "smoke" in entries["dev2"]["step"].lower(), entries["dev2"]
@@ -320,6 +332,7 @@ def test_device_lost_mid_run_is_reported_unreachable_and_the_others_complete(fle
         assert play_recap(result.stdout)["dev4"]["unreachable"] == 1, result.stdout[-3000:]
         entries = devices_by_host(assert_summary(summary, model, {
             name: updated(model, before[name]) for name in ("dev1", "dev2", "dev3")}))
+        assert_table_matches(result.stdout, summary)
         assert entries["dev4"]["status"] == "unreachable", entries["dev4"]
         assert entries["dev4"]["active_sha256"] in (None, before["dev4"].sha256), entries["dev4"]
         assert_every_device_works(fleet, {"dev1": model, "dev2": model, "dev3": model, "dev4": before["dev4"]})
