@@ -76,7 +76,7 @@ def smoke_image(runtime_models, synthetic_test_images, tmp_path_factory: pytest.
 
 @pytest.fixture(scope="module")
 def fleet(runtime_models, fleet_wheelhouse: Wheelhouse, smoke_image: SmokeImage) -> Iterator[FleetSession]:
-    """Four devices with the runtime installed and a first model deployed (everything is updated once)."""
+    """Four fresh devices, then the runtime installed and a first model deployed on all of them in one batch."""
     if not ANSIBLE_PLAYBOOK.exists():
         pytest.skip(f"{ANSIBLE_PLAYBOOK} not found: pip install -e '.[fleet]'")
     try:
@@ -86,8 +86,10 @@ def fleet(runtime_models, fleet_wheelhouse: Wheelhouse, smoke_image: SmokeImage)
             first = session.new_model("first")
             result, summary = session.deploy(first, timeout=RUN_TIMEOUT_S, edge_fleet_serial=ALL_AT_ONCE)
             assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-            assert {host: entry["status"] for host, entry in devices_by_host(read_summary(summary)).items()} == \
-                {host: "updated" for host in HOSTS}
+            # Fresh devices: nothing was active before.
+            assert {host: (entry["status"], entry["active_sha256"], entry["previous_sha256"])
+                    for host, entry in devices_by_host(read_summary(summary)).items()} == \
+                {host: ("updated", first.sha256, None) for host in HOSTS}
             yield session
     except FleetUnavailable as reason:
         pytest.skip(str(reason))
