@@ -109,8 +109,10 @@ bench: $(STAMP) ## Benchmarks on ../shared/datasets/cifar10-jpeg (or DATA=); see
 fuzz: $(STAMP) ## Read FUZZ_CASES mutated .tflite files: tracebacks, hangs, peak memory, time per case (OUT/fuzz.json)
 	$(PY) benchmarks/fuzz_models.py --cases $(FUZZ_CASES) --record "$(OUT)/fuzz.json"
 
+# The wheel's files are dated by the last commit (SOURCE_DATE_EPOCH; 1980, zip's first date, outside git),
+# so the same sources give the same sha256 and the fleet playbook does not reinstall an unchanged runtime.
 wheel: $(STAMP) ## Build dist/*.whl (install on a device with: pip install "<wheel>[edge]")
-	$(PY) -m pip wheel --no-deps -w dist .
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) $(PY) -m pip wheel --no-deps -w dist .
 
 # Usage checks, run before the wheel is built: a mistyped command fails at once with exit status 2.
 check-variant:
