@@ -279,6 +279,25 @@ def test_new_version_switches_current_and_keeps_the_previous_one(fleet, artifact
 
 
 @pytest.mark.ssh
+def test_versions_beyond_keep_are_pruned_but_never_the_current_or_previous_one(fleet, artifacts, other_artifacts,
+                                                                               smoke):
+    fleet.install_by_hand(artifacts, smoke[0])
+    # Three older versions, the oldest first; the hand-installed current one is older than all of them.
+    older = ["0000000000a1", "0000000000a2", "0000000000a3"]
+    for age, name in enumerate(older, start=1):
+        folder = fleet.models / "models" / name
+        folder.mkdir()
+        os.utime(folder, (1_000_000 * age, 1_000_000 * age))
+    current = fleet.models / "models" / version_of(artifacts)
+    os.utime(current, (1, 1))
+    result = fleet.play(other_artifacts, edge_model_keep=3)
+    assert result.returncode == 0, result.stdout[-3000:]
+    # Kept: the new current, the previous (the oldest folder of all), and the newest other one.
+    assert sorted(p.name for p in (fleet.models / "models").iterdir()) == sorted(
+        [version_of(other_artifacts), version_of(artifacts), older[-1]])
+
+
+@pytest.mark.ssh
 def test_service_that_fails_after_the_switch_is_rolled_back(fleet, artifacts, other_artifacts, smoke):
     fleet.install_by_hand(artifacts, smoke[0])
     (fleet.service_command.parent / f"{SERVICE}.down").touch()
