@@ -37,7 +37,8 @@ from typing import Any
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+# The fleet harness lives with the tests and imports deploy/ from the repository root, as pytest runs it.
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests"), str(Path(__file__).resolve().parent.parent)]
 
 from fleet_fixtures import (ANSIBLE_CONFIG, ANSIBLE_PLAYBOOK, DEPLOY_PLAYBOOK, REPO_ROOT, FleetSession,  # noqa: E402
                             ansible_environment, build_wheelhouse, devices_by_host, fleet_folder, local_fleet,
@@ -135,6 +136,7 @@ def main(repeats: int, json_path: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch:
         scratch_path = Path(scratch)
         click.echo("training the test model and building the wheelhouse ...", err=True)
+        (scratch_path / "models").mkdir()
         models = build_runtime_models(scratch_path / "models")
         images, classes = synthetic_arrays(16, seed=SEED + 2)
         smoke = pick_smoke_image(models.int8, images, classes, scratch_path)
