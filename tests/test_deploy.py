@@ -449,6 +449,89 @@ def test_model_missing_from_its_manifest_is_refused(tmp_path, smoke):
         f"{model.parent / MANIFEST_NAME}: has no entry for other.tflite (it lists {MODEL_NAME})")
 
 
+def load_summary_callback() -> Any:
+    """deploy/ansible/callback_plugins/edge_fleet_summary.py, imported as ansible-playbook would."""
+    import importlib.util
+
+    path = PLAYBOOKS / "callback_plugins" / "edge_fleet_summary.py"
+    spec = importlib.util.spec_from_file_location("edge_fleet_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Named:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_name(self) -> str:
+        return self.name
+
+
+class _Result:
+    """What a callback receives for one task on one host."""
+
+    def __init__(self, host: str, result: dict[str, Any], task: str = "a task") -> None:
+        self._host, self._result, self._task = _Named(host), result, _Named(task)
+
+
+class _Inventory:
+    def __init__(self, hosts: list[str]) -> None:
+        self.hosts = hosts
+
+    def get_hosts(self, pattern: str, ignore_restrictions: bool = False) -> list[_Named]:
+        assert (pattern, ignore_restrictions) == ("all", True)
+        return [_Named(host) for host in self.hosts]
+
+
+class _Play:
+    def __init__(self, hosts: list[str], summary: Path) -> None:
+        manager = type("VariableManager", (), {})()
+        manager._inventory, manager.extra_vars = _Inventory(hosts), {"edge_fleet_summary": str(summary)}
+        self.hosts, self.vars, self._manager = "all", {}, manager
+
+    def get_variable_manager(self) -> Any:
+        return self._manager
+
+
+def test_summary_names_every_host_once_with_what_ansible_saw(tmp_path, capsys):
+    module = load_summary_callback()
+    callback = module.CallbackModule()
+    summary = tmp_path / "fleet" / "summary.json"
+    hosts = ["canary", "pi-2", "pi-3", "pi-4"]
+    for batch in range(2):  # once per batch, with the same hosts
+        callback.v2_playbook_on_play_start(_Play(hosts, summary))
+    callback.v2_runner_on_ok(_Result("canary", {"ansible_facts": {"edge_model_step": "smoke test"}}))
+    callback.v2_runner_on_ok(_Result("pi-2", {"ansible_facts": {"edge_model_step": "copy"}}))
+    callback.v2_runner_on_unreachable(_Result("pi-2", {"msg": "Task failed: Data could not be sent to remote host "
+                                                              "\"pi-2\". Make sure this host can be reached over ssh: "
+                                                              "ssh: connect to host pi-2 port 22: No route to host"}))
+    callback.v2_runner_on_failed(_Result("pi-3", {"msg": "Permission denied\n  (publickey)"}, "Read the device"))
+    reported = {"status": "rolled_back", "active_sha256": "a" * 64, "previous_sha256": None,
+                "step": "service check", "reason": "cam is not active after the restart (inactive)"}
+    stats = type("Stats", (), {})()
+    stats.custom = {"canary": {"edge_fleet_device": reported},
+                    "_run": {"edge_fleet_model": {"file": "model_int8.tflite", "sha256": "b" * 64}}}
+    callback.v2_playbook_on_stats(stats)
+    assert json.loads(summary.read_text()) == {
+        "model": {"file": "model_int8.tflite", "sha256": "b" * 64},
+        "devices": [
+            {"host": "canary", **reported},
+            {"host": "pi-2", "status": "unreachable", "active_sha256": None, "previous_sha256": None, "step": "copy",
+             "reason": "ssh: connect to host pi-2 port 22: No route to host"},
+            {"host": "pi-3", "status": "failed", "active_sha256": None, "previous_sha256": None,
+             "step": "Read the device", "reason": "Permission denied (publickey)"},
+            {"host": "pi-4", "status": "not_attempted", "active_sha256": None, "previous_sha256": None, "step": None,
+             "reason": "the rollout stopped before this device's batch"}],
+        "counts": {"rolled_back": 1, "failed": 1, "unreachable": 1, "not_attempted": 1}}
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in printed if line.split()[:1] in (["canary"], ["pi-4"])] == [
+        ["canary", "rolled_back"], ["pi-4", "not_attempted"]]
+    assert "rolled_back 1, failed 1, unreachable 1, not_attempted 1" in printed
+    assert f"summary written to {summary}" in printed
+    assert [p.name for p in summary.parent.iterdir()] == ["summary.json"]  # no temporary file left
+
+
 def make_usage(*args: str) -> subprocess.CompletedProcess:
     """`make -s ARGS` free of the caller's make variables (DEVICE, MODEL, ...)."""
     inherited = {"DEVICE", "MODEL", "VARIANT", "DEST", "INVENTORY", "VERSION", "SUMMARY", "ANSIBLE_ARGS",
