@@ -183,6 +183,8 @@ def failure_output(result: subprocess.CompletedProcess) -> str:
 # --- the rollout ---------------------------------------------------------------------------------------------
 
 def test_rollout_to_four_devices_then_nothing_changes_then_rollback(fleet: FleetSession, tmp_path: Path):
+    """Model A with the default batches (dev1, then dev2, then dev3 and dev4), the same model again (changed=0,
+    every device unchanged), model B, then `make rollback-fleet` back to A."""
     running = running_models(fleet)
     first = running["dev1"]
     assert running == {name: first for name in HOSTS}
