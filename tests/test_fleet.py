@@ -286,9 +286,11 @@ def test_smoke_test_failure_keeps_the_old_model_and_a_service_that_fails_is_roll
     assert_table_matches(result.stdout, summary)
     assert_failure_entry(entries["dev2"], "failed", before["dev2"])
     assert entries["dev2"]["previous_sha256"] != model.sha256, entries["dev2"]
-    assert "smoke" in entries["dev2"]["step"].lower(), entries["dev2"]
+    assert entries["dev2"]["step"] == "smoke test", entries["dev2"]
     assert WRONG_LABEL in entries["dev2"]["reason"], entries["dev2"]
     assert_failure_entry(entries["dev3"], "rolled_back", before["dev3"])
+    assert entries["dev3"]["step"] == "service check", entries["dev3"]
+    assert CAMERA in entries["dev3"]["reason"], entries["dev3"]
 
 
 def test_failing_canary_stops_the_rollout_before_any_other_device_changes(fleet: FleetSession):
@@ -310,6 +312,7 @@ def test_failing_canary_stops_the_rollout_before_any_other_device_changes(fleet:
         {device.name: connections[device.name] for device in others}
     entries = devices_by_host(assert_summary(summary, model, {}))
     assert_failure_entry(entries["dev1"], "failed", before["dev1"])
+    assert entries["dev1"]["step"] == "smoke test", entries["dev1"]
     for device in others:
         entry = entries[device.name]
         assert (entry["status"], entry["active_sha256"] in (None, before[device.name].sha256)) == \
@@ -373,6 +376,6 @@ def test_disk_full_during_the_copy_keeps_the_old_model(fleet: FleetSession):
     assert [entry["host"] for entry in summary_data["devices"]] == ["dev2"]
     entry = summary_data["devices"][0]
     assert_failure_entry(entry, "failed", before["dev2"])
-    assert "copy" in entry["step"].lower(), entry
+    assert entry["step"] == "copy", entry
     # After the tmpfs is gone, the device is as it was.
     assert_every_device_works(fleet, before)
