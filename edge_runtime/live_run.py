@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # annotations only
 logger = logging.getLogger(__name__)
 
 UPLOAD_NAME = "upload"
+# The page's save control saves the next frame classified; it waits at most this long for one.
+CAPTURE_WAIT_S = 5.0
 # After the source ends, how often the waiting main thread wakes to notice Ctrl-C.
 IDLE_WAKE_S = 0.5
 
@@ -196,9 +198,11 @@ def _start_view(classifier: Classifier, options: LiveOptions, make_classifier: C
     uploads = _UploadClassifier(make_classifier, options.top_k, options.threshold)
 
     def capture(label: str) -> dict[str, Any]:
-        frame, status = view.latest
-        if frame is None:
-            raise EdgeError("no frame to save yet: the camera has not delivered one")
+        taken = view.next_frame(CAPTURE_WAIT_S)
+        if taken is None:
+            raise EdgeError(f"no frame to save: the camera delivered none in {CAPTURE_WAIT_S:.0f} s, "
+                            "or it has stopped")
+        frame, status = taken
         saved = saver.save(frame, label, status)
         # `path` as the device has it (the folder as --save gave it), `file` within that folder.
         return {"path": str(saved.path), "file": saved.file, "label": saved.label, "time": saved.time}

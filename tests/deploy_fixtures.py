@@ -73,14 +73,6 @@ class SshServer:
                 "-o", "IdentitiesOnly=yes",
                 "-o", "LogLevel=ERROR"]
 
-    def deploy_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """Environment for deploy/deploy.sh pointing at this server (no ssh-agent)."""
-        env = dict(os.environ if base is None else base)
-        env.pop("SSH_AUTH_SOCK", None)
-        env.update(SSH_PORT=str(self.port), SSH_IDENTITY=str(self.identity),
-                   SSH_OPTS=" ".join(self.ssh_options()))
-        return env
-
     def ansible_vars(self) -> dict[str, Any]:
         """Inventory variables of a host that is this server: address, port, login, key, trusted host key.
         The device's Python is the test's own (the modules need only its standard library)."""

@@ -207,3 +207,27 @@ def test_an_address_in_use_is_one_line(view) -> None:
         with pytest.raises(ServeError, match=rf"^cannot serve on 127.0.0.1:{port}: the address is in use"):
             process.start()
         assert process._process.poll() is not None
+
+
+def test_no_frame_is_kept_unless_the_video_is_due_one_or_a_save_waits(view) -> None:
+    """Holding each frame until the next one cost a fifth of the frame rate: frames are let go at once."""
+    import threading
+    import weakref
+
+    process, _ = view()
+    frame = np.zeros((8, 8, 3), np.uint8)
+    gone = weakref.ref(frame)
+    process.publish(frame, status_for(1))
+    del frame
+    assert gone() is None  # nobody watches, no save waits: not kept
+
+    taken: list = []
+    waiter = threading.Thread(target=lambda: taken.append(process.next_frame(WAIT_LIMIT_S)))
+    waiter.start()
+    wait_until(lambda: process._capture_waiting == 1, 5)
+    wanted = np.ones((8, 8, 3), np.uint8)
+    process.publish(wanted, status_for(2))
+    waiter.join(WAIT_LIMIT_S)
+    assert taken[0][0] is wanted and taken[0][1].frame == 2  # the frame after the request, with its result
+    process.finish("2 frames in 0.1 s")
+    assert process.next_frame(WAIT_LIMIT_S) is None  # the source has ended: nothing to wait for

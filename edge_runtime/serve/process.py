@@ -7,7 +7,7 @@ process the server has the other core and the classification thread never waits 
 
 The classifying process holds a `ViewProcess`. `publish` only keeps references (the latest result,
 the latest frame and how many frames were classified since the last message); a sender thread
-passes them on through a pipe at most `FEED_INTERVAL_S` apart, results coalesced, and attaches a
+passes them on through a pipe, twice per --serve-fps frame, results coalesced, and attaches a
 frame only while a video viewer watches and at most `--serve-fps` times a second. The server's
 process keeps its own `LiveHub` and serves it exactly as an in-process server would.
 
@@ -38,9 +38,11 @@ from .server import MISSING_EXTRA_MESSAGE, ServeError, local_url, serve_extra_in
 
 logger = logging.getLogger(__name__)
 
-# Results reach the server's process at most this often (the latest of the frames in between;
-# the page shows at most --serve-fps of them a second anyway).
-FEED_INTERVAL_S = 0.01
+# Results reach the server's process this many times per --serve-fps frame (the latest of the
+# frames in between, counted): twice the rate at which the page shows them, 20 a second by default.
+# More often costs the classification loop more than it gives (measured: 100 a second took 15-20% of
+# the no-viewer frame rate on 2 cores).
+FEEDS_PER_SHOWN_FRAME = 2
 # Spawning a Python and importing Starlette and uvicorn takes a few seconds on a Pi.
 START_TIMEOUT_S = 30.0
 # How long stopping waits for the server's process before it is terminated, then killed.
@@ -85,14 +87,18 @@ class ViewProcess:
         self.config = config
         self.port: int | None = None
         self._handle = handle
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # a plain lock: publish runs for every frame
         self._pending = 0  # frames classified since the last message
         self._status: Any = None
-        self._frame: Any = None
+        self._frame: Any = None  # a frame kept for the video, only while it is due one
+        self._capture_waiting = 0  # requests waiting for the next frame (the page's save control)
+        self._captured: tuple[Any, Any] | None = None
+        self._source_ended = False
         self._finish: tuple[str, str | None] | None = None
         self._closing = False
         self._frame_due = 0.0
         self._frame_interval_s = 1.0 / config.serve_fps
+        self._feed_interval_s = self._frame_interval_s / FEEDS_PER_SHOWN_FRAME
         self._process: Any = None
         self._feed: Any = None
         self._control: Any = None
@@ -104,11 +110,25 @@ class ViewProcess:
     def url(self) -> str:
         return local_url(self.config.host, self.port if self.port is not None else self.config.port)
 
-    @property
-    def latest(self) -> tuple[Any, Any]:
-        """(frame, result) last published, (None, None) before the first."""
+    def next_frame(self, timeout_s: float) -> tuple[Any, Any] | None:
+        """The next classified frame and its result, for saving it; None when none comes within
+        `timeout_s` or the source has ended. (Frames are never kept just in case: holding on to
+        each frame until the next one arrives cost a fifth of the frame rate, measured.)"""
+        deadline = time.monotonic() + timeout_s
         with self._cond:
-            return self._frame, self._status
+            self._capture_waiting += 1
+            try:
+                mine = self._captured = None
+                while mine is None and not self._source_ended:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                    mine = self._captured
+                return mine
+            finally:
+                self._capture_waiting -= 1
+                self._captured = None  # not kept beyond the request
 
     def start(self) -> None:
         """Start the server's process and wait until it serves; ServeError (one line) when it
@@ -155,21 +175,27 @@ class ViewProcess:
             thread.start()
             self._threads.append(thread)
 
-    # The classification thread's side: keeps references only.
+    # The classification thread's side: keeps references only, and a frame only when it is wanted.
 
     def publish(self, frame: Any, status: Any) -> None:
         """The latest classified frame and its result (the frame must not be changed afterwards)."""
         with self._cond:
             self._pending += 1
-            self._frame = frame
             self._status = status
-            self._cond.notify()
+            if self._watched and self._frame is None and time.monotonic() >= self._frame_due:
+                self._frame = frame  # the video's next picture; the sender lets go of it
+            if self._capture_waiting:
+                self._captured = (frame, status)
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
 
     def finish(self, message: str, error: str | None = None) -> None:
         """The source ended or was lost: the server's page and streams say so."""
         with self._cond:
             self._finish = (message, error)
-            self._cond.notify()
+            self._source_ended = True
+            self._cond.notify_all()
 
     def stop(self) -> None:
         """Send what is left, stop the server's process (terminated if it does not stop) and wait."""
@@ -193,13 +219,14 @@ class ViewProcess:
                     self._cond.wait()
                 count, status, frame, finish = self._pending, self._status, self._frame, self._finish
                 self._pending = 0
+                self._frame = None
                 self._finish = None
                 closing = self._closing
             try:
                 if count:
                     self._feed.send(("result", count, status, self._frame_to_send(frame)))
-                if finish is not None:  # with the last frame, for a viewer who comes after the end
-                    self._feed.send(("finish", finish[0], finish[1], frame))
+                if finish is not None:
+                    self._feed.send(("finish", finish[0], finish[1]))
                 if closing:
                     self._feed.send(("stop",))
                     return
@@ -207,7 +234,7 @@ class ViewProcess:
                 if not closing:
                     self._report_end()
                 return
-            time.sleep(FEED_INTERVAL_S)
+            time.sleep(self._feed_interval_s)
 
     def _report_end(self) -> None:
         """The server's process ended before the run: said as a warning unless it stopped as asked
@@ -222,13 +249,12 @@ class ViewProcess:
         log("the live view's server process has ended (exit code %s); classifying goes on", code)
 
     def _frame_to_send(self, frame: Any) -> Any:
-        """`frame` when a viewer watches and the video is due a new one, else None."""
+        """`frame` (kept by `publish` while the video was due one) when someone still watches."""
         while self._watching.poll():  # the latest word of the server's process
             self._watched = self._watching.recv()
-        now = time.monotonic()
-        if frame is None or not self._watched or now < self._frame_due:
+        if frame is None or not self._watched:
             return None
-        self._frame_due = now + self._frame_interval_s
+        self._frame_due = time.monotonic() + self._frame_interval_s
         return frame
 
     def _answer_loop(self) -> None:
@@ -376,9 +402,7 @@ def _feed_hub(hub: Any, feed: Any, watching: Any) -> None:
             _, count, status, frame = message
             hub.publish(frame, status, frames=count)
         elif message[0] == "finish":
-            _, text, error, frame = message
-            if frame is not None and hub.latest_status is not None:  # the last frame, whoever watched
-                hub.publish(frame, hub.latest_status, frames=0)
+            _, text, error = message
             hub.finish(text, error)
         elif message[0] == "stop":
             return
