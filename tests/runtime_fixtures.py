@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import struct
 import warnings
 import zlib
@@ -55,6 +56,12 @@ class RuntimeModels:
     fixed_batch_int8: Path  # the int8 network with input shape_signature [1, 32, 32, 3]: no batches
     dense_input: Path    # input [1, 10]: not an image
     labels_file: Path    # CLASS_NAMES, one per line
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """preexec_fn of a subprocess that a test stops with SIGINT: a test run started in the background
+    (`cmd &` in a script) ignores SIGINT, and its children would inherit that and never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _network(batch_size: int | None = None):

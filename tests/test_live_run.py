@@ -19,6 +19,7 @@ from edge_runtime.cli import main
 from edge_runtime.live_run import LineSink
 from edge_runtime.sources.camera import OpenCVSource
 from live_fixtures import scene, write_video
+from runtime_fixtures import ctrl_c_as_in_a_terminal
 from synthetic import CLASS_NAMES
 
 pytest_plugins = ("runtime_fixtures",)
@@ -247,7 +248,7 @@ class ServedRun:
         self.process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", *arguments,
                                          "--serve", "127.0.0.1:0"],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        start_new_session=own_group)
+                                        start_new_session=own_group, preexec_fn=ctrl_c_as_in_a_terminal)
         self.stderr_lines: list[str] = []
         deadline = time.monotonic() + SERVE_START_S
         self.url = None
@@ -437,10 +438,13 @@ def test_a_library_run_without_a_classifier_maker_classifies_uploads_on_an_inter
     options = LiveOptions(source=str(clip), max_frames=3, serve=ServeOptions("127.0.0.1", 0, None, 10.0),
                           output=str(tmp_path / "log.jsonl"))
     Classifier.__init__ = counting_init
+    # interrupt_main does nothing where SIGINT is ignored (a test run started in the background).
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = run_live(classifier, options, notify)
     finally:
         Classifier.__init__ = original_init
+        signal.signal(signal.SIGINT, previous_handler)
     assert outcome.summary.frames >= 3
     assert answers and answers[0]["label"] == "circle"
     assert len(made) == 1 and made[0] is not classifier  # the upload's own interpreter

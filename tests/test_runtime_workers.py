@@ -31,7 +31,7 @@ from edge_runtime.preprocess import DEFAULT_SPEC, SMALL_JPEG_BYTES, load_image, 
 from edge_runtime.sources.files import expand_inputs
 from edge_runtime.workers import ClassifierSettings, OutputSettings, WorkerPool, start_method
 from PIL import Image
-from runtime_fixtures import bad_files
+from runtime_fixtures import bad_files, ctrl_c_as_in_a_terminal
 from synthetic import synthetic_arrays
 
 pytest_plugins = ("runtime_fixtures",)
@@ -235,7 +235,8 @@ def test_ctrl_c_stops_every_worker_and_prints_the_summary(runtime_models, split_
     inputs = [train] * 40  # 9,600 images: still running when the first block of lines arrives
     process = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, "-v", "--model", str(runtime_models.int8),
                                 "--json", "-r", "--workers", "2", "--batch", "1", *inputs],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
+                               preexec_fn=ctrl_c_as_in_a_terminal)
     first = os.read(process.stdout.fileno(), 1 << 16)  # the first block of lines
     process.send_signal(signal.SIGINT)
     rest, stderr_bytes = process.communicate(timeout=60)
