@@ -126,7 +126,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     """
     variants = parse_variants(variants)
     if smoke_source is not None and train_images is not None and len(smoke_source.labels) != len(train_images):
-        raise ValueError(f"smoke_source names {len(smoke_source.labels)} images for {len(train_images)} training images")
+        raise ValueError(f"smoke_source names {len(smoke_source.labels)} images, train_images has {len(train_images)}")
     model_path = Path(model_path)
     out_dir = Path(out_dir)
     labels_path = Path(labels_path) if labels_path is not None else model_path.parent / LABELS_NAME
@@ -189,23 +189,13 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         if smoke_source is not None and calibration is not None else None
     smoke = bundle_smoke_image(out_dir, [m.path for m in models], smoke_source, order, progress)
     calibration_info = _calibration_info(calibration, seed, data_source, bounds)
-    previous_smoke = _previous_smoke_entry(out_dir)
-    extra: dict[str, Any] = {
+    manifest = _write_export_manifest(out_dir, models, smoke, {
         "source_model": model_path.name,
         "source_model_sha256": source_sha256,
         "variants": list(variants),
         "labels": labels,
         "calibration": calibration_info,
-    }
-    if smoke is not None:
-        extra["smoke_test"] = smoke.manifest_entry()
-    listed = [model_file_name(m.variant) for m in models] + ([smoke.name] if smoke is not None else [])
-    manifest = write_manifest(out_dir, listed, extra=extra)
-    progress(f"Wrote {manifest}")
-    stale = stale_smoke_image(out_dir, previous_smoke, smoke.name if smoke is not None else None)
-    if stale is not None:  # the earlier export's image: no manifest names it any more
-        stale.unlink()
-        progress(f"Removed {stale} (the previous smoke-test image)")
+    }, progress)
     return ConversionResult(models=models, manifest=manifest, source_sha256=source_sha256,
                             calibration_count=0 if calibration is None else len(calibration),
                             calibration_seed=seed if calibration is not None else None, smoke_image=smoke)
@@ -232,6 +222,24 @@ def bundle_smoke_image(out_dir: Path, model_paths: Sequence[Path], source: Smoke
     if smoke is None:
         progress(f"No smoke-test image: {reason}")
     return smoke
+
+
+def _write_export_manifest(out_dir: Path, models: Sequence[ConvertedModel], smoke: SmokeImage | None,
+                           extra: dict[str, Any], progress: Progress) -> Path:
+    """manifest.json for the models and the smoke image (its `smoke_test` entry too); then the smoke image
+    of the export it replaces goes, when this one bundles another or none."""
+    previous_smoke = _previous_smoke_entry(out_dir)
+    listed = [model_file_name(m.variant) for m in models]
+    if smoke is not None:
+        listed.append(smoke.name)
+        extra = {**extra, "smoke_test": smoke.manifest_entry()}
+    manifest = write_manifest(out_dir, listed, extra=extra)
+    progress(f"Wrote {manifest}")
+    stale = stale_smoke_image(out_dir, previous_smoke, smoke.name if smoke is not None else None)
+    if stale is not None:  # removed only once no manifest names it
+        stale.unlink()
+        progress(f"Removed {stale} (the previous smoke-test image)")
+    return manifest
 
 
 def _previous_smoke_entry(out_dir: Path) -> object:

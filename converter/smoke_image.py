@@ -50,7 +50,7 @@ class SmokeSource:
 
 
 def smoke_source_of(dataset: Any) -> SmokeSource:
-    """The training images of a loaded `trainer.dataset.Dataset` (the calibration draw, when picked) as a SmokeSource."""
+    """The training images of a loaded `trainer.dataset.Dataset` (the calibration draw, when picked)."""
     names = list(dataset.class_names)
     return SmokeSource(paths=dataset.train_paths, labels=[names[int(index)] for index in dataset.train_labels],
                        origin=dataset.source)
