@@ -38,8 +38,8 @@ from converter.calibration import DEFAULT_CALIBRATION_SIZE, calibration_batch, c
 from converter.logit_range import LogitRange, calibration_logits, clipped_model, logit_range, softmax_head
 from converter.official_metadata import (ModelDescription, attach_metadata_buffer, check_official_metadata,
                                          metadata_flatbuffer, spec_normalization)
-from converter.smoke_image import (SmokeImage, SmokeSource, choose_smoke_image, smoke_candidates, stale_smoke_image,
-                                   write_smoke_image)
+from converter.smoke_image import (SmokeImage, SmokeSource, choose_smoke_image, png_candidates, smoke_candidates,
+                                   stale_smoke_image, write_smoke_image)
 from converter.source_model import load_keras_model, load_labels_for, spec_for_model, training_spec
 from converter.tflite_export import check_int8_tensors, convert_variant, export_saved_model
 from converter.variants import (DEFAULT_VARIANTS, FLOAT32, FULL_INTEGER, VARIANT_DESCRIPTIONS, needs_calibration,
@@ -208,17 +208,24 @@ def bundle_smoke_image(out_dir: Path, model_paths: Sequence[Path], source: Smoke
     None, with one progress line saying why, when there is none to bundle: the export goes on
     without it (the deploy role then runs --verify and --info only).
     """
-    candidates, reason = smoke_candidates(source, order)
-    smoke = None
-    if candidates:
-        try:
-            smoke, reason = choose_smoke_image(model_paths, candidates)
-            if smoke is not None:
-                path = write_smoke_image(out_dir, smoke)
-                progress(f"Wrote {path} (smoke-test image: {smoke.label}, from {smoke.source}; "
-                         f"smallest margin {smoke.margin:.2f} over {len(model_paths)} models)")
-        except EdgeError as error:  # a smoke image is a check for later: it never fails the export
-            smoke, reason = None, str(error)
+    with tempfile.TemporaryDirectory(prefix="edge-convert-smoke-") as pngs:
+        from_arrays = source is not None and source.paths is None and source.images is not None
+        if from_arrays:
+            source, order = png_candidates(source, Path(pngs), order), None  # arrays: lossless PNG files
+        candidates, reason = smoke_candidates(source, order)
+        smoke = None
+        if candidates:
+            try:
+                smoke, reason = choose_smoke_image(model_paths, candidates)
+                if smoke is not None:
+                    path = write_smoke_image(out_dir, smoke)
+                    origin = f"image {smoke.source.stem} of {source.origin}" if from_arrays else smoke.source
+                    if from_arrays:  # its PNG file goes with the temporary folder: the copy is the source now
+                        smoke = dataclasses.replace(smoke, source=path)
+                    progress(f"Wrote {path} (smoke-test image: {smoke.label}, from {origin}; "
+                             f"smallest margin {smoke.margin:.2f} over {len(model_paths)} models)")
+            except EdgeError as error:  # a smoke image is a check for later: it never fails the export
+                smoke, reason = None, str(error)
     if smoke is None:
         progress(f"No smoke-test image: {reason}")
     return smoke

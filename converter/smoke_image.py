@@ -2,12 +2,13 @@
 
 A device that receives a new model classifies this image before the model goes live (issue 23; the
 Ansible role reads manifest.json's `"smoke_test": {"image": NAME, "label": LABEL}`). The image is one
-of the calibration images the converter already read, so no extra data is loaded. Up to
+of the calibration images the converter already read, so no extra data is loaded. Images that came
+as arrays (CIFAR-10 through keras.datasets) are written as lossless PNG files first. Up to
 MAX_CANDIDATES of them, in calibration order, are run through `edge_runtime.classify.Classifier`
 on the written `.tflite` files (the device's code, file reader and preprocessing), and the one whose
 smallest top-1 margin over every variant is largest wins, the first on a tie: the same export always
-bundles the same image. The file's own bytes are copied, never re-encoded, so the device reads the
-very pixels that were checked here.
+bundles the same image. The checked file's own bytes are copied, never re-encoded, so the device
+reads the very pixels that were checked here.
 
 `smoke_candidates` and `clearest_candidate` are pure (paths and arrays in, small results out);
 `choose_smoke_image` runs the models and `write_smoke_image` copies the chosen file atomically.
@@ -41,19 +42,21 @@ class SmokeSource:
     """The images the converter read, to choose the smoke image from: their files and class names.
 
     `paths` is None when the images came from an archive or an array download (no file to copy);
+    then `images` (uint8 [N, height, width, 3]), when given, are written as PNG files to choose from.
     `labels[i]` is the class name of image i; `origin` names the data set in messages.
     """
 
     paths: Sequence[str] | None
     labels: Sequence[str]
     origin: str
+    images: np.ndarray | None = None
 
 
 def smoke_source_of(dataset: Any) -> SmokeSource:
     """The training images of a loaded `trainer.dataset.Dataset` (the calibration draw, when picked)."""
     names = list(dataset.class_names)
     return SmokeSource(paths=dataset.train_paths, labels=[names[int(index)] for index in dataset.train_labels],
-                       origin=dataset.source)
+                       origin=dataset.source, images=None if dataset.train_paths else dataset.train_images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,24 @@ def _file_size(path: Path) -> int | None:
         return path.stat().st_size if path.is_file() else None
     except OSError:
         return None
+
+
+def png_candidates(source: SmokeSource, folder: Path, indices: Sequence[int] | None = None,
+                   limit: int = MAX_CANDIDATES) -> SmokeSource:
+    """`source` with its first `limit` array images (in `indices` order) written to `folder` as PNG files:
+    lossless, so the file holds exactly the pixels the models were calibrated on. A source that has
+    files, or no arrays, is returned as it is."""
+    if source.paths is not None or source.images is None:
+        return source
+    from PIL import Image
+
+    order = list(range(len(source.images)) if indices is None else indices)[:limit]
+    paths = []
+    for index in order:
+        path = folder / f"{index}.png"
+        Image.fromarray(np.ascontiguousarray(source.images[index], dtype=np.uint8)).save(path, format="PNG")
+        paths.append(str(path))
+    return SmokeSource(paths=paths, labels=[source.labels[index] for index in order], origin=source.origin)
 
 
 def label_margin(scores: np.ndarray, labels: Sequence[str], expected: str) -> float:

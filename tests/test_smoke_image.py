@@ -94,6 +94,24 @@ def test_no_files_to_choose_from_gives_the_reason(source: str | None, reason: st
     assert smoke_candidates(source) == ([], reason)
 
 
+def test_array_images_become_lossless_png_candidates_in_the_given_order(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from converter.smoke_image import SmokeSource, png_candidates, smoke_candidates
+
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 6, 5, 3), dtype=np.uint8)
+    source = SmokeSource(paths=None, labels=["cat", "dog", "fox", "cat"], origin="arrays", images=images)
+    written = png_candidates(source, tmp_path, indices=[2, 0, 3], limit=2)
+    assert written.labels == ["fox", "cat"] and written.origin == "arrays"
+    for path, index in zip(written.paths, (2, 0)):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and np.array_equal(np.asarray(image), images[index])
+    candidates, reason = smoke_candidates(written)
+    assert reason is None and [c.label for c in candidates] == ["fox", "cat"]
+    # A source with files is left as it is.
+    assert png_candidates(written, tmp_path / "unused") is written
+
+
 # --- the export -----------------------------------------------------------------------------------------
 
 def _manifest(folder: Path) -> dict:
@@ -207,3 +225,36 @@ def test_convert_without_data_bundles_nothing_says_so_and_drops_the_old_image(co
     assert "smoke_test" not in manifest
     assert sorted(manifest["files"]) == ["model_float32.tflite"]
     assert sorted(path.name for path in out.iterdir()) == ["manifest.json", "model_float32.tflite"]
+
+
+@pytest.mark.slow
+def test_array_data_bundles_a_png_of_the_very_pixels_every_model_labels_right(converted: Converted,
+                                                                              tmp_path: Path) -> None:
+    """Data that came as arrays (CIFAR-10 through keras.datasets) gets a PNG smoke image, the calibration pixels exactly."""
+    from PIL import Image
+
+    from converter.calibration import calibration_indices
+    from converter.convert import bundle_smoke_image
+    from converter.smoke_image import SmokeSource
+    from edge_runtime.classify import Classifier
+
+    dataset = converted.trained.dataset
+    names = list(dataset.class_names)
+    source = SmokeSource(paths=None, labels=[names[int(i)] for i in dataset.train_labels], origin="arrays x",
+                         images=dataset.train_images)
+    order = calibration_indices(len(dataset.train_images), CALIBRATION_SIZE, SEED)
+    lines: list[str] = []
+    models = [converted.out / name for name in MODEL_NAMES]
+    smoke = bundle_smoke_image(tmp_path, models, source, order, lines.append)
+    assert smoke is not None and smoke.name == f"smoke_{smoke.label}.png"
+    written = tmp_path / smoke.name
+    assert smoke.source == written and len(lines) == 1 and lines[0].startswith(f"Wrote {written} ")
+    assert " of arrays x; " in lines[0]
+    index = int(lines[0].split("from image ", 1)[1].split(" ", 1)[0])
+    assert index in list(order)
+    with Image.open(written) as image:
+        assert np.array_equal(np.asarray(image.convert("RGB")), dataset.train_images[index])
+    assert names[int(dataset.train_labels[index])] == smoke.label
+    for model in models:
+        classifier = Classifier(model)
+        assert classifier.labels[int(np.argmax(classifier.scores(classifier.load(written))))] == smoke.label
