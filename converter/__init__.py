@@ -10,6 +10,7 @@
 - `tflite_export.py`: one variant through the TFLite converter, and the int8 tensor check.
 - `logit_range.py`: the range int8's logits are quantized over.
 - `official_metadata.py`: the official TFLite metadata written into every file.
+- `smoke_image.py`: the smoke-test image bundled with each export, one calibration file every model labels right.
 - `data.py`: which data set to load (options, else training.json) and loading it as training did.
 - `report.py` measures every format on the test set; `report_render.py` turns those numbers into
   tables and pictures.

@@ -21,6 +21,7 @@ from .artifacts import KERAS_MODEL_NAME, LABELS_NAME
 from .calibration import DEFAULT_CALIBRATION_SIZE, calibration_indices, check_calibration_size
 from .convert import convert_model
 from .data import load_data, resolve_data
+from .smoke_image import smoke_source_of
 from .source_model import check_keras_file, load_keras_model, load_labels_for, training_spec
 from .variants import DEFAULT_VARIANTS, VARIANTS, needs_calibration, parse_variants
 
@@ -98,7 +99,7 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
         model = load_keras_model(model_path)
         labels = load_labels_for(model, labels_path)
         spec = training_spec(model_path, model)  # the input size and scaling the model was trained with
-        train_images, train_available, data_source, chosen_seed = None, None, None, seed
+        train_images, train_available, data_source, chosen_seed, smoke_source = None, None, None, seed, None
         if needs_calibration(variants):
             choice = resolve_data(model_path, data, seed)
             say(f"Loading calibration data: {choice.describe()}")
@@ -107,13 +108,14 @@ def main(model_path: Path, labels_path: Path | None, data: str | None, seed: int
                                 pick=lambda split, count: calibration_indices(count, calibration_size, choice.seed))
             train_images, data_source, chosen_seed = dataset.train_images, dataset.source, choice.seed
             train_available = dataset.train_available
+            smoke_source = smoke_source_of(dataset)  # the smoke-test image is one of these files
             if list(dataset.class_names) != labels:
                 click.echo(f"warning: calibrating on {dataset.source}, whose classes "
                            f"({', '.join(dataset.class_names)}) are not the model's labels", err=True)
         result = convert_model(model_path, out_dir, labels_path=labels_path, variants=variants,
                                train_images=train_images, calibration_size=calibration_size, seed=chosen_seed, spec=spec,
                                data_source=data_source, model=model, clip_logits=not minmax_logits,
-                               progress=say, train_available=train_available)
+                               progress=say, train_available=train_available, smoke_source=smoke_source)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:  # e.g. an output folder that cannot be written

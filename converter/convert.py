@@ -15,6 +15,10 @@ quantization with uint8 input and output tensors, for tools that take no int8 te
 
 Every file also carries the official TFLite metadata (`converter.official_metadata`): name,
 input normalization and colour space, labels, so tools of the TFLite ecosystem read it too.
+
+Given the calibration images' files, one of them is copied beside the models as the smoke-test image
+that every written model labels right (`converter.smoke_image`), listed in the manifest with its
+sha256 and named by its `smoke_test` entry, which the deploy role classifies on each device.
 """
 
 from __future__ import annotations
@@ -30,17 +34,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from converter.artifacts import LABELS_NAME, model_file_name
-from converter.calibration import DEFAULT_CALIBRATION_SIZE, calibration_batch
+from converter.calibration import DEFAULT_CALIBRATION_SIZE, calibration_batch, calibration_indices
 from converter.logit_range import LogitRange, calibration_logits, clipped_model, logit_range, softmax_head
 from converter.official_metadata import (ModelDescription, attach_metadata_buffer, check_official_metadata,
                                          metadata_flatbuffer, spec_normalization)
+from converter.smoke_image import (SmokeImage, SmokeSource, choose_smoke_image, png_candidates, smoke_candidates,
+                                   stale_smoke_image, write_smoke_image)
 from converter.source_model import load_keras_model, load_labels_for, spec_for_model, training_spec
 from converter.tflite_export import check_int8_tensors, convert_variant, export_saved_model
 from converter.variants import (DEFAULT_VARIANTS, FLOAT32, FULL_INTEGER, VARIANT_DESCRIPTIONS, needs_calibration,
                                 parse_variants)
 from edge_runtime.atomic import write_bytes
-from edge_runtime.errors import DataError
-from edge_runtime.model_file.manifest import sha256_file, write_manifest
+from edge_runtime.errors import DataError, EdgeError, ModelError
+from edge_runtime.model_file.manifest import MANIFEST_NAME, read_manifest, sha256_file, write_manifest
 from edge_runtime.model_file.metadata import ModelMetadata, embed_metadata
 from edge_runtime.preprocess import PreprocessSpec
 from trainer.tensorflow_env import import_tensorflow, native_output_to_log
@@ -66,13 +72,14 @@ class ConvertedModel:
 
 @dataclasses.dataclass(frozen=True)
 class ConversionResult:
-    """What `convert_model` wrote: the models in variant order and the manifest."""
+    """What `convert_model` wrote: the models in variant order, the manifest and the smoke image (if any)."""
 
     models: list[ConvertedModel]
     manifest: Path
     source_sha256: str
     calibration_count: int
     calibration_seed: int | None
+    smoke_image: SmokeImage | None = None
 
     def model(self, variant: str) -> ConvertedModel:
         """The written model of one variant (KeyError when it was not converted)."""
@@ -102,7 +109,8 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                   model: Any = None,
                   clip_logits: bool = True,
                   progress: Progress = _quiet,
-                  train_available: int | None = None) -> ConversionResult:
+                  train_available: int | None = None,
+                  smoke_source: SmokeSource | None = None) -> ConversionResult:
     """Convert `model_path` to each variant in `out_dir`, then write the manifest.
 
     `train_images` (uint8 [N, H, W, 3]) and `seed` are needed only for int8; they may be the whole
@@ -111,9 +119,14 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     already-loaded Keras model of `model_path` (saves loading it twice). `spec` None embeds (and
     calibrates with) the preprocessing the model was trained with (`training_spec`). `clip_logits` quantizes
     int8's logits over the range that decides the answer (see converter.logit_range); False keeps
-    plain min/max calibration. Raises ModelError or DataError with one line naming the problem.
+    plain min/max calibration. `smoke_source` names the files and class names of `train_images`, image
+    for image: the smoke-test image is chosen among the calibration images drawn from them (among all of
+    them without calibration); None bundles none. Raises ModelError or DataError with one line naming
+    the problem.
     """
     variants = parse_variants(variants)
+    if smoke_source is not None and train_images is not None and len(smoke_source.labels) != len(train_images):
+        raise ValueError(f"smoke_source names {len(smoke_source.labels)} images, train_images has {len(train_images)}")
     model_path = Path(model_path)
     out_dir = Path(out_dir)
     labels_path = Path(labels_path) if labels_path is not None else model_path.parent / LABELS_NAME
@@ -170,18 +183,81 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         for converted in models:
             if converted.variant != FLOAT32:
                 progress(f"{converted.variant}: {converted.size / float_size:.1%} of the float32 size")
+
+    # The smoke image comes from the images calibration drew, the images this export has read.
+    order = calibration_indices(len(train_images), calibration_size, seed) \
+        if smoke_source is not None and calibration is not None else None
+    smoke = bundle_smoke_image(out_dir, [m.path for m in models], smoke_source, order, progress)
     calibration_info = _calibration_info(calibration, seed, data_source, bounds)
-    manifest = write_manifest(out_dir, [model_file_name(m.variant) for m in models], extra={
+    manifest = _write_export_manifest(out_dir, models, smoke, {
         "source_model": model_path.name,
         "source_model_sha256": source_sha256,
         "variants": list(variants),
         "labels": labels,
         "calibration": calibration_info,
-    })
-    progress(f"Wrote {manifest}")
+    }, progress)
     return ConversionResult(models=models, manifest=manifest, source_sha256=source_sha256,
                             calibration_count=0 if calibration is None else len(calibration),
-                            calibration_seed=seed if calibration is not None else None)
+                            calibration_seed=seed if calibration is not None else None, smoke_image=smoke)
+
+
+def bundle_smoke_image(out_dir: Path, model_paths: Sequence[Path], source: SmokeSource | None,
+                       order: Sequence[int] | None, progress: Progress = _quiet) -> SmokeImage | None:
+    """Choose the smoke-test image among `source`'s images (in `order`) and copy it into `out_dir`.
+
+    None, with one progress line saying why, when there is none to bundle: the export goes on
+    without it (the deploy role then runs --verify and --info only).
+    """
+    with tempfile.TemporaryDirectory(prefix="edge-convert-smoke-") as pngs:
+        from_arrays = source is not None and source.paths is None and source.images is not None
+        if from_arrays:
+            source, order = png_candidates(source, Path(pngs), order), None  # arrays: lossless PNG files
+        candidates, reason = smoke_candidates(source, order)
+        smoke = None
+        if candidates:
+            try:
+                smoke, reason = choose_smoke_image(model_paths, candidates)
+                if smoke is not None:
+                    path = write_smoke_image(out_dir, smoke)
+                    origin = f"image {smoke.source.stem} of {source.origin}" if from_arrays else smoke.source
+                    if from_arrays:  # its PNG file goes with the temporary folder: the copy is the source now
+                        smoke = dataclasses.replace(smoke, source=path)
+                    progress(f"Wrote {path} (smoke-test image: {smoke.label}, from {origin}; "
+                             f"smallest margin {smoke.margin:.2f} over {len(model_paths)} models)")
+            except EdgeError as error:  # a smoke image is a check for later: it never fails the export
+                smoke, reason = None, str(error)
+    if smoke is None:
+        progress(f"No smoke-test image: {reason}")
+    return smoke
+
+
+def _write_export_manifest(out_dir: Path, models: Sequence[ConvertedModel], smoke: SmokeImage | None,
+                           extra: dict[str, Any], progress: Progress) -> Path:
+    """manifest.json for the models and the smoke image (its `smoke_test` entry too); then the smoke image
+    of the export it replaces goes, when this one bundles another or none."""
+    previous_smoke = _previous_smoke_entry(out_dir)
+    listed = [model_file_name(m.variant) for m in models]
+    if smoke is not None:
+        listed.append(smoke.name)
+        extra = {**extra, "smoke_test": smoke.manifest_entry()}
+    manifest = write_manifest(out_dir, listed, extra=extra)
+    progress(f"Wrote {manifest}")
+    stale = stale_smoke_image(out_dir, previous_smoke, smoke.name if smoke is not None else None)
+    if stale is not None:  # removed only once no manifest names it
+        stale.unlink()
+        progress(f"Removed {stale} (the previous smoke-test image)")
+    return manifest
+
+
+def _previous_smoke_entry(out_dir: Path) -> object:
+    """The `smoke_test` entry of the manifest this export replaces (None when there is none to read)."""
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return read_manifest(path).get("smoke_test")
+    except ModelError:
+        return None
 
 
 def int8_logit_range(model: Any, calibration: np.ndarray, progress: Progress = _quiet) -> LogitRange | None:

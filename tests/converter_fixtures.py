@@ -105,9 +105,11 @@ def trained_model(split_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def converted(trained_model: TrainedModel) -> Converted:
-    """float32 and int8 files of the trained model, converted in its folder (as `make convert` does)."""
+    """float32 and int8 files of the trained model, converted in its folder (as `make convert` does), with
+    the smoke-test image chosen among the calibration images' files."""
     import converter.convert as convert
     import converter.tflite_export as tflite_export
+    from converter.smoke_image import smoke_source_of
 
     recorded: list[np.ndarray] = []
     original = tflite_export.representative_dataset
@@ -126,7 +128,8 @@ def converted(trained_model: TrainedModel) -> Converted:
     try:
         convert.convert_model(trained_model.model_path, trained_model.folder,
                               train_images=trained_model.dataset.train_images,
-                              calibration_size=CALIBRATION_SIZE, seed=SEED)
+                              calibration_size=CALIBRATION_SIZE, seed=SEED,
+                              smoke_source=smoke_source_of(trained_model.dataset))
     finally:
         tflite_export.representative_dataset = original
     return Converted(trained=trained_model, out=trained_model.folder,

@@ -111,12 +111,13 @@ def test_int8_file_is_at_most_27_percent_of_float32(converted: Converted) -> Non
     assert ratio <= INT8_MAX_SIZE_RATIO
 
 
-def test_manifest_lists_both_files_with_size_and_sha256(converted: Converted) -> None:
+def test_manifest_lists_both_files_and_the_smoke_image_with_size_and_sha256(converted: Converted) -> None:
     from edge_runtime.model_file.manifest import read_manifest, sha256_file, verify_file
 
     manifest = read_manifest(converted.out / "manifest.json")
-    assert sorted(manifest["files"]) == ["model_float32.tflite", "model_int8.tflite"]
-    for path in (converted.float32, converted.int8):
+    smoke_image = converted.out / manifest["smoke_test"]["image"]
+    assert sorted(manifest["files"]) == sorted(["model_float32.tflite", "model_int8.tflite", smoke_image.name])
+    for path in (converted.float32, converted.int8, smoke_image):
         entry = manifest["files"][path.name]
         assert entry == {"size": path.stat().st_size, "sha256": sha256_file(path)}
         assert verify_file(path).ok
@@ -376,6 +377,14 @@ def test_cli_same_seed_gives_the_same_int8_file_in_a_new_process(converted: Conv
             f"(picked from {train_count:,} in train/)" in completed.stderr.splitlines())
     assert "Wrote" in completed.stderr and "KiB" in completed.stderr
     assert completed.stdout == ""
+    # One of the drawn files rides along as the smoke-test image, and the int8 file labels it as listed.
+    from edge_runtime.classify import Classifier
+
+    smoke = read_manifest(out / "manifest.json")["smoke_test"]
+    assert f"Wrote {out / smoke['image']} (smoke-test image: {smoke['label']}, from " in completed.stderr
+    assert read_manifest(out / "manifest.json")["files"][smoke["image"]]["sha256"] == sha256_file(out / smoke["image"])
+    classifier = Classifier(out / "model_int8.tflite", threads=1)
+    assert classifier.classify(classifier.load(out / smoke["image"]))[0].label == smoke["label"]
 
 
 def test_cli_calibration_never_draws_a_test_image_of_a_split_tree(trained_model: TrainedModel, tmp_path: Path,
