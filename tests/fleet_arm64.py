@@ -54,6 +54,10 @@ SSHD_COMMAND_TIMEOUT_S = 600
 # pip's progress and its notes for root, on the device.
 PIP_DEVICE_ARGS = "--no-cache-dir --root-user-action=ignore --progress-bar=off"
 HOST_TOOLS = ("unshare", "chroot", "mount")
+# What the device's sshd and sessions change in the root filesystem besides the device folder and the sshd
+# files: the login records sshd keeps (it has no option to stop), and the dates of the folders written in.
+LOGIN_RECORDS = ("var/log/wtmp", "var/log/lastlog", "var/log/btmp")
+TOUCHED_FOLDERS = ("root", "etc/ssh", "tmp")
 
 
 class Arm64Unavailable(Exception):
@@ -213,6 +217,24 @@ def _kill_sessions(config_path: str) -> None:
 
 
 @contextlib.contextmanager
+def login_records_kept(root: Path) -> Iterator[None]:
+    """Put the root filesystem's login records back as they were, and the dates of the folders the device
+    writes in, when the block ends."""
+    records = {name: (root / name).read_bytes() for name in LOGIN_RECORDS if (root / name).is_file()}
+    dates = {name: os.stat(root / name) for name in (*LOGIN_RECORDS, *TOUCHED_FOLDERS) if (root / name).exists()}
+    try:
+        yield
+    finally:
+        for name, content in records.items():
+            (root / name).write_bytes(content)
+        for name in set(LOGIN_RECORDS) - set(records):
+            (root / name).unlink(missing_ok=True)
+        for name, before in dates.items():
+            with contextlib.suppress(OSError):
+                os.utime(root / name, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@contextlib.contextmanager
 def arm64_device(fleet: Fleet, root: Path, services: Sequence[str], project_wheel: Path) -> Iterator[Arm64Device]:
     """The emulated device, added to `fleet` (its devices and known_hosts) while the block runs: the device
     folder in `root` with the stand-in service manager and the aarch64 wheelhouse, and the root filesystem's
@@ -222,9 +244,7 @@ def arm64_device(fleet: Fleet, root: Path, services: Sequence[str], project_whee
     folder = root / DEVICE_HOME.lstrip("/") / name
     host_folder = fleet.folder / ARM64_DEVICE_NAME
     host_folder.mkdir()
-    try:
-        folder.mkdir()
-        (folder / "home").mkdir()
+    with login_records_kept(root), _device_folder(folder):
         wheelhouse = folder / "wheelhouse"
         download_arm64_wheelhouse(wheelhouse, project_wheel, root)
         try:
@@ -243,5 +263,13 @@ def arm64_device(fleet: Fleet, root: Path, services: Sequence[str], project_whee
                     _kill_sessions(session_files(name)[0])
         except SshError as error:
             raise Arm64Unavailable(f"the {DISTRO} root filesystem's sshd did not start: {error}") from error
+
+
+@contextlib.contextmanager
+def _device_folder(folder: Path) -> Iterator[None]:
+    """The device folder with its home, removed with everything in it when the block ends."""
+    try:
+        (folder / "home").mkdir(parents=True)
+        yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
