@@ -222,6 +222,10 @@ class Device:
     def service_log(self) -> Path:
         return self.control / "log" / SERVICE_LOG_NAME
 
+    def device_path(self, path: Path) -> str:
+        """`path` (on this machine) as the device names it: the same path here, where the devices share the disk."""
+        return str(path)
+
     def host_vars(self) -> dict[str, Any]:
         """The inventory variables that reach this device and describe it."""
         variables: dict[str, Any] = {
@@ -230,11 +234,17 @@ class Device:
             "ansible_user": self.user,
             "edge_model_services": list(self.services),
             "edge_model_service_manager": "command",
-            "edge_model_service_command": str(self.service_command),
+            "edge_model_service_command": self.device_path(self.service_command),
         }
         if not self.own_user:
-            variables.update(edge_model_dir=str(self.model_dir), edge_model_venv=str(self.venv))
+            variables.update(edge_model_dir=self.device_path(self.model_dir),
+                             edge_model_venv=self.device_path(self.venv))
         return variables
+
+    def runtime_vars(self) -> dict[str, Any] | None:
+        """Where this device installs the runtime's dependencies from, when it has its own wheelhouse; None:
+        the fleet session decides (FleetSession.runtime_vars)."""
+        return None
 
     def current_version(self) -> str | None:
         """The version folder name `current` points to, or None without a `current` link."""
@@ -280,7 +290,7 @@ class Device:
         if version != digest[:VERSION_PREFIX_LENGTH]:
             return f"{self.name}: current -> {version} but its {name} has sha256 {digest}"
         for mode in ("--verify", "--info"):
-            result = self.edge_classify(mode, str(model))
+            result = self.edge_classify(mode, self.device_path(model))
             if result.returncode != 0:
                 return f"{self.name}: edge-classify {mode} {model} exited {result.returncode}: {result.stderr.strip()}"
         return version, digest
@@ -342,14 +352,17 @@ def _create_user(user: str, home: Path) -> None:
         raise FleetUnavailable(f"useradd {user} failed: {result.stderr.strip()}")
 
 
-def _write_service_script(device: Device) -> None:
+def write_service_script(device: Device) -> None:
+    """The device's stand-in service manager and its log folder, in the device's control folder."""
     device.control.mkdir(parents=True)
     device.control.chmod(0o755)
     log_folder = device.service_log.parent
     log_folder.mkdir()
     if device.own_user:
         shutil.chown(log_folder, device.user, device.user)
-    script = SERVICE_SCRIPT.format(model_dir=device.model_dir, control=device.control, log=device.service_log,
+    script = SERVICE_SCRIPT.format(model_dir=device.device_path(device.model_dir),
+                                   control=device.device_path(device.control),
+                                   log=device.device_path(device.service_log),
                                    broken=BROKEN_VERSION_NAME, inactive=SERVICE_INACTIVE_STATUS)
     device.service_command.write_text(script)
     device.service_command.chmod(0o755)
@@ -416,7 +429,7 @@ def local_fleet(folder: Path, names: Sequence[str], services: dict[str, list[str
                             sshd=DeviceSshd(device_folder / "sshd", user, authorized_key),
                             services=list(services.get(name, [])))
             devices.append(device)
-            _write_service_script(device)
+            write_service_script(device)
             device.sshd.start()
         known_hosts = folder / "known_hosts"
         known_hosts.write_text("".join(device.sshd.known_hosts_line() for device in devices))
@@ -677,6 +690,9 @@ class FleetSession:
 
     def runtime_vars(self, name: str) -> dict[str, Any]:
         """Where the device `name` installs the runtime's dependencies from."""
+        own = self.fleet.device(name).runtime_vars()
+        if own is not None:
+            return own
         if name in self.wheelhouse_copied_to:
             return {"edge_model_wheelhouse": str(self.wheelhouse.folder)}
         return {"edge_model_pip_extra_args": f"--no-index --find-links {self.device_wheelhouse}"}

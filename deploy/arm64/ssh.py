@@ -28,7 +28,8 @@ from typing import Any, Iterator, Sequence
 
 LOOPBACK = "127.0.0.1"
 LOGIN = "root"
-# Files written into the root filesystem for one session and removed after it.
+# Files written into the root filesystem for one session and removed after it (arm64-check's names).
+DEFAULT_SESSION_NAME = "arm64-check"
 CONFIG_PATH = "/etc/ssh/arm64-check_sshd_config"
 AUTHORIZED_KEYS_PATH = "/etc/ssh/arm64-check_authorized_keys"
 PRIVSEP_DIR = "/run/sshd"
@@ -55,8 +56,9 @@ class SshError(Exception):
     """The server could not be started or reached: the message says which step and why."""
 
 
-def sshd_config(port: int, cpu: str) -> str:
-    """The whole sshd configuration: loopback only, key login as root, the CPU model passed to sessions."""
+def sshd_config(port: int, cpu: str, authorized_keys: str = AUTHORIZED_KEYS_PATH) -> str:
+    """The whole sshd configuration: loopback only, key login as root (the keys in `authorized_keys`, a path
+    in the root filesystem), the CPU model passed to sessions."""
     return "\n".join([
         f"ListenAddress {LOOPBACK}",
         f"Port {port}",
@@ -66,7 +68,7 @@ def sshd_config(port: int, cpu: str) -> str:
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
         "UsePAM no",
-        f"AuthorizedKeysFile {AUTHORIZED_KEYS_PATH}",
+        f"AuthorizedKeysFile {authorized_keys}",
         f"SetEnv QEMU_CPU={cpu}",
         # scp speaks SFTP since OpenSSH 9.0, as a Pi's own configuration allows.
         f"Subsystem sftp {SFTP_SERVER}",
@@ -165,26 +167,36 @@ class Session:
             raise SshError(f"the deploy playbook for {model.name} did not finish within {self.timeout:.0f} s") from error
 
 
+def session_files(name: str) -> tuple[str, str]:
+    """The sshd configuration and authorized_keys paths (in the root filesystem) of a session named `name`:
+    arm64-check's own, or another user's (the fleet tests'), so that two sessions never share them."""
+    if name == DEFAULT_SESSION_NAME:
+        return CONFIG_PATH, AUTHORIZED_KEYS_PATH
+    return f"/etc/ssh/{name}_sshd_config", f"/etc/ssh/{name}_authorized_keys"
+
+
 @contextlib.contextmanager
 def running_sshd(root: Path, launch: Sequence[str], cpu: str, folder: Path, log_path: Path,
-                 timeout: float) -> Iterator[Session]:
+                 timeout: float, name: str = DEFAULT_SESSION_NAME) -> Iterator[Session]:
     """Start the root filesystem's sshd through `launch` (the chroot command prefix) and stop it afterwards.
 
     `folder` (on the host) receives the throwaway client key and known_hosts. The configuration and
-    authorized key written into `root` are removed when the block ends, whatever happens in it.
+    authorized key written into `root` (named after `name`, see session_files) are removed when the block
+    ends, whatever happens in it.
     """
     key = folder / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "arm64-check", "-f", str(key)],
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)],
                    check=True, capture_output=True)
     port = free_port()
-    written = [root / CONFIG_PATH.lstrip("/"), root / AUTHORIZED_KEYS_PATH.lstrip("/")]
-    written[0].write_text(sshd_config(port, cpu), encoding="utf-8")
+    config_path, authorized_keys_path = session_files(name)
+    written = [root / config_path.lstrip("/"), root / authorized_keys_path.lstrip("/")]
+    written[0].write_text(sshd_config(port, cpu, authorized_keys_path), encoding="utf-8")
     written[1].write_text(key.with_suffix(".pub").read_text(encoding="utf-8"), encoding="utf-8")
     written[1].chmod(0o600)
     (root / PRIVSEP_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen([*launch, SSHD, "-D", "-e", "-f", CONFIG_PATH], stdout=log,
+        process = subprocess.Popen([*launch, SSHD, "-D", "-e", "-f", config_path], stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_banner(port, process, log_path)
