@@ -172,7 +172,8 @@ def row(result: dict, label: str) -> str:
     if result.get("forward_macs"):
         rate = TRAINING_PASSES * FLOPS_PER_MAC * result["forward_macs"] / result["seconds_per_image"] / 1e9
         flops = f"{rate:.1f}"
-    return (f"| {label} | {result['mode']} | {result['batch']} | {'on' if result['jit'] else 'off'} | "
+    xla = "-" if result["mode"] == "input" else "on" if result["jit"] else "off"  # no model in the input run
+    return (f"| {label} | {result['mode']} | {result['batch']} | {xla} | "
             f"{per_image_ms:.3f} | {1 / result['seconds_per_image']:,.0f} | {epoch_s:.0f} | {flops} |")
 
 
