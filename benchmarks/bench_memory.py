@@ -53,15 +53,15 @@ result = {"train_images": int(dataset.train_count), "test_images": int(dataset.t
 steps = int(sys.argv[3])
 if steps:
     import keras
-    from trainer.batches import DEFAULT_AUGMENTATION, evaluation_batches, stream, training_batches
+    from trainer.batches import DEFAULT_AUGMENTATION, as_tensor, evaluation_stream, training_stream
 
     index = np.arange(dataset.train_count)
     model = arch.build(dataset.num_classes, spec.height)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
-    train = stream(training_batches, dataset.train_images, dataset.train_labels, index, dataset.num_classes,
-                   spec, 32, 0, 0, None, DEFAULT_AUGMENTATION)
+    train = training_stream(as_tensor(dataset.train_images), dataset.train_labels, index, dataset.num_classes,
+                            spec, 32, 0, 0, DEFAULT_AUGMENTATION)
     model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
-    test = stream(evaluation_batches, dataset.test_images, dataset.test_labels, None, dataset.num_classes, spec, 32)
+    test = evaluation_stream(dataset.test_images, dataset.test_labels, None, dataset.num_classes, spec, 32)
     model.evaluate(test, steps=steps, verbose=0)
     result["steps"] = steps
 result["seconds"] = round(time.perf_counter() - started, 1)

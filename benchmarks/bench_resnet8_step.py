@@ -7,9 +7,9 @@ of three things measured apart:
 
 - `step`: the compiled training step alone, on one batch held in memory (tf.data repeats it): the
   kernels, the optimizer and Keras' per-step Python;
-- `input`: the trainer's own input pipeline alone (trainer.batches.training_batches: gather, flip and
-  shift in numpy, scale to float32, one-hot), no model;
-- `fit`: both as the trainer runs them (trainer.batches.stream over training_batches, prefetch, fit).
+- `input`: the trainer's own input pipeline alone (trainer.batches.training_stream: order, gather, flip
+  and shift, scale to float32, one-hot, as TensorFlow ops in tf.data), no model;
+- `fit`: both as the trainer runs them (training_stream handed to fit).
 
 The FLOP rate counts a training image as 3 x 2 x the multiply-accumulates of one forward pass (the
 forward pass, and a backward pass of about twice its work), from the model's own layer shapes.
@@ -104,7 +104,7 @@ def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
     import numpy as np
 
     from edge_runtime.preprocess import PreprocessSpec
-    from trainer.batches import DEFAULT_AUGMENTATION, stream, training_batches
+    from trainer.batches import DEFAULT_AUGMENTATION, training_stream
     from trainer.tensorflow_env import import_tensorflow
 
     tf = import_tensorflow()
@@ -118,7 +118,7 @@ def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
               "intra": tf.config.threading.get_intra_op_parallelism_threads(),
               "inter": tf.config.threading.get_inter_op_parallelism_threads()}
     if mode == "input":
-        batches = training_batches(pool, labels, index, CLASSES, spec, batch, 0, 0, None, DEFAULT_AUGMENTATION)
+        batches = iter(training_stream(pool, labels, index, CLASSES, spec, batch, 0, 0, DEFAULT_AUGMENTATION))
         next(batches)
         started = time.perf_counter()
         for _ in range(steps):
@@ -132,7 +132,7 @@ def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
         y = tf.constant(np.eye(CLASSES, dtype=np.float32)[labels[:batch]])
         data = tf.data.Dataset.from_tensors((x, y)).repeat()
     else:
-        data = stream(training_batches, pool, labels, index, CLASSES, spec, batch, 0, 0, None, DEFAULT_AUGMENTATION)
+        data = training_stream(pool, labels, index, CLASSES, spec, batch, 0, 0, DEFAULT_AUGMENTATION)
     clock = EpochClock()
     model.fit(data, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[clock])
     result["seconds_per_image"] = clock.seconds[-1] / (steps * batch)

@@ -1,4 +1,5 @@
-"""Streamed batches and augmentation: the order per epoch, what a flip and a shift do, scaling per batch."""
+"""Streamed batches and augmentation: the order per epoch, what a flip and a shift do, scaling per batch,
+all as the TensorFlow ops of the input pipeline."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
-from trainer.batches import (Augmentation, augment, epoch_order, evaluation_batches, one_hot, steps_per_epoch,
-                             training_batches)
+from trainer.batches import (Augmentation, augment, epoch_permutation, evaluation_stream, one_hot, scale_in_graph,
+                             steps_per_epoch, training_stream)
+from trainer.tensorflow_env import import_tensorflow
 
 RAW = PreprocessSpec(scale=1.0, offset=0.0)
 UNIT = PreprocessSpec()
@@ -23,17 +25,28 @@ def numbered_images(count: int = COUNT, side: int = SIDE) -> np.ndarray:
     return images
 
 
-def test_epoch_order_is_a_permutation_from_seed_and_epoch() -> None:
-    first = epoch_order(100, seed=3, epoch=0)
+def take(stream, count: int) -> list[tuple[np.ndarray, ...]]:
+    """The first `count` batches of a tf.data stream as numpy arrays."""
+    return list(stream.take(count).as_numpy_iterator())
+
+
+def augmented(images: np.ndarray, salt: int, augmentation: Augmentation = Augmentation()) -> np.ndarray:
+    tf = import_tensorflow()
+    key = tf.constant([salt, 0], dtype=tf.int64)
+    return augment(tf.constant(images), key, augmentation).numpy()
+
+
+def test_epoch_permutation_is_a_permutation_from_seed_and_epoch() -> None:
+    first = epoch_permutation(100, seed=3, epoch=0).numpy()
     assert sorted(first.tolist()) == list(range(100))
-    assert np.array_equal(first, epoch_order(100, seed=3, epoch=0))
-    assert not np.array_equal(first, epoch_order(100, seed=3, epoch=1))
-    assert not np.array_equal(first, epoch_order(100, seed=4, epoch=0))
+    assert np.array_equal(first, epoch_permutation(100, seed=3, epoch=0).numpy())
+    assert not np.array_equal(first, epoch_permutation(100, seed=3, epoch=1).numpy())
+    assert not np.array_equal(first, epoch_permutation(100, seed=4, epoch=0).numpy())
 
 
 def test_flip_mirrors_columns_and_keeps_pixels() -> None:
     images = numbered_images()
-    flipped = augment(images, np.random.default_rng(0), Augmentation(flip=True, shift=0.0))
+    flipped = augmented(images, 0, Augmentation(flip=True, shift=0.0))
     assert flipped.dtype == np.uint8 and flipped.shape == images.shape
     mirrored = [np.array_equal(out, image[:, ::-1]) for out, image in zip(flipped, images)]
     same = [np.array_equal(out, image) for out, image in zip(flipped, images)]
@@ -44,7 +57,7 @@ def test_flip_mirrors_columns_and_keeps_pixels() -> None:
 
 def test_shift_moves_each_image_by_at_most_a_tenth_with_reflected_borders() -> None:
     images = numbered_images(count=40)
-    shifted = augment(images, np.random.default_rng(1), Augmentation(flip=False, shift=0.1))
+    shifted = augmented(images, 1, Augmentation(flip=False, shift=0.1))
     pad = round(0.1 * SIDE)
     offsets = set()
     for out, image in zip(shifted, images):
@@ -57,19 +70,25 @@ def test_shift_moves_each_image_by_at_most_a_tenth_with_reflected_borders() -> N
     assert len(offsets) > 5  # 49 possible; 40 draws land on many of them
 
 
-def test_augmentation_is_reproducible_from_the_generator() -> None:
+def test_augmentation_is_reproducible_from_the_key() -> None:
     images = numbered_images()
-    once = augment(images, np.random.default_rng(5))
-    again = augment(images, np.random.default_rng(5))
+    once, again = augmented(images, 5), augmented(images, 5)
     assert np.array_equal(once, again)
     assert not np.array_equal(once, images)
+    assert not np.array_equal(once, augmented(images, 6))
+
+
+@pytest.mark.parametrize("spec", [UNIT, RAW, PreprocessSpec(scale=1 / 127.5, offset=-1.0)])
+def test_scaling_in_the_graph_gives_the_runtime_s_float32_bits(spec: PreprocessSpec) -> None:
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    tf = import_tensorflow()
+    np.testing.assert_array_equal(scale_in_graph(tf.constant(pixels), spec).numpy(), scale_pixels(pixels, spec))
 
 
 def test_training_batches_cover_each_image_once_per_epoch_scaled_by_the_spec() -> None:
     images, labels = numbered_images(), np.arange(COUNT) % 3
     index = np.array([0, 2, 3, 5, 6, 7, 9])  # the training split: positions in the whole array
-    batches = list(training_batches(images, labels, index, 3, RAW, batch_size=3, seed=0, first_epoch=0,
-                                    end_epoch=2))
+    batches = take(training_stream(images, labels, index, 3, RAW, batch_size=3, seed=0, first_epoch=0), 6)
     assert len(batches) == 2 * steps_per_epoch(len(index), 3) == 6
     assert [len(x) for x, _ in batches] == [3, 3, 1, 3, 3, 1]
     for epoch in (batches[:3], batches[3:]):
@@ -79,35 +98,52 @@ def test_training_batches_cover_each_image_once_per_epoch_scaled_by_the_spec() -
             assert x.dtype == np.float32 and y.dtype == np.float32
             np.testing.assert_array_equal(x, images[x[:, 0, 0, 0].astype(int)].astype(np.float32))
             np.testing.assert_array_equal(y, one_hot(labels[x[:, 0, 0, 0].astype(int)], 3))
+    orders = [np.concatenate([x[:, 0, 0, 0] for x, _ in epoch]) for epoch in (batches[:3], batches[3:])]
+    assert not np.array_equal(*orders)  # shuffled anew each epoch
     # Scaled by the spec: x / 255 for the documented one.
-    x, _ = next(training_batches(images, labels, index, 3, UNIT, 3, seed=0))
+    x, _ = take(training_stream(images, labels, index, 3, UNIT, 3, seed=0), 1)[0]
     np.testing.assert_array_equal(x, scale_pixels(images[batches[0][0][:, 0, 0, 0].astype(int)], UNIT))
+
+
+def test_augmented_batches_hold_the_same_images_moved() -> None:
+    images, labels = numbered_images(), np.arange(COUNT) % 2
+    plain = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 5, seed=4), 2)
+    moved = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 5, seed=4,
+                                 augmentation=Augmentation()), 2)
+    for (x1, y1), (x2, y2) in zip(plain, moved):
+        np.testing.assert_array_equal(x1[:, 0, 0, 0], x2[:, 0, 0, 0])  # same images, same order
+        np.testing.assert_array_equal(y1, y2)
+    assert any(not np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(plain, moved))
 
 
 def test_a_resumed_epoch_gets_the_same_batches_as_an_uninterrupted_run() -> None:
     images, labels = numbered_images(), np.arange(COUNT) % 2
     augmentation = Augmentation()
-    whole = list(training_batches(images, labels, np.arange(COUNT), 2, RAW, 4, seed=9, first_epoch=0, end_epoch=3,
-                                  augmentation=augmentation))
-    resumed = list(training_batches(images, labels, np.arange(COUNT), 2, RAW, 4, seed=9, first_epoch=2,
-                                    end_epoch=3, augmentation=augmentation))
+    whole = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 4, seed=9, first_epoch=0,
+                                 augmentation=augmentation), 9)
+    resumed = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 4, seed=9, first_epoch=2,
+                                   augmentation=augmentation), 3)
     assert len(resumed) == 3
     for (x1, y1), (x2, y2) in zip(whole[6:], resumed):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(whole[0][0], whole[3][0])  # epochs differ
 
 
-def test_without_an_end_epoch_the_batches_go_on() -> None:
-    stream = training_batches(numbered_images(), np.zeros(COUNT, dtype=int), np.arange(COUNT), 2, RAW, 5, seed=0)
-    assert len([next(stream) for _ in range(7)]) == 7  # more than the one epoch of 2 batches
+def test_the_training_stream_goes_on_past_one_epoch() -> None:
+    stream = training_stream(numbered_images(), np.zeros(COUNT, dtype=int), np.arange(COUNT), 2, RAW, 5, seed=0)
+    assert len(take(stream, 7)) == 7  # more than the one epoch of 2 batches
 
 
 def test_evaluation_batches_are_in_order_and_never_augmented() -> None:
     images, labels = numbered_images(), np.arange(COUNT) % 2
-    batches = list(evaluation_batches(images, labels, None, 2, UNIT, 4))
+    stream = evaluation_stream(images, labels, None, 2, UNIT, 4)
+    batches = list(stream.as_numpy_iterator())
+    assert int(stream.cardinality()) == 3  # Keras knows where an evaluation ends
     assert [len(x) for x, _ in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), scale_pixels(images, UNIT))
-    chosen = list(evaluation_batches(images, labels, np.array([7, 1]), 2, UNIT, 4))
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), one_hot(labels, 2))
+    chosen = list(evaluation_stream(images, labels, np.array([7, 1]), 2, UNIT, 4).as_numpy_iterator())
     np.testing.assert_array_equal(chosen[0][0], scale_pixels(images[[7, 1]], UNIT))
 
 
@@ -118,8 +154,8 @@ def test_steps_per_epoch_counts_the_last_partial_batch(count: int, batch: int, s
 
 def test_whole_batches_only_leave_out_a_different_remainder_each_epoch() -> None:
     images, labels = numbered_images(), np.zeros(COUNT, dtype=int)
-    batches = list(training_batches(images, labels, np.arange(COUNT), 1, RAW, 4, seed=0, first_epoch=0,
-                                    end_epoch=2, drop_remainder=True))
+    batches = take(training_stream(images, labels, np.arange(COUNT), 1, RAW, 4, seed=0, first_epoch=0,
+                                   drop_remainder=True), 4)
     assert [len(x) for x, _ in batches] == [4, 4, 4, 4] and steps_per_epoch(COUNT, 4, drop_remainder=True) == 2
     left_out = [set(range(COUNT)) - set(np.concatenate([x[:, 0, 0, 0] for x, _ in epoch]).astype(int).tolist())
                 for epoch in (batches[:2], batches[2:])]
@@ -128,7 +164,7 @@ def test_whole_batches_only_leave_out_a_different_remainder_each_epoch() -> None
 
 def test_distributed_evaluation_pads_each_batch_with_zero_weight_copies() -> None:
     images, labels = numbered_images(count=7), np.arange(7) % 2
-    batches = list(evaluation_batches(images, labels, None, 2, RAW, 4, replicas=2))
+    batches = list(evaluation_stream(images, labels, None, 2, RAW, 4, replicas=2).as_numpy_iterator())
     assert [len(batch[0]) for batch in batches] == [4, 4]  # 4 images, then 3 and one copy
     last_x, last_y, last_weights = batches[1]
     assert last_weights.tolist() == [1.0, 1.0, 1.0, 0.0]

@@ -27,7 +27,7 @@ from edge_runtime.errors import DataError
 from edge_runtime.preprocess import PreprocessSpec
 
 from .batch_norm import RECALIBRATION_IMAGES, recalibration_batches, recalibration_callback
-from .batches import DEFAULT_AUGMENTATION, evaluation_data, fit_data, steps_per_epoch, stream, training_batches
+from .batches import DEFAULT_AUGMENTATION, as_tensor, evaluation_data, fit_data, steps_per_epoch, training_stream
 from .checkpoint import (CHECKPOINT_DIR, CHECKPOINT_MODEL_PATTERN, Checkpoint, CheckpointError, check_resumable,
                          finished_result, read_checkpoint, refuse_to_replace)
 from .config import TrainConfig, recalibrates_batch_norm, streams_batches
@@ -204,9 +204,11 @@ def _fit(model: "keras.Model", history: dict[str, list[float]], config: TrainCon
     out = Path(config.out)
     folder = out / CHECKPOINT_DIR
     validation = None
+    # One tensor of the training images for both streams (made only where training streams).
+    train_pixels = as_tensor(dataset.train_images) if streaming else None
     if len(validation_index):
         validation = fit_data(dataset, validation_index, config, spec, streaming, evaluation=True,
-                              replicas=replicas)
+                              replicas=replicas, train_pixels=train_pixels)
     whole_batches = replicas > 1
     steps = steps_per_epoch(len(train_index), config.batch_size, drop_remainder=whole_batches)
     epoch_checkpoint = epoch_callback(folder, history, config.recipe(), dataset.class_names, config.epochs,
@@ -241,9 +243,9 @@ def _fit(model: "keras.Model", history: dict[str, list[float]], config: TrainCon
                 elif not phase.backbone_trainable:
                     progress.message(f"pretrained backbone frozen for epochs 1..{phase.end_epoch}")
             if streaming:
-                model.fit(stream(training_batches, dataset.train_images, dataset.train_labels, train_index,
-                                 dataset.num_classes, spec, config.batch_size, config.seed, first, None,
-                                 DEFAULT_AUGMENTATION if config.augment else None, whole_batches),
+                model.fit(training_stream(train_pixels, dataset.train_labels, train_index, dataset.num_classes, spec,
+                                          config.batch_size, config.seed, first,
+                                          DEFAULT_AUGMENTATION if config.augment else None, whole_batches),
                           epochs=phase.end_epoch, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
                           validation_data=validation, verbose=0, callbacks=fit_callbacks)
             else:
