@@ -9,7 +9,10 @@ of three things measured apart:
   kernels, the optimizer and Keras' per-step Python;
 - `input`: the trainer's own input pipeline alone (trainer.batches.training_stream: order, gather, flip
   and shift, scale to float32, one-hot, as TensorFlow ops in tf.data), no model;
-- `fit`: both as the trainer runs them (training_stream handed to fit).
+- `fit`: both as the trainer runs them (training_stream handed to fit);
+- `fit-generator`: fit over the pipeline the trainer had until 2026-12-07, numpy batches handed to tf.data
+  through a Python generator (from_generator), here without augmentation (which made no difference to its
+  time in a first trial), as the baseline of that change.
 
 The FLOP rate counts a training image as 3 x 2 x the multiply-accumulates of one forward pass (the
 forward pass, and a backward pass of about twice its work), from the model's own layer shapes.
@@ -99,6 +102,25 @@ class EpochClock:
         return Clock()
 
 
+def generator_stream(tf, pool, labels, batch: int):
+    """The former pipeline's shape: shuffled numpy batches, scaled and one-hot in Python, via from_generator."""
+    import numpy as np
+
+    from edge_runtime.preprocess import scale_pixels
+    from trainer.batches import one_hot
+
+    def batches():
+        rng = np.random.default_rng(0)
+        while True:
+            order = rng.permutation(len(pool))
+            for start in range(0, len(order), batch):
+                chosen = order[start:start + batch]
+                yield scale_pixels(pool[chosen]), one_hot(labels[chosen], CLASSES)
+
+    signature = (tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32), tf.TensorSpec((None, CLASSES), tf.float32))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+
+
 def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
     """Measure one configuration in this process; seconds per image of the timed epoch."""
     import numpy as np
@@ -131,6 +153,8 @@ def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
         x = tf.constant(pool[:batch].astype(np.float32))
         y = tf.constant(np.eye(CLASSES, dtype=np.float32)[labels[:batch]])
         data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    elif mode == "fit-generator":
+        data = generator_stream(tf, pool, labels, batch)
     else:
         data = training_stream(pool, labels, index, CLASSES, spec, batch, 0, 0, DEFAULT_AUGMENTATION)
     clock = EpochClock()
@@ -181,21 +205,28 @@ def row(result: dict, label: str) -> str:
 @click.option("--images", type=click.IntRange(min=256), default=DEFAULT_IMAGES, show_default=True,
               help="Images per timed epoch of each configuration.")
 @click.option("--batches", default=DEFAULT_BATCHES, show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Times the per-batch rows are run, one round after another (the VM's speed drifts).")
+@click.option("--settings/--no-settings", default=True, show_default=True,
+              help="Also the no-XLA and thread-count rows.")
 @click.option("--child", "child_settings", default=None, hidden=True)
-def main(images: int, batches: str, child_settings: str | None) -> None:
+def main(images: int, batches: str, rounds: int, settings: bool, child_settings: str | None) -> None:
     """Time ResNet-8's training step, input pipeline and both together, per batch size and setting."""
     if child_settings is not None:
         child(json.loads(child_settings))
         return
     sizes = [int(size) for size in batches.split(",")]
     plan: list[tuple[str, str, int, bool, int | None, int | None]] = []
-    for size in sizes:
-        plan += [("default threads", mode, size, True, None, None) for mode in ("step", "input", "fit")]
+    for _ in range(rounds):
+        for size in sizes:
+            plan += [("default threads", mode, size, True, None, None)
+                     for mode in ("step", "input", "fit", "fit-generator")]
     middle = sizes[len(sizes) // 2]
-    for size in (sizes[0], middle):
+    for size in (sizes[0], middle) if settings else ():
         plan.append(("no XLA", "step", size, False, None, None))
-    plan += [("intra 2, inter 1", "step", middle, True, 2, 1), ("intra 1, inter 1", "step", middle, True, 1, 1),
-             ("intra 2, inter 1", "fit", middle, True, 2, 1)]
+    if settings:
+        plan += [("intra 2, inter 1", "step", middle, True, 2, 1), ("intra 1, inter 1", "step", middle, True, 1, 1),
+                 ("intra 2, inter 1", "fit", middle, True, 2, 1)]
     click.echo(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {images} images per timed epoch")
     lines = ["| setting | what | batch | XLA | ms per image | images/s | s per 47,500 | GFLOP/s |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
