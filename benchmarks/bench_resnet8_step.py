@@ -117,7 +117,8 @@ def generator_stream(tf, pool, labels, batch: int):
                 chosen = order[start:start + batch]
                 yield scale_pixels(pool[chosen]), one_hot(labels[chosen], CLASSES)
 
-    signature = (tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32), tf.TensorSpec((None, CLASSES), tf.float32))
+    signature = (tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32),
+                 tf.TensorSpec((None, CLASSES), tf.float32))
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 

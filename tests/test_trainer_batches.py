@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
-from trainer.batches import (Augmentation, augment, epoch_permutation, evaluation_stream, one_hot, scale_in_graph,
-                             steps_per_epoch, training_stream)
+from trainer.batches import (Augmentation, as_tensor, augment, borrowable, epoch_permutation, evaluation_stream,
+                             one_hot, scale_in_graph, steps_per_epoch, training_stream)
 from trainer.tensorflow_env import import_tensorflow
 
 RAW = PreprocessSpec(scale=1.0, offset=0.0)
@@ -170,3 +170,69 @@ def test_distributed_evaluation_pads_each_batch_with_zero_weight_copies() -> Non
     assert last_weights.tolist() == [1.0, 1.0, 1.0, 0.0]
     np.testing.assert_array_equal(last_x[3], last_x[2])
     assert sum(batch[2].sum() for batch in batches) == 7
+
+
+def test_building_the_streams_prints_no_autograph_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """The batch functions are traced as written: AutoGraph once printed the whole environment
+    (os.environ, from import_tensorflow) into the training log, failing to convert it."""
+    images, labels = numbered_images(), np.arange(COUNT) % 2
+    with caplog.at_level("WARNING"):
+        take(training_stream(images, labels, np.arange(COUNT), 2, UNIT, 4, seed=1, augmentation=Augmentation()), 1)
+        take(evaluation_stream(images, labels, None, 2, UNIT, 4, replicas=2), 1)
+    assert not [record for record in caplog.records if "AutoGraph" in record.getMessage()]
+
+
+def aligned_images(count: int = COUNT) -> np.ndarray:
+    """numbered_images in memory that starts on a 64-byte boundary (where TensorFlow can borrow it)."""
+    source = numbered_images(count)
+    buffer = np.empty(source.nbytes + 64, dtype=np.uint8)
+    start = -buffer.ctypes.data % 64
+    images = buffer[start:start + source.nbytes].reshape(source.shape)
+    images[...] = source
+    return images
+
+
+def test_an_aligned_array_is_borrowed_not_copied() -> None:
+    images = aligned_images()
+    assert borrowable(images)
+    pixels = as_tensor(images)
+    images[3, 0, 0, 0] = 200  # the tensor reads the same memory
+    assert int(pixels[3, 0, 0, 0]) == 200
+    x, _ = take(training_stream(pixels, np.zeros(COUNT, dtype=int), np.array([3]), 2, RAW, 1, seed=0), 1)[0]
+    assert x[0, 0, 0, 0] == 200.0
+
+
+@pytest.mark.parametrize("why", ["unaligned", "read-only", "not contiguous"])
+def test_other_arrays_are_copied_with_the_same_pixels(why: str) -> None:
+    images = aligned_images(COUNT + 1)
+    if why == "unaligned":
+        images = np.frombuffer(images.tobytes()[1:] + b"\0", dtype=np.uint8)[:COUNT * SIDE * SIDE * 3]
+        images = images.reshape(COUNT, SIDE, SIDE, 3)
+        if images.ctypes.data % 64 == 0:  # pragma: no cover - frombuffer happened to land aligned
+            pytest.skip("could not make an unaligned array")
+    elif why == "read-only":
+        images = images[:COUNT]
+        images.flags.writeable = False
+    else:
+        images = images[:, :, ::-1]
+    assert not borrowable(images)
+    pixels = as_tensor(images)
+    np.testing.assert_array_equal(pixels.numpy(), images)
+
+
+def test_the_decoded_cache_is_read_in_place(tmp_path) -> None:
+    from trainer import decoded_cache
+
+    spec = PreprocessSpec(width=SIDE, height=SIDE)
+    entry = decoded_cache.new_entry(tmp_path, COUNT, spec)
+    assert entry is not None
+    folder, images = entry
+    images[...] = numbered_images()
+    stored = decoded_cache.commit(tmp_path, "key", folder, images, np.ones(COUNT, dtype=bool), [])
+    hit = decoded_cache.read(tmp_path, "key", COUNT, spec)
+    assert hit is not None
+    for mapped in (stored.images, hit.images):
+        assert isinstance(mapped, np.memmap) and borrowable(mapped)
+        np.testing.assert_array_equal(as_tensor(mapped).numpy(), numbered_images())
+    hit.images[0, 0, 0, 0] = 99  # copy-on-write: never reaches the file
+    np.testing.assert_array_equal(decoded_cache.read(tmp_path, "key", COUNT, spec).images, numbered_images())

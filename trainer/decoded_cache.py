@@ -93,7 +93,7 @@ def read(root: Path, key: str, count: int, spec: PreprocessSpec) -> CachedDecode
     folder = root / key
     try:
         info = json.loads((folder / INFO_FILE).read_text())
-        images = np.load(folder / IMAGES_FILE, mmap_mode="r")
+        images = _mapped(folder / IMAGES_FILE)
         kept = np.load(folder / KEPT_FILE)
     except (OSError, ValueError) as error:
         if folder.exists():
@@ -130,7 +130,7 @@ def new_entry(root: Path, count: int, spec: PreprocessSpec) -> tuple[Path, np.nd
 
 def commit(root: Path, key: str, folder: Path, images: np.ndarray, kept: np.ndarray,
            skipped: list[tuple[str, str]]) -> CachedDecode:
-    """Finish the temporary entry `folder` and rename it to `key`; the images come back read-only.
+    """Finish the temporary entry `folder` and rename it to `key`; the images come back memory-mapped.
 
     When the rename fails (another run stored the same key first, or the disk filled up), the
     temporary folder is removed and the decoded arrays are still returned.
@@ -149,8 +149,14 @@ def commit(root: Path, key: str, folder: Path, images: np.ndarray, kept: np.ndar
         return result
     del images
     prune(root)
-    stored = np.load(root / key / IMAGES_FILE, mmap_mode="r")
-    return CachedDecode(images=stored, kept=kept, skipped=skipped)
+    return CachedDecode(images=_mapped(root / key / IMAGES_FILE), kept=kept, skipped=skipped)
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """A stored images file, memory-mapped copy-on-write: a write would stay in this process and never reach
+    the file, and the array counts as writable, which lets the trainer's input pipeline read the mapping in
+    place (trainer.batches.as_tensor) instead of copying all of it."""
+    return np.load(path, mmap_mode="c")
 
 
 def discard(folder: Path) -> None:

@@ -43,7 +43,8 @@ def decode_images(paths: Sequence[Path], progress: Progress, workers: int | None
     Unreadable files keep a zero image and `kept` False; each gets one warning. Large sets are
     decoded by a pool of processes: the result is the same array, only sooner. With `cache`, sets
     of `decoded_cache.MIN_FILES` files or more are decoded once into the on-disk cache and come back
-    memory-mapped (read-only) from there, now and in later runs over the same files.
+    memory-mapped from there (copy-on-write: no write reaches the file), now and in later runs over
+    the same files.
     """
     total = len(paths)
     root = decoded_cache.cache_root() if cache and total >= decoded_cache.MIN_FILES else None
