@@ -132,7 +132,7 @@ def training_stream(images: Any, labels: np.ndarray, index: np.ndarray, num_clas
     under tf.distribute a device handed no image would make the step's gradients NaN.
 
     No Python runs per batch: a pipeline that called back into Python (tf.data's from_generator) made
-    ResNet-8's fit take 2.8 ms an image against 1.8 for this one (benchmarks/bench_resnet8_step.py).
+    ResNet-8's fit take 2.9-3.1 ms an image against 1.8-1.9 for this one (benchmarks/bench_resnet8_step.py).
     """
     tf = import_tensorflow()
     pixels, classes = as_tensor(images), tf.constant(labels, dtype=tf.int32)
