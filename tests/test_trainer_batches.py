@@ -116,6 +116,41 @@ def test_augmented_batches_hold_the_same_images_moved() -> None:
     assert any(not np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(plain, moved))
 
 
+def flipped_by_image(batches: list[tuple[np.ndarray, ...]]) -> dict[int, bool]:
+    """For one epoch's batches of numbered images: whether each image came mirrored (its green channel runs
+    right to left)."""
+    return {int(x[0, 0, 0]): bool(x[0, 0, 1] > x[0, -1, 1]) for batch, _ in batches for x in batch}
+
+
+def test_the_alternating_flip_shows_each_image_on_the_other_side_every_epoch() -> None:
+    images, labels = numbered_images(), np.arange(COUNT) % 2
+    augmentation = Augmentation(shift=0.0, flip_order="alternating")
+    batches = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 5, seed=2,
+                                   augmentation=augmentation), 6)
+    epochs = [flipped_by_image(batches[start:start + 2]) for start in (0, 2, 4)]
+    assert all(sorted(epoch) == list(range(COUNT)) for epoch in epochs)
+    assert 0 < sum(epochs[0].values()) < COUNT  # the first side is drawn per image
+    assert all(epochs[1][image] != epochs[0][image] == epochs[2][image] for image in range(COUNT))
+    # A resumed run (from epoch 1) and another seed.
+    resumed = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 5, seed=2, first_epoch=1,
+                                   augmentation=augmentation), 2)
+    assert flipped_by_image(resumed) == epochs[1]
+    other = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 5, seed=3, augmentation=augmentation), 2)
+    assert flipped_by_image(other) != epochs[0]
+    # A random flip shows some image on the same side in two running epochs (this seed: checked).
+    random = take(training_stream(images, labels, np.arange(COUNT), 2, RAW, 5, seed=2,
+                                  augmentation=Augmentation(shift=0.0)), 4)
+    first, second = flipped_by_image(random[:2]), flipped_by_image(random[2:])
+    assert any(first[image] == second[image] for image in range(COUNT))
+
+
+def test_the_flip_order_is_checked_and_recorded() -> None:
+    with pytest.raises(ValueError, match="flip order must be one of random, alternating, not 'sometimes'"):
+        Augmentation(flip_order="sometimes")
+    assert Augmentation(flip_order="alternating").to_dict()["flip"] == "alternating"
+    assert Augmentation(flip=False).to_dict()["flip"] is None
+
+
 def test_a_resumed_epoch_gets_the_same_batches_as_an_uninterrupted_run() -> None:
     images, labels = numbered_images(), np.arange(COUNT) % 2
     augmentation = Augmentation()

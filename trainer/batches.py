@@ -36,18 +36,34 @@ DEFAULT_SHIFT = 0.1
 # Salts that keep the order and the augmentation draws of one epoch independent of each other.
 ORDER_STREAM = 0
 AUGMENT_STREAM = 1
+FLIP_STREAM = 2  # each image's first side, for the alternating flip
+RANDOM_FLIP = "random"
+ALTERNATING_FLIP = "alternating"
+FLIPS = (RANDOM_FLIP, ALTERNATING_FLIP)
 
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """What happens to each training image: a left-right flip with probability 1/2, a shift by up to
-    `shift` of the side in each direction (the border filled by reflection)."""
+    """What happens to each training image: a left-right flip, a shift by up to `shift` of the side in
+    each direction (the border filled by reflection).
+
+    The flip is `random` (each time with probability 1/2) or `alternating`: each image is seen
+    flipped in every other epoch, from a first side drawn once per image from the seed. Over any two
+    epochs the network then sees both sides of every image, where a random flip shows half of
+    them one side only; the fast CIFAR-10 training literature (airbench's "derandomized" flip) found
+    that worth several percent of the epochs in short runs.
+    """
 
     flip: bool = True
     shift: float = DEFAULT_SHIFT
+    flip_order: str = RANDOM_FLIP
+
+    def __post_init__(self) -> None:
+        if self.flip_order not in FLIPS:
+            raise ValueError(f"flip order must be one of {', '.join(FLIPS)}, not {self.flip_order!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"flip": self.flip, "shift": self.shift, "rotation": None}
+        return {"flip": self.flip_order if self.flip else None, "shift": self.shift, "rotation": None}
 
 
 DEFAULT_AUGMENTATION = Augmentation()
@@ -81,14 +97,16 @@ def epoch_permutation(count: int, seed: int, epoch: Any) -> Any:
     return tf.argsort(draws, stable=True)
 
 
-def augment(pixels: Any, key: Any, augmentation: Augmentation = DEFAULT_AUGMENTATION) -> Any:
+def augment(pixels: Any, key: Any, augmentation: Augmentation = DEFAULT_AUGMENTATION, flipped: Any = None) -> Any:
     """Randomly flipped and shifted copies of a uint8 batch [B, H, W, C] (a tensor), the same shape and dtype;
-    the draws come from the stateless `key`, so the same key gives the same batch."""
+    the draws come from the stateless `key`, so the same key gives the same batch. `flipped` (bool [B]),
+    when given, says which images to flip instead of a draw (the alternating flip's sides)."""
     tf = import_tensorflow()
     flip_key, top_key, left_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
     count, height, width = tf.shape(pixels)[0], pixels.shape[1], pixels.shape[2]
     if augmentation.flip:
-        flipped = tf.random.stateless_uniform([count], flip_key) < 0.5
+        if flipped is None:
+            flipped = tf.random.stateless_uniform([count], flip_key) < 0.5
         pixels = tf.where(flipped[:, None, None, None], tf.reverse(pixels, [2]), pixels)
     pad_y = min(int(round(augmentation.shift * height)), height - 1)
     pad_x = min(int(round(augmentation.shift * width)), width - 1)
@@ -101,6 +119,20 @@ def augment(pixels: Any, key: Any, augmentation: Augmentation = DEFAULT_AUGMENTA
         columns = lefts[:, None] + tf.range(width)[None]
         pixels = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
     return pixels
+
+
+def alternating_sides(image_count: int, seed: int) -> Any:
+    """Each image's side in even epochs (bool [image_count]) under the alternating flip: drawn from the
+    seed alone, so every epoch and a resumed run agree; odd epochs show the other side."""
+    tf = import_tensorflow()
+    return tf.random.stateless_uniform([image_count], _seed_key(seed, FLIP_STREAM)) < 0.5
+
+
+def flipped_in_epoch(sides: Any, picked: Any, epoch: Any) -> Any:
+    """Which of the images `picked` (indices into the images) the alternating flip shows flipped in `epoch`."""
+    tf = import_tensorflow()
+    odd = tf.equal(tf.math.floormod(tf.cast(epoch, tf.int64), 2), 1)
+    return tf.not_equal(tf.gather(sides, picked), odd)
 
 
 def scale_in_graph(pixels: Any, spec: PreprocessSpec) -> Any:
@@ -138,6 +170,8 @@ def training_stream(images: Any, labels: np.ndarray, index: np.ndarray, num_clas
     pixels, classes = as_tensor(images), tf.constant(labels, dtype=tf.int32)
     chosen = tf.constant(index, dtype=tf.int64)
     count = len(index)
+    alternating = augmentation is not None and augmentation.flip and augmentation.flip_order == ALTERNATING_FLIP
+    sides = alternating_sides(int(pixels.shape[0]), seed) if alternating else None
 
     plain = tf.autograph.experimental.do_not_convert  # no tensor-dependent Python here: trace it as written
 
@@ -151,7 +185,8 @@ def training_stream(images: Any, labels: np.ndarray, index: np.ndarray, num_clas
     def make_batch(epoch: Any, step: Any, picked: Any) -> Any:
         batch = tf.gather(pixels, picked)
         if augmentation is not None:
-            batch = augment(batch, _seed_key(seed, AUGMENT_STREAM, epoch, step), augmentation)
+            flipped = flipped_in_epoch(sides, picked, epoch) if alternating else None
+            batch = augment(batch, _seed_key(seed, AUGMENT_STREAM, epoch, step), augmentation, flipped)
         return scale_in_graph(batch, spec), tf.one_hot(tf.gather(classes, picked), num_classes)
 
     epochs = tf.data.Dataset.range(first_epoch, ENDLESS_EPOCHS)

@@ -16,7 +16,6 @@ import numpy as np
 from edge_runtime.atomic import atomic_path, write_text
 from edge_runtime.model_file.labels import write_labels
 
-from .batches import DEFAULT_AUGMENTATION
 from .config import TrainConfig, streams_batches
 from .dataset import Dataset
 from .keep import KeptEpoch
@@ -112,7 +111,7 @@ def arch_report(config: TrainConfig) -> dict[str, Any]:
                 "optimizer": arch.optimizer, "learning_rate": config.learning_rate, "schedule": arch.schedule,
                 "warmup_epochs": arch.warmup_epochs, "epochs": config.epochs, "batch_size": config.batch_size,
                 "augment": config.augment,
-                "augmentation": DEFAULT_AUGMENTATION.to_dict() if config.augment else None,
+                "augmentation": arch.augmentation.to_dict() if config.augment else None,
                 "input_pipeline": "stream" if streams_batches(config) else "arrays",
                 "phases": [phase.to_dict() for phase in training_phases(config)],
                 "distribute": config.distribute}

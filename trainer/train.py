@@ -27,7 +27,7 @@ from edge_runtime.errors import DataError
 from edge_runtime.preprocess import PreprocessSpec
 
 from .batch_norm import RECALIBRATION_IMAGES, recalibration_batches, recalibration_callback
-from .batches import DEFAULT_AUGMENTATION, as_tensor, evaluation_data, fit_data, steps_per_epoch, training_stream
+from .batches import as_tensor, evaluation_data, fit_data, steps_per_epoch, training_stream
 from .checkpoint import (CHECKPOINT_DIR, CHECKPOINT_MODEL_PATTERN, Checkpoint, CheckpointError, check_resumable,
                          finished_result, read_checkpoint, refuse_to_replace)
 from .config import TrainConfig, recalibrates_batch_norm, streams_batches
@@ -37,6 +37,7 @@ from .dataset import Dataset
 from .keep import KeptEpoch, choose_epoch
 from .outputs import TrainResult, one_class_answer, training_report, write_outputs
 from .phases import prepare_phase, training_phases
+from .principal_stem import start_from_principal_patches
 from .progress import Progress
 from .sources import load_dataset
 from .tensorflow_env import import_tensorflow, native_output_to_log
@@ -127,6 +128,11 @@ def train(config: TrainConfig, progress: Progress | None = None,
         else:
             model = build_network(config, dataset.num_classes)
             history, initial_epoch, prior_seconds = {}, 0, 0.0
+    if checkpoint is None and config.network.principal_stem is not None and config.weights is None:
+        used = start_from_principal_patches(model, config.network.principal_stem, dataset.train_images, train_index,
+                                            spec, config.seed)
+        progress.message(f"{config.network.principal_stem} starts from the principal directions of {used:,} "
+                         f"training images' patches")
 
     streaming = streams_batches(config)
     test_set = evaluation_data(dataset, config, spec, streaming, replicas)
@@ -245,7 +251,7 @@ def _fit(model: "keras.Model", history: dict[str, list[float]], config: TrainCon
             if streaming:
                 model.fit(training_stream(train_pixels, dataset.train_labels, train_index, dataset.num_classes, spec,
                                           config.batch_size, config.seed, first,
-                                          DEFAULT_AUGMENTATION if config.augment else None, whole_batches),
+                                          config.network.augmentation if config.augment else None, whole_batches),
                           epochs=phase.end_epoch, initial_epoch=first, steps_per_epoch=steps, shuffle=False,
                           validation_data=validation, verbose=0, callbacks=fit_callbacks)
             else:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from edge_runtime.preprocess import PIXEL_SCALE, PreprocessSpec
 
+from ..batches import DEFAULT_AUGMENTATION, Augmentation
 from . import cnn, mobilenetv2, resnet8
 
 ADAM = "adam"
@@ -44,6 +45,8 @@ class Arch:
     epochs: int
     batch_size: int
     augment: bool
+    # What augmenting does when it is on (--augment, or the arch's default).
+    augmentation: Augmentation = DEFAULT_AUGMENTATION
     warmup_epochs: int = 0
     # Targets of (1 - label_smoothing) for the true class and label_smoothing / classes for each other one.
     label_smoothing: float = 0.0
@@ -54,6 +57,9 @@ class Arch:
     # Recompute batch-norm statistics from training images after each epoch when training from scratch
     # (trainer.batch_norm): for deep stacks whose moving averages lag behind fast-changing weights.
     recalibrate_batch_norm: bool = False
+    # The first convolution's name when a fresh run starts it from the principal directions of the
+    # training images' patches (trainer.principal_stem) rather than a random draw.
+    principal_stem: str | None = None
     min_image_size: int = MIN_IMAGE_SIZE
     # Options of `build` beyond the class count and image size, with their defaults.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -73,15 +79,22 @@ class Arch:
         data = {"image_size": self.image_size, "scale": self.scale, "offset": self.offset,
                 "optimizer": self.optimizer, "learning_rate": self.learning_rate, "schedule": self.schedule,
                 "warmup_epochs": self.warmup_epochs, "epochs": self.epochs, "batch_size": self.batch_size,
-                "augment": self.augment, "label_smoothing": self.label_smoothing,
+                "augment": self.augment, "augmentation": self.augmentation.to_dict(), "label_smoothing": self.label_smoothing,
                 "validation_fraction": self.validation_fraction,
                 "jit_compile": self.jit_compile, "recalibrate_batch_norm": self.recalibrate_batch_norm,
-                **self.options}
+                "principal_stem": self.principal_stem, **self.options}
         if self.optimizer == SGD:
             data.update(momentum=SGD_MOMENTUM, nesterov=True)
         if self.backbone is not None:
             data.update(freeze_epochs=self.freeze_epochs, fine_tune_factor=self.fine_tune_factor)
         return data
+
+    def _augmentation_note(self) -> str:
+        """What augmenting does, for the help line, where it differs from the usual random flip and 0.1 shift."""
+        if not self.augment or self.augmentation == DEFAULT_AUGMENTATION:
+            return ""
+        flip = f"{self.augmentation.flip_order} flip" if self.augmentation.flip else "no flip"
+        return f" ({flip}, shift up to {self.augmentation.shift:g} of the side)"
 
     def help_line(self) -> str:
         """One line for `edge-train --help`."""
@@ -97,7 +110,7 @@ class Arch:
         optimizer = f"sgd (Nesterov momentum {SGD_MOMENTUM:g})" if self.optimizer == SGD else self.optimizer
         return (f"{self.name}: {self.summary}; {self.image_size}px {inputs}, {optimizer} lr "
                 f"{self.learning_rate:g} {schedule}, {self.epochs} epochs, batch {self.batch_size}, "
-                f"augment {'on' if self.augment else 'off'}{smoothing}, {self.validation_fraction:.0%} held out for validation"
+                f"augment {'on' if self.augment else 'off'}{self._augmentation_note()}{smoothing}, {self.validation_fraction:.0%} held out for validation"
                 f"{extra}")
 
 
