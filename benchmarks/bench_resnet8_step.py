@@ -19,7 +19,7 @@ forward pass, and a backward pass of about twice its work), from the model's own
 Timings start after a warm-up epoch (tracing and XLA compilation left out). Pictures are random: the
 time of a step does not depend on them.
 
-    .venv/bin/python benchmarks/bench_resnet8_step.py [--images 8192] [--batches 32,64,128,256]
+    .venv/bin/python benchmarks/bench_resnet8_step.py [--images 8192] [--batches 32,64,128,256] [--xla-flags=...]
 
 Prints one Markdown table; nothing is asserted (figures for BENCHMARKS.md).
 """
@@ -164,9 +164,12 @@ def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
     return result
 
 
-def run_child(mode: str, batch: int, images: int, jit: bool, intra: int | None, inter: int | None) -> dict:
-    """One configuration in a fresh Python; its result line."""
+def run_child(mode: str, batch: int, images: int, jit: bool, intra: int | None, inter: int | None,
+              xla_flags: str | None = None) -> dict:
+    """One configuration in a fresh Python (with XLA_FLAGS set to `xla_flags` when given); its result line."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
     command = [sys.executable, __file__, "--child", json.dumps({"mode": mode, "batch": batch, "images": images,
                                                                  "jit": jit, "intra": intra, "inter": inter})]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S, check=False)
@@ -210,31 +213,38 @@ def row(result: dict, label: str) -> str:
               help="Times the per-batch rows are run, one round after another (the VM's speed drifts).")
 @click.option("--settings/--no-settings", default=True, show_default=True,
               help="Also the no-XLA and thread-count rows.")
+@click.option("--xla-flags", "xla_flag_sets", multiple=True,
+              help="XLA_FLAGS for extra step and fit rows at the first batch size, beside rows without them in "
+                   "the same round (repeatable), e.g. --xla-flags=--xla_cpu_use_thunk_runtime=false.")
 @click.option("--child", "child_settings", default=None, hidden=True)
-def main(images: int, batches: str, rounds: int, settings: bool, child_settings: str | None) -> None:
+def main(images: int, batches: str, rounds: int, settings: bool, xla_flag_sets: tuple[str, ...],
+         child_settings: str | None) -> None:
     """Time ResNet-8's training step, input pipeline and both together, per batch size and setting."""
     if child_settings is not None:
         child(json.loads(child_settings))
         return
     sizes = [int(size) for size in batches.split(",")]
-    plan: list[tuple[str, str, int, bool, int | None, int | None]] = []
+    plan: list[tuple[str, str, int, bool, int | None, int | None, str | None]] = []
     for _ in range(rounds):
         for size in sizes:
-            plan += [("default threads", mode, size, True, None, None)
+            plan += [("default threads", mode, size, True, None, None, None)
                      for mode in ("step", "input", "fit", "fit-generator")]
+        for flags in xla_flag_sets:
+            plan += [(f"XLA_FLAGS={flags}", mode, sizes[0], True, None, None, flags) for mode in ("step", "fit")]
     middle = sizes[len(sizes) // 2]
     for size in (sizes[0], middle) if settings else ():
-        plan.append(("no XLA", "step", size, False, None, None))
+        plan.append(("no XLA", "step", size, False, None, None, None))
     if settings:
-        plan += [("intra 2, inter 1", "step", middle, True, 2, 1), ("intra 1, inter 1", "step", middle, True, 1, 1),
-                 ("intra 2, inter 1", "fit", middle, True, 2, 1)]
+        plan += [("intra 2, inter 1", "step", middle, True, 2, 1, None),
+                 ("intra 1, inter 1", "step", middle, True, 1, 1, None),
+                 ("intra 2, inter 1", "fit", middle, True, 2, 1, None)]
     click.echo(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {images} images per timed epoch")
     lines = ["| setting | what | batch | XLA | ms per image | images/s | s per 47,500 | GFLOP/s |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
     macs = None
-    for label, mode, size, jit, intra, inter in plan:
+    for label, mode, size, jit, intra, inter, flags in plan:
         began = time.monotonic()
-        result = run_child(mode, size, images, jit, intra, inter)
+        result = run_child(mode, size, images, jit, intra, inter, flags)
         macs = result.get("forward_macs") or macs
         lines.append(row(result, label))
         click.echo(f"  {lines[-1]}  ({time.monotonic() - began:.0f} s; threads {result['intra']}/{result['inter']})")
