@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
-from trainer.principal_stem import FILTER_NORM, PATCH_IMAGES, patch_matrix, principal_kernel, start_from_principal_patches
+from trainer.principal_stem import (FILTER_NORM, PATCH_IMAGES, patch_matrix, principal_kernel,
+                                    start_from_principal_patches)
 
 RAW = PreprocessSpec(scale=1.0, offset=0.0)
 

@@ -59,9 +59,8 @@ def arch_defaults_epilog() -> str:
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Side of the square input, in pixels; images are decoded at it.  [default: the arch's]")
 @click.option("--augment/--no-augment", default=None,
-              help="Horizontal flips and shifts of the training batches, as the arch's line at the end says (never part "
-                   "of the saved model).  "
-                   "[default: the arch's]")
+              help="Horizontal flips and shifts of the training batches, as the arch's line at the end says "
+                   "(never part of the saved model).  [default: the arch's]")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None,
               help="mobilenetv2: width multiplier.  [default: 0.35]")
 @click.option("--weights", default=None,

@@ -79,7 +79,8 @@ class Arch:
         data = {"image_size": self.image_size, "scale": self.scale, "offset": self.offset,
                 "optimizer": self.optimizer, "learning_rate": self.learning_rate, "schedule": self.schedule,
                 "warmup_epochs": self.warmup_epochs, "epochs": self.epochs, "batch_size": self.batch_size,
-                "augment": self.augment, "augmentation": self.augmentation.to_dict(), "label_smoothing": self.label_smoothing,
+                "augment": self.augment, "augmentation": self.augmentation.to_dict(),
+                "label_smoothing": self.label_smoothing,
                 "validation_fraction": self.validation_fraction,
                 "jit_compile": self.jit_compile, "recalibrate_batch_norm": self.recalibrate_batch_norm,
                 "principal_stem": self.principal_stem, **self.options}
