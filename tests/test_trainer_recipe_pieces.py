@@ -61,3 +61,4 @@ def test_a_tiny_run_starts_from_the_principal_stem_and_records_the_recipe(
     assert report["defaults"]["principal_stem"] == STEM
     assert report["settings"]["augmentation"] == {"flip": "alternating", "shift": 0.0625, "rotation": None}
     assert "(alternating flip, shift up to 0.0625 of the side)" in row.help_line()
+    assert "stem_conv started from the principal directions of the training patches" in row.help_line()

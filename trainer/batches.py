@@ -51,7 +51,7 @@ class Augmentation:
     flipped in every other epoch, from a first side drawn once per image from the seed. Over any two
     epochs the network then sees both sides of every image, where a random flip shows half of
     them one side only; the fast CIFAR-10 training literature (airbench's "derandomized" flip) found
-    that worth several percent of the epochs in short runs.
+    it helps short runs.
     """
 
     flip: bool = True

@@ -105,14 +105,16 @@ class Arch:
         smoothing = f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else ""
         if self.recalibrate_batch_norm:
             extra += "; from scratch, batch-norm statistics recomputed after each epoch"
+        if self.principal_stem is not None:
+            extra += f"; {self.principal_stem} started from the principal directions of the training patches"
         if self.backbone is not None:
             extra += (f"; from pretrained weights: backbone frozen for {self.freeze_epochs} epochs, then lr "
                       f"x{self.fine_tune_factor:g}")
         optimizer = f"sgd (Nesterov momentum {SGD_MOMENTUM:g})" if self.optimizer == SGD else self.optimizer
         return (f"{self.name}: {self.summary}; {self.image_size}px {inputs}, {optimizer} lr "
                 f"{self.learning_rate:g} {schedule}, {self.epochs} epochs, batch {self.batch_size}, "
-                f"augment {'on' if self.augment else 'off'}{self._augmentation_note()}{smoothing}, {self.validation_fraction:.0%} held out for validation"
-                f"{extra}")
+                f"augment {'on' if self.augment else 'off'}{self._augmentation_note()}{smoothing}, "
+                f"{self.validation_fraction:.0%} held out for validation{extra}")
 
 
 ARCHS: dict[str, Arch] = {arch.name: arch for arch in (
