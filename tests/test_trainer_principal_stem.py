@@ -41,7 +41,7 @@ def test_filters_come_in_opposite_pairs_of_equal_norm_by_falling_variance() -> N
     np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), FILTER_NORM, rtol=1e-5)
     # Against an independent computation: the right singular vectors of the centred patch matrix.
     patches = patch_matrix(inputs, 3)
-    _, singular, vectors = np.linalg.svd(patches - patches.mean(axis=0), full_matrices=False)
+    _, _, vectors = np.linalg.svd(patches - patches.mean(axis=0), full_matrices=False)
     for column in range(8):
         assert abs(abs(vectors[column] @ kernel[:, column]) / FILTER_NORM - 1) < 1e-4
     spread = np.var(patches @ kernel[:, :8], axis=0)

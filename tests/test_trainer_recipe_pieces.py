@@ -1,5 +1,6 @@
 """The recipe pieces of a fast ResNet-8 run on a tiny data set: the stem starts from the principal directions of
-the training patches, the alternating flip streams the images, and training.json says what the recipe was."""
+the training patches, and training.json and the help line say what the recipe was (what the alternating flip
+does to the batches is tested in test_trainer_batches.py)."""
 
 from __future__ import annotations
 
