@@ -12,7 +12,12 @@ of three things measured apart:
 - `fit`: both as the trainer runs them (training_stream handed to fit);
 - `fit-generator`: fit over the pipeline the trainer had until 2026-12-07, numpy batches handed to tf.data
   through a Python generator (from_generator), here without augmentation (which made no difference to its
-  time in a first trial), as the baseline of that change.
+  time in a first trial), as the baseline of that change;
+- `step-arrays`: the step fed from float32 arrays held in memory (Keras' own array batching, no shuffle),
+  which every Keras backend accepts: with `--jax-python`, the same network, optimizer, loss and arrays also run
+  under Keras 3's JAX backend (KERAS_BACKEND=jax, the step compiled by jax.jit), side by side with
+  TensorFlow's. That interpreter needs keras (the trainer's version), jax, numpy, pillow and click; this
+  checkout is put on its path.
 
 The FLOP rate counts a training image as 3 x 2 x the multiply-accumulates of one forward pass (the
 forward pass, and a backward pass of about twice its work), from the model's own layer shapes.
@@ -20,6 +25,7 @@ Timings start after a warm-up epoch (tracing and XLA compilation left out). Pict
 time of a step does not depend on them.
 
     .venv/bin/python benchmarks/bench_resnet8_step.py [--images 8192] [--batches 32,64,128,256] [--xla-flags=...]
+        [--jax-python PYTHON]
 
 Prints one Markdown table; nothing is asserted (figures for BENCHMARKS.md).
 """
@@ -122,10 +128,34 @@ def generator_stream(tf, pool, labels, batch: int):
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
+def timed_fit(model, data, steps: int, batch: int, **arrays) -> float:
+    """Seconds per image of the second of two epochs of `steps` steps (the first compiles)."""
+    clock = EpochClock()
+    model.fit(data, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[clock], **arrays)
+    return clock.seconds[-1] / (steps * batch)
+
+
+def arrays_run(batch: int, images: int, jit: bool) -> dict:
+    """The step fed from float32 arrays in memory, under whichever Keras backend this process has."""
+    import keras
+    import numpy as np
+
+    steps = max(1, images // batch)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(steps * batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8).astype(np.float32)
+    y = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, size=steps * batch)]
+    model = compiled_network(jit)
+    seconds = timed_fit(model, x, steps, batch, y=y, batch_size=batch, shuffle=False)
+    return {"mode": "step-arrays", "batch": batch, "jit": jit, "steps": steps, "backend": keras.backend.backend(),
+            "intra": None, "inter": None, "forward_macs": forward_macs(model), "seconds_per_image": seconds}
+
+
 def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
     """Measure one configuration in this process; seconds per image of the timed epoch."""
     import numpy as np
 
+    if mode == "step-arrays":
+        return arrays_run(batch, images, jit)
     from edge_runtime.preprocess import PreprocessSpec
     from trainer.batches import DEFAULT_AUGMENTATION, training_stream
     from trainer.tensorflow_env import import_tensorflow
@@ -137,7 +167,7 @@ def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
     labels = rng.integers(0, CLASSES, size=POOL_IMAGES)
     index = np.arange(POOL_IMAGES)
     spec = PreprocessSpec(width=IMAGE_SIZE, height=IMAGE_SIZE, scale=1.0, offset=0.0)
-    result = {"mode": mode, "batch": batch, "jit": jit, "steps": steps,
+    result = {"mode": mode, "batch": batch, "jit": jit, "steps": steps, "backend": "tensorflow",
               "intra": tf.config.threading.get_intra_op_parallelism_threads(),
               "inter": tf.config.threading.get_inter_op_parallelism_threads()}
     if mode == "input":
@@ -158,24 +188,27 @@ def one_run(mode: str, batch: int, images: int, jit: bool) -> dict:
         data = generator_stream(tf, pool, labels, batch)
     else:
         data = training_stream(pool, labels, index, CLASSES, spec, batch, 0, 0, DEFAULT_AUGMENTATION)
-    clock = EpochClock()
-    model.fit(data, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[clock])
-    result["seconds_per_image"] = clock.seconds[-1] / (steps * batch)
+    result["seconds_per_image"] = timed_fit(model, data, steps, batch)
     return result
 
 
 def run_child(mode: str, batch: int, images: int, jit: bool, intra: int | None, inter: int | None,
-              xla_flags: str | None = None) -> dict:
-    """One configuration in a fresh Python (with XLA_FLAGS set to `xla_flags` when given); its result line."""
+              xla_flags: str | None = None, jax_python: str | None = None) -> dict:
+    """One configuration in a fresh Python (with XLA_FLAGS set to `xla_flags` when given; under Keras'
+    JAX backend in `jax_python` when given); its result line."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
-    command = [sys.executable, __file__, "--child", json.dumps({"mode": mode, "batch": batch, "images": images,
+    python = sys.executable
+    if jax_python is not None:
+        env["KERAS_BACKEND"] = "jax"
+        python = jax_python
+    command = [python, __file__, "--child", json.dumps({"mode": mode, "batch": batch, "images": images,
                                                                  "jit": jit, "intra": intra, "inter": inter})]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise click.ClickException(f"{mode} batch {batch} failed (exit {done.returncode}): "
+        raise click.ClickException(f"{mode} batch {batch}{' (JAX)' if jax_python else ''} failed (exit {done.returncode}): "
                                    f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(lines[-1])
 
@@ -201,6 +234,8 @@ def row(result: dict, label: str) -> str:
         rate = TRAINING_PASSES * FLOPS_PER_MAC * result["forward_macs"] / result["seconds_per_image"] / 1e9
         flops = f"{rate:.1f}"
     xla = "-" if result["mode"] == "input" else "on" if result["jit"] else "off"  # no model in the input run
+    if result.get("backend", "tensorflow") != "tensorflow":
+        label = f"{label}, Keras on {result['backend']}"
     return (f"| {label} | {result['mode']} | {result['batch']} | {xla} | "
             f"{per_image_ms:.3f} | {1 / result['seconds_per_image']:,.0f} | {epoch_s:.0f} | {flops} |")
 
@@ -216,35 +251,41 @@ def row(result: dict, label: str) -> str:
 @click.option("--xla-flags", "xla_flag_sets", multiple=True,
               help="XLA_FLAGS for extra step and fit rows at the first batch size, beside rows without them in "
                    "the same round (repeatable), e.g. --xla-flags=--xla_cpu_use_thunk_runtime=false.")
+@click.option("--jax-python", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A Python with keras and jax: adds step-arrays rows under Keras' JAX backend, beside "
+                   "TensorFlow's, at the first batch size of each round.")
 @click.option("--child", "child_settings", default=None, hidden=True)
 def main(images: int, batches: str, rounds: int, settings: bool, xla_flag_sets: tuple[str, ...],
-         child_settings: str | None) -> None:
+         jax_python: str | None, child_settings: str | None) -> None:
     """Time ResNet-8's training step, input pipeline and both together, per batch size and setting."""
     if child_settings is not None:
         child(json.loads(child_settings))
         return
     sizes = [int(size) for size in batches.split(",")]
-    plan: list[tuple[str, str, int, bool, int | None, int | None, str | None]] = []
+    plan: list[tuple[str, str, int, bool, int | None, int | None, str | None, str | None]] = []
     for _ in range(rounds):
+        if jax_python is not None:
+            plan += [("default threads", "step-arrays", sizes[0], True, None, None, None, python)
+                     for python in (None, jax_python)]
         for size in sizes:
-            plan += [("default threads", mode, size, True, None, None, None)
+            plan += [("default threads", mode, size, True, None, None, None, None)
                      for mode in ("step", "input", "fit", "fit-generator")]
         for flags in xla_flag_sets:
-            plan += [(f"XLA_FLAGS={flags}", mode, sizes[0], True, None, None, flags) for mode in ("step", "fit")]
+            plan += [(f"XLA_FLAGS={flags}", mode, sizes[0], True, None, None, flags, None) for mode in ("step", "fit")]
     middle = sizes[len(sizes) // 2]
     for size in (sizes[0], middle) if settings else ():
-        plan.append(("no XLA", "step", size, False, None, None, None))
+        plan.append(("no XLA", "step", size, False, None, None, None, None))
     if settings:
-        plan += [("intra 2, inter 1", "step", middle, True, 2, 1, None),
-                 ("intra 1, inter 1", "step", middle, True, 1, 1, None),
-                 ("intra 2, inter 1", "fit", middle, True, 2, 1, None)]
+        plan += [("intra 2, inter 1", "step", middle, True, 2, 1, None, None),
+                 ("intra 1, inter 1", "step", middle, True, 1, 1, None, None),
+                 ("intra 2, inter 1", "fit", middle, True, 2, 1, None, None)]
     click.echo(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; {images} images per timed epoch")
     lines = ["| setting | what | batch | XLA | ms per image | images/s | s per 47,500 | GFLOP/s |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
     macs = None
-    for label, mode, size, jit, intra, inter, flags in plan:
+    for label, mode, size, jit, intra, inter, flags, python in plan:
         began = time.monotonic()
-        result = run_child(mode, size, images, jit, intra, inter, flags)
+        result = run_child(mode, size, images, jit, intra, inter, flags, python)
         macs = result.get("forward_macs") or macs
         lines.append(row(result, label))
         click.echo(f"  {lines[-1]}  ({time.monotonic() - began:.0f} s; threads {result['intra']}/{result['inter']})")
