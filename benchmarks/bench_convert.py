@@ -80,7 +80,7 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
     from converter.data import load_data, resolve_data
     from converter.report import build_report, threshold_failures, tflite_models
     from converter.report_render import terminal_summary, write_report
-    from converter.source_model import load_keras_model
+    from converter.source_model import load_keras_model, training_spec
     from converter.variants import FLOAT32, INT8
 
     def say(message: str) -> None:
@@ -91,10 +91,11 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
     timings: dict[str, float] = {}
     choice = resolve_data(model_path, data, seed)
     say(f"data: {choice.describe()}")
-    started = time.perf_counter()
-    dataset = load_data(choice, quiet=quiet)
-    timings["load_data_seconds"] = time.perf_counter() - started
     model = load_keras_model(model_path)
+    spec = training_spec(model_path, model)  # the model's own input scaling, as edge-report uses it
+    started = time.perf_counter()
+    dataset = load_data(choice, quiet=quiet, spec=spec)
+    timings["load_data_seconds"] = time.perf_counter() - started
     conversion = dict(train_images=dataset.train_images, calibration_size=calibration_size, seed=choice.seed,
                       data_source=dataset.source, model=model, progress=say)
 
@@ -109,7 +110,7 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
     started = time.perf_counter()
     report = build_report(model, tflite_models(out), dataset.test_images, dataset.test_labels, dataset.class_names,
                           test_paths=dataset.test_paths, data_source=dataset.source, seed=choice.seed,
-                          keras_sha256=first.source_sha256, progress=say)
+                          keras_sha256=first.source_sha256, spec=spec, progress=say)
     timings["report_seconds"] = time.perf_counter() - started
     failures = threshold_failures(report, INT8_MAX_DROP_POINTS, INT8_MIN_AGREEMENT_PERCENT)
     files = write_report(report, out, failures=failures)
@@ -146,7 +147,8 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
     }
     started = time.perf_counter()
     summary["logit_range_comparison"] = compare_logit_ranges(
-        model, model_path, dataset, calibration_size, [choice.seed + offset for offset in range(compare_seeds)], say)
+        model, model_path, dataset, calibration_size, [choice.seed + offset for offset in range(compare_seeds)], spec,
+        say)
     timings["comparison_seconds"] = time.perf_counter() - started
     summary["timings"] = {key: round(value, 2) for key, value in timings.items()}
     checks = evaluate_targets(summary)
@@ -156,7 +158,7 @@ def run_benchmark(out: Path, data: str | None = None, seed: int | None = None,
 
 
 def compare_logit_ranges(model: Any, model_path: Path, dataset: Any, calibration_size: int,
-                         seeds: list[int], say: Any) -> list[dict[str, Any]]:
+                         seeds: list[int], spec: Any, say: Any) -> list[dict[str, Any]]:
     """int8 with the clipped logit range and with plain min/max, per calibration seed, through the runtime."""
     from converter.convert import convert_model
     from converter.report import compare_format, keras_probabilities, runtime_probabilities
@@ -164,7 +166,7 @@ def compare_logit_ranges(model: Any, model_path: Path, dataset: Any, calibration
 
     if not seeds:
         return []
-    reference = keras_probabilities(model, dataset.test_images)
+    reference = keras_probabilities(model, dataset.test_images, spec)
     rows = []
     for seed in seeds:
         row: dict[str, Any] = {"seed": seed}
