@@ -135,6 +135,13 @@ def recalibrates_batch_norm(config: TrainConfig) -> bool:
     return config.network.recalibrate_batch_norm and config.weights is None and not config.distribute
 
 
+def averages_weights(config: TrainConfig) -> bool:
+    """Whether the run validates and exports a moving average of its weights (trainer.averaging): for
+    networks that ask for it, trained from scratch in one phase and not distributed (the average's
+    batch-norm statistics are recomputed outside a replica step, as in recalibrates_batch_norm)."""
+    return config.network.weight_average is not None and config.weights is None and not config.distribute
+
+
 def streams_batches(config: TrainConfig) -> bool:
     """Whether training streams batches from uint8 images (else float32 arrays in memory, the documented way)."""
     return bool(config.augment) or config.image_size >= STREAM_MIN_SIDE or config.distribute

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from .config import TrainConfig
+from .averaging import averaging_optimizer_options
+from .config import TrainConfig, averages_weights
 from .models import CONSTANT, SGD, SGD_MOMENTUM
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,10 +64,12 @@ def prepare_phase(model: "keras.Model", config: TrainConfig, phase: Phase, steps
         model.get_layer(arch.backbone).trainable = phase.backbone_trainable
     learning_rate = learning_rate_schedule(config, phase, steps)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=arch.label_smoothing) if arch.label_smoothing else LOSS
+    averaging = averaging_optimizer_options(arch.weight_average if averages_weights(config) else None)
     if arch.optimizer == SGD:
-        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=SGD_MOMENTUM, nesterov=True)
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=SGD_MOMENTUM, nesterov=True,
+                                         **averaging)
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, **averaging)
     # XLA is left out under tf.distribute: the replicated step is not what it was measured on.
     jit = arch.jit_compile and not config.distribute
     if config.distribute:

@@ -26,11 +26,12 @@ import numpy as np
 from edge_runtime.errors import DataError
 from edge_runtime.preprocess import PreprocessSpec
 
+from .averaging import AVERAGE_RECALIBRATION_IMAGES, apply_average, averaged_validation_callback
 from .batch_norm import RECALIBRATION_IMAGES, recalibration_batches, recalibration_callback
 from .batches import as_tensor, evaluation_data, fit_data, steps_per_epoch, training_stream
 from .checkpoint import (CHECKPOINT_DIR, CHECKPOINT_MODEL_PATTERN, Checkpoint, CheckpointError, check_resumable,
                          finished_result, read_checkpoint, refuse_to_replace)
-from .config import TrainConfig, recalibrates_batch_norm, streams_batches
+from .config import TrainConfig, averages_weights, recalibrates_batch_norm, streams_batches
 from .distribution import check_replicas, distribution_strategy, strategy_scope
 from .epochs import epoch_callback
 from .dataset import Dataset
@@ -146,7 +147,12 @@ def train(config: TrainConfig, progress: Progress | None = None,
     else:
         progress.message(f"all {config.epochs} epochs are trained; evaluating and writing the outputs")
 
-    evaluation = _evaluate_kept(model, test_set, history, config, dataset)
+    average = None
+    if averages_weights(config):
+        average = functools.partial(_apply_average, batches=functools.partial(
+            recalibration_batches, dataset.train_images, train_index, spec, config.batch_size,
+            AVERAGE_RECALIBRATION_IMAGES))
+    evaluation = _evaluate_kept(model, test_set, history, config, dataset, average)
     model = evaluation.model
     progress.message(f"kept epoch {evaluation.kept.epoch} of {config.epochs} ({evaluation.kept.rule}): test accuracy "
                      f"{evaluation.test_accuracy:.4f}, loss {evaluation.test_loss:.4f} on {dataset.test_count:,} "
@@ -220,6 +226,14 @@ def _fit(model: "keras.Model", history: dict[str, list[float]], config: TrainCon
     epoch_checkpoint = epoch_callback(folder, history, config.recipe(), dataset.class_names, config.epochs,
                                       config.batch_size, prior_seconds, progress)
     fit_callbacks = [epoch_checkpoint, *callbacks]
+    if averages_weights(config):
+        # Validation sees the average; the raw weights are back before the checkpoint is written.
+        fit_callbacks.insert(0, averaged_validation_callback(functools.partial(
+            recalibration_batches, dataset.train_images, train_index, spec, config.batch_size,
+            AVERAGE_RECALIBRATION_IMAGES)))
+        progress.message(f"validating and keeping a moving average of the weights (decay "
+                         f"{config.network.weight_average:g} a step), with batch-norm statistics from "
+                         f"{min(AVERAGE_RECALIBRATION_IMAGES, len(train_index)):,} training images")
     if recalibrates_batch_norm(config):
         # Before the checkpointing callback, so that each saved epoch carries the new statistics.
         fit_callbacks.insert(0, recalibration_callback(functools.partial(
@@ -280,13 +294,21 @@ class Evaluation(NamedTuple):
     seconds: float
 
 
+def _apply_average(model: "keras.Model", batches: Any) -> None:
+    """`trainer.averaging.apply_average` with a fresh pass over the recalibration sample, quietly."""
+    with native_output_to_log():
+        apply_average(model, batches())
+
+
 def _evaluate_kept(model: "keras.Model", test_set: Any, history: dict[str, list[float]], config: TrainConfig,
-                   dataset: Dataset) -> Evaluation:
+                   dataset: Dataset, average: Any = None) -> Evaluation:
     """Evaluate the last epoch on the test set, then the kept epoch (loaded from its checkpoint when it
-    is another)."""
+    is another). `average`, when given, turns each into its averaged model first (trainer.averaging)."""
     import keras
 
     started = time.perf_counter()
+    if average is not None:
+        average(model)
     last_loss, last_accuracy = _evaluate(model, test_set)
     kept = choose_epoch(history, config.keep)
     if kept.epoch == config.epochs:
@@ -295,6 +317,8 @@ def _evaluate_kept(model: "keras.Model", test_set: Any, history: dict[str, list[
         folder = Path(config.out) / CHECKPOINT_DIR
         with native_output_to_log():
             model = keras.models.load_model(folder / CHECKPOINT_MODEL_PATTERN.format(epoch=kept.epoch))
+        if average is not None:
+            average(model)
         test_loss, test_accuracy = _evaluate(model, test_set)
     answered = one_class_answer(_predicted_classes(model, test_set), dataset.test_labels)
     one_class = None if answered is None else dataset.class_names[answered]

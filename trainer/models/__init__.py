@@ -60,6 +60,9 @@ class Arch:
     # The first convolution's name when a fresh run starts it from the principal directions of the
     # training images' patches (trainer.principal_stem) rather than a random draw.
     principal_stem: str | None = None
+    # Per-step decay of an exponential moving average of the weights, which then is what validation, the
+    # kept model and the outputs use (trainer.averaging); None trains and exports the raw weights.
+    weight_average: float | None = None
     min_image_size: int = MIN_IMAGE_SIZE
     # Options of `build` beyond the class count and image size, with their defaults.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -83,7 +86,7 @@ class Arch:
                 "label_smoothing": self.label_smoothing,
                 "validation_fraction": self.validation_fraction,
                 "jit_compile": self.jit_compile, "recalibrate_batch_norm": self.recalibrate_batch_norm,
-                "principal_stem": self.principal_stem, **self.options}
+                "principal_stem": self.principal_stem, "weight_average": self.weight_average, **self.options}
         if self.optimizer == SGD:
             data.update(momentum=SGD_MOMENTUM, nesterov=True)
         if self.backbone is not None:
@@ -107,6 +110,9 @@ class Arch:
             extra += "; from scratch, batch-norm statistics recomputed after each epoch"
         if self.principal_stem is not None:
             extra += f"; {self.principal_stem} started from the principal directions of the training patches"
+        if self.weight_average is not None:
+            extra += f"; from scratch, a moving average of the weights (decay {self.weight_average:g} a step) is " \
+                     f"validated and exported"
         if self.backbone is not None:
             extra += (f"; from pretrained weights: backbone frozen for {self.freeze_epochs} epochs, then lr "
                       f"x{self.fine_tune_factor:g}")
