@@ -19,8 +19,9 @@ from trainer.checkpoint import CHECKPOINT_DIR, CHECKPOINT_MODEL_PATTERN
 from trainer.config import TrainConfig
 from trainer.progress import Progress
 from trainer.sources import load_dataset
-from trainer.train import train
+from trainer.train import TrainingInterrupted, train
 from trainer.validation import shuffled_split
+from trainer_fixtures import InterruptAfterEpoch
 
 DECAY = 0.8  # strong, so that a few steps leave the average well apart from the raw weights
 
@@ -122,3 +123,30 @@ def test_a_tiny_run_validates_and_exports_the_average_and_trains_on_from_the_raw
     history = json.loads((tmp_path / "out" / "training.json").read_text())["history"]
     assert history["val_accuracy"][-1] == pytest.approx(np.mean(answers == dataset.train_labels[validation_index]))
     assert "a moving average of the weights (decay 0.8 a step) is validated and exported" in row.help_line()
+
+
+def test_a_resumed_run_continues_the_average_from_its_checkpoint(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    # A slow decay, so that an average started afresh at the resumed epoch would show in the exported weights.
+    monkeypatch.setitem(models.ARCHS, "resnet8", dataclasses.replace(models.ARCHS["resnet8"], weight_average=0.95))
+    data = write_split_dataset(tmp_path / "data", train_per_class=12, test_per_class=3)
+
+    def config(out: str, resume: bool = False) -> TrainConfig:
+        return TrainConfig(data=data, out=tmp_path / out, arch="resnet8", epochs=2, batch_size=16, seed=4,
+                           validation_fraction=0.25, keep="last", resume=resume)
+
+    whole = train(config("whole"), Progress(quiet=True))
+    with pytest.raises(TrainingInterrupted):
+        train(config("resumed"), Progress(quiet=True), callbacks=[InterruptAfterEpoch(1)])
+    resumed = train(config("resumed", resume=True), Progress(quiet=True))
+    assert resumed.resumed_from_epoch == 1
+
+    exported = [keras.models.load_model(result.model_path).get_weights() for result in (whole, resumed)]
+    raw = keras.models.load_model(tmp_path / "whole" / CHECKPOINT_DIR / CHECKPOINT_MODEL_PATTERN.format(epoch=2))
+    apart = 0.0
+    for uninterrupted, continued, last_step in zip(*exported, raw.get_weights()):
+        np.testing.assert_allclose(continued, uninterrupted, rtol=1e-4, atol=1e-5)
+        apart = max(apart, float(np.max(np.abs(uninterrupted - last_step))))
+    assert apart > 1e-3, "the average is indistinguishable from the last step's weights"
