@@ -15,9 +15,11 @@ Per conversion it prints, against Keras on the same images:
               has 256 steps; the runtime then answers the first of them)
   tie losses  images that a tie made wrong while Keras was right: how much a better tie rule could win back
 
-then the mean and spread per count. Nothing is asserted (figures for BENCHMARKS.md).
+then the mean and spread per count. With `--ranges` it also prints, for each count's first draw, every ReLU
+output's largest value over the calibration images (what the calibrator's range ends at) beside its 99.99th
+percentile. Nothing is asserted (figures for BENCHMARKS.md).
 
-    .venv/bin/python benchmarks/bench_calibration.py --out OUT [--sizes 100,500,2000,8000] [--draws 3]
+    .venv/bin/python benchmarks/bench_calibration.py --out OUT [--sizes 100,500,2000,8000] [--draws 3] [--ranges]
 """
 
 from __future__ import annotations
@@ -66,7 +68,30 @@ def tie_figures(int8: np.ndarray, keras: np.ndarray, labels: np.ndarray) -> tupl
     return float(tied.mean()), int(tie_losses.sum())
 
 
-def measure(out: Path, sizes: list[int], draws: int, say: Any) -> dict[str, Any]:
+def activation_ranges(model: Any, train_images: np.ndarray, spec: Any, sizes: list[int], seed: int) -> str:
+    """Markdown: per ReLU layer, the largest output and its 99.99th percentile over each count's calibration draw."""
+    import keras
+
+    from converter.calibration import calibration_indices
+    from edge_runtime.preprocess import scale_pixels
+
+    layers = [layer for layer in model.layers if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU))
+              and getattr(layer, "activation", None) in (None, keras.activations.relu)]
+    probe = keras.Model(model.inputs, [layer.output for layer in layers])
+    lines = ["| ReLU output | " + " | ".join(f"{size:,} images: max / 99.99th percentile" for size in sizes) + " |",
+             "|---|" + "---:|" * len(sizes)]
+    columns = []
+    for size in sizes:
+        chosen = calibration_indices(len(train_images), size, seed)
+        outputs = probe.predict(scale_pixels(train_images[chosen], spec), batch_size=256, verbose=0)
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        columns.append([f"{output.max():.1f} / {np.percentile(output, 99.99):.1f}" for output in outputs])
+    for index, layer in enumerate(layers):
+        lines.append(f"| {layer.name} | " + " | ".join(column[index] for column in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def measure(out: Path, sizes: list[int], draws: int, say: Any, ranges: bool = False) -> dict[str, Any]:
     """Every (count, draw) conversion's figures on the validation share."""
     from converter.artifacts import KERAS_MODEL_NAME
     from converter.convert import convert_model
@@ -106,8 +131,11 @@ def measure(out: Path, sizes: list[int], draws: int, say: Any) -> dict[str, Any]
             say(f"  {size:>6} images, draw {draw}: agreement {row['agreement_percent']:.2f}%, change "
                 f"{row['change_points']:+.2f} points, ties {row['ties_percent']:.2f}%, tie losses {tie_losses} "
                 f"({row['seconds']:.0f} s)")
-    return {"model": str(model_path), "validation_images": int(len(held_out)), "keras_accuracy": keras_accuracy,
-            "rows": rows}
+    summary = {"model": str(model_path), "validation_images": int(len(held_out)), "keras_accuracy": keras_accuracy,
+               "rows": rows}
+    if ranges:
+        summary["ranges"] = activation_ranges(model, dataset.train_images, spec, sizes, seed)
+    return summary
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -133,9 +161,10 @@ def table(summary: dict[str, Any]) -> str:
 @click.option("--sizes", default=DEFAULT_SIZES, show_default=True, help="Calibration counts, comma-separated.")
 @click.option("--draws", type=click.IntRange(min=1), default=DEFAULT_DRAWS, show_default=True,
               help="Calibration seeds per count: training.json's seed and the ones after it.")
+@click.option("--ranges", is_flag=True, help="Also each ReLU output's largest value and 99.99th percentile per count.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the figures here as JSON.")
-def main(out: Path, sizes: str, draws: int, json_path: Path | None) -> None:
+def main(out: Path, sizes: str, draws: int, ranges: bool, json_path: Path | None) -> None:
     """int8's agreement with Keras and accuracy change on the validation share, per calibration count and draw."""
     from edge_runtime.atomic import write_text
     from edge_runtime.errors import EdgeError
@@ -148,11 +177,14 @@ def main(out: Path, sizes: str, draws: int, json_path: Path | None) -> None:
         raise click.BadParameter("every calibration count must be at least 1", param_hint="--sizes")
     click.echo(f"machine: {cpu_model()}", err=True)
     try:
-        summary = measure(out, counts, draws, lambda message: click.echo(message, err=True))
+        summary = measure(out, counts, draws, lambda message: click.echo(message, err=True), ranges)
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"{summary['validation_images']:,} validation images; Keras accuracy {summary['keras_accuracy']:.4f}")
     click.echo(table(summary), nl=False)
+    if "ranges" in summary:
+        click.echo("")
+        click.echo(summary["ranges"], nl=False)
     if json_path is not None:
         write_text(json_path, json.dumps(summary, indent=2) + "\n")
 
