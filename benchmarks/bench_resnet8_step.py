@@ -204,11 +204,12 @@ def run_child(mode: str, batch: int, images: int, jit: bool, intra: int | None, 
         env["KERAS_BACKEND"] = "jax"
         python = jax_python
     command = [python, __file__, "--child", json.dumps({"mode": mode, "batch": batch, "images": images,
-                                                                 "jit": jit, "intra": intra, "inter": inter})]
+                                                         "jit": jit, "intra": intra, "inter": inter})]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise click.ClickException(f"{mode} batch {batch}{' (JAX)' if jax_python else ''} failed (exit {done.returncode}): "
+        backend = " (JAX)" if jax_python else ""
+        raise click.ClickException(f"{mode} batch {batch}{backend} failed (exit {done.returncode}): "
                                    f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(lines[-1])
 

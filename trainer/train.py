@@ -149,9 +149,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
 
     average = None
     if averages_weights(config):
-        average = functools.partial(_apply_average, batches=functools.partial(
-            recalibration_batches, dataset.train_images, train_index, spec, config.batch_size,
-            AVERAGE_RECALIBRATION_IMAGES))
+        average = functools.partial(_apply_average, batches=_average_sample(dataset, train_index, spec, config))
     evaluation = _evaluate_kept(model, test_set, history, config, dataset, average)
     model = evaluation.model
     progress.message(f"kept epoch {evaluation.kept.epoch} of {config.epochs} ({evaluation.kept.rule}): test accuracy "
@@ -228,9 +226,7 @@ def _fit(model: "keras.Model", history: dict[str, list[float]], config: TrainCon
     fit_callbacks = [epoch_checkpoint, *callbacks]
     if averages_weights(config):
         # Validation sees the average; the raw weights are back before the checkpoint is written.
-        fit_callbacks.insert(0, averaged_validation_callback(functools.partial(
-            recalibration_batches, dataset.train_images, train_index, spec, config.batch_size,
-            AVERAGE_RECALIBRATION_IMAGES)))
+        fit_callbacks.insert(0, averaged_validation_callback(_average_sample(dataset, train_index, spec, config)))
         progress.message(f"validating and keeping a moving average of the weights (decay "
                          f"{config.network.weight_average:g} a step), with batch-norm statistics from "
                          f"{min(AVERAGE_RECALIBRATION_IMAGES, len(train_index)):,} training images")
@@ -292,6 +288,14 @@ class Evaluation(NamedTuple):
     last_accuracy: float
     one_class: str | None  # the class every test image was given, when the model answers only one
     seconds: float
+
+
+def _average_sample(dataset: Dataset, train_index: np.ndarray, spec: PreprocessSpec,
+                    config: TrainConfig) -> Any:
+    """The batches the averaged weights' batch-norm statistics come from, the same at every use (a callable
+    that yields them afresh): validation and the final model then see the same statistics."""
+    return functools.partial(recalibration_batches, dataset.train_images, train_index, spec, config.batch_size,
+                             AVERAGE_RECALIBRATION_IMAGES)
 
 
 def _apply_average(model: "keras.Model", batches: Any) -> None:
