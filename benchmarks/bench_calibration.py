@@ -15,15 +15,19 @@ Per conversion it prints, against Keras on the same images:
               has 256 steps; the runtime then answers the first of them)
   tie losses  images that a tie made wrong while Keras was right: how much a better tie rule could win back
 
-then the mean and spread per count. With `--ranges` it also prints, for each count's first draw, every ReLU
-output's largest value over the calibration images (what the calibrator's range ends at) beside its 99.99th
-percentile. Nothing is asserted (figures for BENCHMARKS.md).
+then the mean and spread per count. With `--compare-pool` every conversion is made twice, side by side: as
+the converter makes it (a whole-map average pool before the head converted as a mean, `converter.int8_graph`)
+and with the average pool kept, as before that change. With `--ranges` it also prints, for each count's
+first draw, every ReLU output's largest value over the calibration images (what the calibrator's range ends
+at) beside its 99.99th percentile. Nothing is asserted (figures for BENCHMARKS.md).
 
-    .venv/bin/python benchmarks/bench_calibration.py --out OUT [--sizes 100,500,2000,8000] [--draws 3] [--ranges]
+    .venv/bin/python benchmarks/bench_calibration.py --out OUT [--sizes 100,500,2000,8000] [--draws 3]
+        [--compare-pool] [--ranges]
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -42,6 +46,7 @@ from benchmarks.harness import cpu_model  # noqa: E402
 
 DEFAULT_SIZES = "100,500,2000,8000"
 DEFAULT_DRAWS = 3
+POOL_NAMES = {True: "mean", False: "average pool"}  # convert_model's mean_pool, as the tables name it
 PERCENT = 100.0
 
 
@@ -91,8 +96,9 @@ def activation_ranges(model: Any, train_images: np.ndarray, spec: Any, sizes: li
     return "\n".join(lines) + "\n"
 
 
-def measure(out: Path, sizes: list[int], draws: int, say: Any, ranges: bool = False) -> dict[str, Any]:
-    """Every (count, draw) conversion's figures on the validation share."""
+def measure(out: Path, sizes: list[int], draws: int, say: Any, ranges: bool = False,
+            mean_pools: tuple[bool, ...] = (True,)) -> dict[str, Any]:
+    """Every (count, draw, pooling) conversion's figures on the validation share."""
     from converter.artifacts import KERAS_MODEL_NAME
     from converter.convert import convert_model
     from converter.data import load_data, read_training_info, resolve_data
@@ -114,23 +120,24 @@ def measure(out: Path, sizes: list[int], draws: int, say: Any, ranges: bool = Fa
     keras_accuracy = float((keras.argmax(axis=1) == labels).mean())
     rows = []
     for size in sizes:
-        for draw in range(seed, seed + draws):
+        for draw, mean_pool in itertools.product(range(seed, seed + draws), mean_pools):
             started = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="bench-calibration-") as folder:
                 converted = convert_model(model_path, folder, variants=(INT8,), train_images=dataset.train_images,
-                                          calibration_size=size, seed=draw, model=model, progress=lambda _: None)
+                                          calibration_size=size, seed=draw, model=model, mean_pool=mean_pool,
+                                          progress=lambda _: None)
                 int8 = runtime_probabilities(converted.model(INT8).path, images=images).probabilities
             int8 = np.asarray(int8)
             ties, tie_losses = tie_figures(int8, keras, labels)
-            row = {"calibration_images": size, "draw": draw,
+            row = {"calibration_images": size, "draw": draw, "pool_as": POOL_NAMES[mean_pool],
                    "agreement_percent": float((int8.argmax(axis=1) == keras.argmax(axis=1)).mean()) * PERCENT,
                    "change_points": (float((int8.argmax(axis=1) == labels).mean()) - keras_accuracy) * PERCENT,
                    "ties_percent": ties * PERCENT, "tie_losses": tie_losses,
                    "seconds": round(time.perf_counter() - started, 1)}
             rows.append(row)
-            say(f"  {size:>6} images, draw {draw}: agreement {row['agreement_percent']:.2f}%, change "
-                f"{row['change_points']:+.2f} points, ties {row['ties_percent']:.2f}%, tie losses {tie_losses} "
-                f"({row['seconds']:.0f} s)")
+            say(f"  {size:>6} images, draw {draw}, pool as {row['pool_as']}: agreement "
+                f"{row['agreement_percent']:.2f}%, change {row['change_points']:+.2f} points, ties "
+                f"{row['ties_percent']:.2f}%, tie losses {tie_losses} ({row['seconds']:.0f} s)")
     summary = {"model": str(model_path), "validation_images": int(len(held_out)), "keras_accuracy": keras_accuracy,
                "rows": rows}
     if ranges:
@@ -139,18 +146,19 @@ def measure(out: Path, sizes: list[int], draws: int, say: Any, ranges: bool = Fa
 
 
 def table(summary: dict[str, Any]) -> str:
-    """Markdown: each conversion, then the mean and spread per calibration count."""
-    lines = ["| calibration images | draw | agreement with Keras | int8 change (points) | tied top scores | "
-             "tie losses |", "|---:|---:|---:|---:|---:|---:|"]
+    """Markdown: each conversion, then the mean and spread per calibration count and pooling."""
+    lines = ["| calibration images | draw | pool as | agreement with Keras | int8 change (points) | tied top scores | "
+             "tie losses |", "|---:|---:|---|---:|---:|---:|---:|"]
     for row in summary["rows"]:
-        lines.append(f"| {row['calibration_images']:,} | {row['draw']} | {row['agreement_percent']:.2f}% | "
-                     f"{row['change_points']:+.2f} | {row['ties_percent']:.2f}% | {row['tie_losses']} |")
-    lines += ["", "| calibration images | mean agreement | mean change (points) | change, lowest to highest |",
-              "|---:|---:|---:|---|"]
-    for size in dict.fromkeys(row["calibration_images"] for row in summary["rows"]):
-        rows = [row for row in summary["rows"] if row["calibration_images"] == size]
+        lines.append(f"| {row['calibration_images']:,} | {row['draw']} | {row['pool_as']} | "
+                     f"{row['agreement_percent']:.2f}% | {row['change_points']:+.2f} | {row['ties_percent']:.2f}% | "
+                     f"{row['tie_losses']} |")
+    lines += ["", "| calibration images | pool as | mean agreement | mean change (points) | change, lowest to "
+              "highest |", "|---:|---|---:|---:|---|"]
+    for size, pool_as in dict.fromkeys((row["calibration_images"], row["pool_as"]) for row in summary["rows"]):
+        rows = [row for row in summary["rows"] if (row["calibration_images"], row["pool_as"]) == (size, pool_as)]
         changes = [row["change_points"] for row in rows]
-        lines.append(f"| {size:,} | {statistics.mean(row['agreement_percent'] for row in rows):.2f}% | "
+        lines.append(f"| {size:,} | {pool_as} | {statistics.mean(row['agreement_percent'] for row in rows):.2f}% | "
                      f"{statistics.mean(changes):+.2f} | {min(changes):+.2f} to {max(changes):+.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -161,10 +169,12 @@ def table(summary: dict[str, Any]) -> str:
 @click.option("--sizes", default=DEFAULT_SIZES, show_default=True, help="Calibration counts, comma-separated.")
 @click.option("--draws", type=click.IntRange(min=1), default=DEFAULT_DRAWS, show_default=True,
               help="Calibration seeds per count: training.json's seed and the ones after it.")
+@click.option("--compare-pool", is_flag=True,
+              help="Also convert each draw with a whole-map average pool kept as a pool, side by side.")
 @click.option("--ranges", is_flag=True, help="Also each ReLU output's largest value and 99.99th percentile per count.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the figures here as JSON.")
-def main(out: Path, sizes: str, draws: int, ranges: bool, json_path: Path | None) -> None:
+def main(out: Path, sizes: str, draws: int, compare_pool: bool, ranges: bool, json_path: Path | None) -> None:
     """int8's agreement with Keras and accuracy change on the validation share, per calibration count and draw."""
     from edge_runtime.atomic import write_text
     from edge_runtime.errors import EdgeError
@@ -177,7 +187,8 @@ def main(out: Path, sizes: str, draws: int, ranges: bool, json_path: Path | None
         raise click.BadParameter("every calibration count must be at least 1", param_hint="--sizes")
     click.echo(f"machine: {cpu_model()}", err=True)
     try:
-        summary = measure(out, counts, draws, lambda message: click.echo(message, err=True), ranges)
+        summary = measure(out, counts, draws, lambda message: click.echo(message, err=True), ranges,
+                          (True, False) if compare_pool else (True,))
     except EdgeError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"{summary['validation_images']:,} validation images; Keras accuracy {summary['keras_accuracy']:.4f}")

@@ -10,7 +10,9 @@ the training images only and go through `edge_runtime.preprocess.scale_pixels`, 
 trainer feeds the network with, so the same seed always gives the same file. Its logits are
 quantized over the range that decides the answer rather than their full min/max (the int8 graph is
 softmax(clip(logits)); see `converter.logit_range`), which makes their int8 step about half as
-large (0.17 instead of 0.30 on the recipe's model). The optional uint8 variant is the same
+large (0.17 instead of 0.30 on the recipe's model), and a whole-map average pool before the head is
+converted as a mean, so the pooled features get an int8 range of their own (`converter.int8_graph`). The
+optional uint8 variant is the same
 quantization with uint8 input and output tensors, for tools that take no int8 tensors (MediaPipe).
 
 Every file also carries the official TFLite metadata (`converter.official_metadata`): name,
@@ -35,7 +37,8 @@ import numpy as np
 
 from converter.artifacts import LABELS_NAME, model_file_name
 from converter.calibration import DEFAULT_CALIBRATION_SIZE, calibration_batch, calibration_indices
-from converter.logit_range import LogitRange, calibration_logits, clipped_model, logit_range, softmax_head
+from converter.int8_graph import int8_graph, pooling_info, whole_map_pool
+from converter.logit_range import LogitRange, calibration_logits, logit_range, softmax_head
 from converter.official_metadata import (ModelDescription, attach_metadata_buffer, check_official_metadata,
                                          metadata_flatbuffer, spec_normalization)
 from converter.smoke_image import (SmokeImage, SmokeSource, choose_smoke_image, png_candidates, smoke_candidates,
@@ -108,6 +111,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                   data_source: str | None = None,
                   model: Any = None,
                   clip_logits: bool = True,
+                  mean_pool: bool = True,
                   progress: Progress = _quiet,
                   train_available: int | None = None,
                   smoke_source: SmokeSource | None = None) -> ConversionResult:
@@ -119,7 +123,9 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     already-loaded Keras model of `model_path` (saves loading it twice). `spec` None embeds (and
     calibrates with) the preprocessing the model was trained with (`training_spec`). `clip_logits` quantizes
     int8's logits over the range that decides the answer (see converter.logit_range); False keeps
-    plain min/max calibration. `smoke_source` names the files and class names of `train_images`, image
+    plain min/max calibration. `mean_pool` converts a whole-map average pool before the head as a mean, so
+    the pooled features get their own int8 range (see converter.int8_graph); False, for measurements only,
+    keeps the pool. `smoke_source` names the files and class names of `train_images`, image
     for image: the smoke-test image is chosen among the calibration images drawn from them (among all of
     them without calibration); None bundles none. Raises ModelError or DataError with one line naming
     the problem.
@@ -137,7 +143,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     spec = spec_for_model(model, spec if spec is not None else training_spec(model_path, model))
     source_sha256 = sha256_file(model_path)
 
-    calibration, bounds = None, None
+    calibration, bounds, pool = None, None, None
     if needs_calibration(variants):
         if train_images is None:
             raise DataError("empty calibration set: int8 and uint8 need training images to calibrate with")
@@ -147,6 +153,10 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         available = train_available if train_available is not None else len(train_images)
         progress(f"Calibration: {len(calibration)} of {available:,} training images, seed {seed}")
         bounds = int8_logit_range(model, calibration, progress) if clip_logits else None
+        pool = whole_map_pool(model) if mean_pool else None
+        if pool is not None:
+            progress(f"int8 graph: the average pool {pool.name!r} over the whole map is converted as a mean, "
+                     "so the pooled features get their own int8 range")
 
     converted_bytes: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as workdir:
@@ -157,14 +167,14 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
             progress(f"Converting {variant}")
             source = saved_model
             full_integer = variant in FULL_INTEGER
-            if full_integer and bounds is not None:
-                source = Path(workdir) / "saved_model_clipped"
-                if not source.exists():  # int8 and uint8 share the clipped graph
-                    export_saved_model(clipped_model(model, bounds), source)
+            if full_integer and (bounds is not None or pool is not None):
+                source = Path(workdir) / "saved_model_int8"
+                if not source.exists():  # int8 and uint8 share the int8 graph
+                    export_saved_model(int8_graph(model, bounds, pool), source)
             tflite = convert_variant(source, variant, calibration if full_integer else None)
             if full_integer:
                 check_int8_tensors(tflite, variant)
-            info = _variant_info(variant, model_path.name, source_sha256, calibration, seed, bounds)
+            info = _variant_info(variant, model_path.name, source_sha256, calibration, seed, bounds, pool)
             description = _description(variant, model_path.name, source_sha256, labels, spec)
             tflite = attach_metadata_buffer(tflite, metadata_flatbuffer(description))
             converted_bytes[variant] = embed_metadata(tflite, ModelMetadata(labels=labels, preprocess=spec, info=info))
@@ -188,7 +198,7 @@ def convert_model(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     order = calibration_indices(len(train_images), calibration_size, seed) \
         if smoke_source is not None and calibration is not None else None
     smoke = bundle_smoke_image(out_dir, [m.path for m in models], smoke_source, order, progress)
-    calibration_info = _calibration_info(calibration, seed, data_source, bounds)
+    calibration_info = _calibration_info(calibration, seed, data_source, bounds, pool)
     manifest = _write_export_manifest(out_dir, models, smoke, {
         "source_model": model_path.name,
         "source_model_sha256": source_sha256,
@@ -273,11 +283,17 @@ def int8_logit_range(model: Any, calibration: np.ndarray, progress: Progress = _
 
 
 def _calibration_info(calibration: np.ndarray | None, seed: int | None, data_source: str | None,
-                      bounds: LogitRange | None = None) -> dict[str, Any] | None:
+                      bounds: LogitRange | None = None, pool: Any = None) -> dict[str, Any] | None:
     if calibration is None:
         return None
     return {"count": int(len(calibration)), "seed": seed, "split": "train", "data": data_source,
-            "logit_range": _range_info(bounds)}
+            **_int8_rules(bounds, pool)}
+
+
+def _int8_rules(bounds: LogitRange | None, pool: Any) -> dict[str, Any]:
+    """How the int8 graph differs from the Keras one: the logit range always, the pooling where it changed."""
+    pooling = pooling_info(pool)
+    return {"logit_range": _range_info(bounds), **({"pooling": pooling} if pooling is not None else {})}
 
 
 def _range_info(bounds: LogitRange | None) -> dict[str, Any]:
@@ -285,7 +301,7 @@ def _range_info(bounds: LogitRange | None) -> dict[str, Any]:
 
 
 def _variant_info(variant: str, source_name: str, source_sha256: str, calibration: np.ndarray | None,
-                  seed: int | None, bounds: LogitRange | None = None) -> dict[str, Any]:
+                  seed: int | None, bounds: LogitRange | None = None, pool: Any = None) -> dict[str, Any]:
     """model_info.json of one file; no timestamps or paths, so the same inputs give the same bytes."""
     tf = import_tensorflow()
     info: dict[str, Any] = {
@@ -298,7 +314,7 @@ def _variant_info(variant: str, source_name: str, source_sha256: str, calibratio
     }
     if variant in FULL_INTEGER:
         info["calibration"] = {"count": int(len(calibration)), "seed": seed, "split": "train",
-                               "logit_range": _range_info(bounds)}
+                               **_int8_rules(bounds, pool)}
     return info
 
 

@@ -92,16 +92,3 @@ def calibration_logits(model: Any, calibration: np.ndarray) -> np.ndarray:
     kernel = np.asarray(head.kernel.numpy(), dtype=np.float64)
     bias = np.asarray(head.bias.numpy(), dtype=np.float64)
     return hidden @ kernel + bias
-
-
-def clipped_model(model: Any, bounds: LogitRange) -> Any:
-    """A Keras model computing softmax(clip(logits, low, high)) with `model`'s own layers and weights."""
-    import keras
-
-    head = softmax_head(model)
-    if head is None:
-        raise ValueError("the model does not end in a Dense softmax layer")
-    features = head.input
-    logits = keras.ops.add(keras.ops.matmul(features, head.kernel), head.bias)
-    clipped = keras.ops.clip(logits, bounds.low, bounds.high)
-    return keras.Model(model.inputs, keras.ops.softmax(clipped, axis=-1), name=f"{model.name}_int8_graph")

@@ -66,7 +66,8 @@ def test_only_a_dense_softmax_head_is_clipped() -> None:
 @pytest.mark.slow
 def test_clipped_graph_is_softmax_of_the_clipped_logits(trained_model) -> None:
     from converter.source_model import load_keras_model
-    from converter.logit_range import LogitRange, calibration_logits, clipped_model
+    from converter.int8_graph import int8_graph
+    from converter.logit_range import LogitRange, calibration_logits
     from edge_runtime.preprocess import scale_pixels
 
     model = load_keras_model(trained_model.model_path)
@@ -78,11 +79,11 @@ def test_clipped_graph_is_softmax_of_the_clipped_logits(trained_model) -> None:
 
     # A range that holds every logit changes nothing...
     wide = logit_range(logits)
-    assert np.abs(clipped_model(model, wide).predict(pixels, verbose=0) - keras_probabilities).max() < 1e-5
+    assert np.abs(int8_graph(model, wide, None).predict(pixels, verbose=0) - keras_probabilities).max() < 1e-5
     # ...and a narrow one saturates exactly as softmax(clip(logits)) says.
     middle = float(np.median(logits))
     narrow = LogitRange(low=middle - 1.0, high=middle + 1.0, lowest_winner=middle, images=len(logits))
-    clipped = clipped_model(model, narrow).predict(pixels, verbose=0)
+    clipped = int8_graph(model, narrow, None).predict(pixels, verbose=0)
     assert np.abs(clipped - _softmax(np.clip(logits, narrow.low, narrow.high))).max() < 1e-5
     assert np.abs(clipped - keras_probabilities).max() > 0.1
 
