@@ -11,9 +11,9 @@ trainer feeds the network with, so the same seed always gives the same file. Its
 quantized over the range that decides the answer rather than their full min/max (the int8 graph is
 softmax(clip(logits)); see `converter.logit_range`), which makes their int8 step about half as
 large (0.17 instead of 0.30 on the recipe's model), and a whole-map average pool before the head is
-converted as a mean, so the pooled features get an int8 range of their own (`converter.int8_graph`). The
-optional uint8 variant is the same
-quantization with uint8 input and output tensors, for tools that take no int8 tensors (MediaPipe).
+converted as a mean, so the pooled features get an int8 range of their own (`converter.int8_graph`).
+The optional uint8 variant is the same quantization with uint8 input and output tensors, for tools
+that take no int8 tensors (MediaPipe).
 
 Every file also carries the official TFLite metadata (`converter.official_metadata`): name,
 input normalization and colour space, labels, so tools of the TFLite ecosystem read it too.

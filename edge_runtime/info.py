@@ -13,6 +13,8 @@ from .output import LABEL_SEPARATOR
 
 PREVIEW_LABELS = 10
 CALIBRATION_KEY = "calibration"
+MAX_LAYER_NAME = 100  # longer names, or other values, in a pooling record are shown raw, not formatted
+MAX_MAP_SIDE = 100_000
 
 
 def model_facts(classifier: Classifier) -> dict[str, Any]:
@@ -75,11 +77,22 @@ def describe_calibration(calibration: dict[str, Any] | None) -> str | None:
                  "(lowest winning logit - ln 256 to highest logit)")
     elif isinstance(logit_range, dict):
         text += "; logits quantized over their full calibrated min/max"
+    pooling = calibration.get("pooling")
+    if pooling is not None:
+        layer, size = (pooling.get("layer"), pooling.get("map")) if isinstance(pooling, dict) else (None, None)
+        if not (isinstance(layer, str) and layer.isprintable() and len(layer) <= MAX_LAYER_NAME
+                and isinstance(size, list) and len(size) == 2 and all(_is_count(side) for side in size)):
+            return None  # written by something else: shown as it is
+        text += f"; average pool {layer!r} over the whole {size[0]}x{size[1]} map quantized as a mean"
     return text
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_MAP_SIDE
 
 
 def _official_line(facts: dict[str, Any]) -> str:

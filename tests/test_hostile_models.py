@@ -431,3 +431,8 @@ def test_info_shows_a_hostile_calibration_record_without_formatting_it() -> None
     assert describe_calibration({"count": 5, "seed": 1, "logit_range": {"low": -1.5, "high": 2.0}}) == (
         "5 training images, seed 1; logits quantized from -1.5 up to at most 2 "
         "(lowest winning logit - ln 256 to highest logit)")
+    for hostile in ("pool", {"layer": "p\x1b[2J", "map": [8, 8]}, {"layer": "p" * 101, "map": [8, 8]},
+                    {"layer": "pool", "map": [8]}, {"layer": "pool", "map": [True, 8]}, {"layer": "pool"}):
+        assert describe_calibration({"count": 5, "pooling": hostile}) is None, hostile
+    assert describe_calibration({"count": 5, "seed": 1, "pooling": {"layer": "pool", "map": [8, 8]}}) == (
+        "5 training images, seed 1; average pool 'pool' over the whole 8x8 map quantized as a mean")

@@ -123,3 +123,15 @@ def test_the_manifest_says_the_pool_became_a_mean(converted_pair) -> None:
     calibration = converted_pair["runs"][True]["manifest"]["calibration"]
     assert calibration["pooling"]["layer"] == "pool" and calibration["pooling"]["map"] == [8, 8]
     assert "pooling" not in converted_pair["runs"][False]["manifest"]["calibration"]
+
+
+@pytest.mark.slow
+def test_edge_classify_info_says_the_pool_became_a_mean(converted_pair) -> None:
+    from click.testing import CliRunner
+
+    import edge_runtime.cli as runtime_cli
+
+    result = CliRunner().invoke(runtime_cli.main, ["--model", str(converted_pair["runs"][True]["path"]), "--info"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("calibration:"))
+    assert line.endswith("; average pool 'pool' over the whole 8x8 map quantized as a mean")
