@@ -88,8 +88,8 @@ def converted_pair(tmp_path_factory: pytest.TempPathFactory) -> dict:
         out = folder / ("mean" if mean_pool else "pool")
         result = convert_model(folder / "model.keras", out, variants=("int8",), train_images=pixels,
                                calibration_size=IMAGES, seed=SEED, spec=spec, model=model, mean_pool=mean_pool)
-        runs[mean_pool] = {"path": result.model("int8").path, "manifest": json.loads((out / "manifest.json")
-                                                                                      .read_text())}
+        manifest = json.loads((out / "manifest.json").read_text())
+        runs[mean_pool] = {"path": result.model("int8").path, "manifest": manifest}
     pool = whole_map_pool(model)
     features = keras.Model(model.inputs, pool.output).predict(scale_pixels(pixels, spec), verbose=0)
     return {"runs": runs, "feature_max": float(features.max())}
